@@ -1,0 +1,57 @@
+"""Structured JSON log lines with a correlation id that follows the work.
+
+The correlation id lives in a ContextVar: set by the HTTP middleware / WebSocket
+consumer from ``X-Correlation-ID`` (or a new one), carried in outbox rows and
+task headers, and restored by the task base class, so one id ties a REST call
+to the task it caused and the broadcast that came of it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import uuid
+from datetime import UTC, datetime
+
+correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlation_id", default=None)
+
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "correlation_id"}
+
+
+def new_correlation_id() -> str:
+    return uuid.uuid4().hex
+
+
+def get_correlation_id() -> str | None:
+    return correlation_id.get()
+
+
+def set_correlation_id(value: str | None) -> contextvars.Token:
+    return correlation_id.set(value)
+
+
+class CorrelationIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "correlation_id", None):
+            record.correlation_id = correlation_id.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload = {
+            "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        cid = getattr(record, "correlation_id", None) or correlation_id.get()
+        if cid:
+            payload["correlation_id"] = cid
+        for key, value in vars(record).items():
+            if key not in _RESERVED and not key.startswith("_"):
+                payload[key] = value
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)

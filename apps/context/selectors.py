@@ -1,0 +1,103 @@
+"""Reads for sessions, participants, context events and preferences."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import QuerySet
+
+from apps.common.exceptions import NotFound
+from apps.context.models import ContextEvent, Participant, Session, UserPreference
+
+
+def _as_uuid(value: Any) -> uuid.UUID:
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise NotFound("Session not found.") from exc
+
+
+def session_get_for_user(*, session_id: Any, user: AbstractBaseUser) -> Session:
+    """The session, if ``user`` is an active participant; 404 otherwise (never 403)."""
+    sid = _as_uuid(session_id)
+    session = Session.objects.filter(pk=sid, participants__user=user, participants__left_at__isnull=True).select_related("owner").first()
+    if session is None:
+        raise NotFound("Session not found.")
+    return session
+
+
+def participant_get(*, session_id: Any, user: AbstractBaseUser) -> Participant | None:
+    sid = _as_uuid(session_id)
+    return Participant.objects.filter(session_id=sid, user=user, left_at__isnull=True).first()
+
+
+def session_list_for_user(*, user: AbstractBaseUser, state: str | None = None, search: str | None = None) -> QuerySet[Session]:
+    qs = Session.objects.filter(participants__user=user, participants__left_at__isnull=True).select_related("owner")
+    if state:
+        qs = qs.filter(state=state)
+    if search:
+        qs = qs.filter(title__icontains=search)
+    return qs.order_by("-created_at", "id")
+
+
+def participant_list(*, session: Session) -> QuerySet[Participant]:
+    return Participant.objects.filter(session=session, left_at__isnull=True).select_related("user").order_by("joined_at")
+
+
+def context_event_list(*, session: Session, after_seq: int = 0, limit: int | None = None) -> QuerySet[ContextEvent]:
+    qs = ContextEvent.objects.filter(session=session, seq__gt=after_seq).select_related("author").order_by("seq")
+    if limit is not None:
+        qs = qs[:limit]
+    return qs
+
+
+def session_last_seq(*, session_id: Any) -> int:
+    return Session.objects.filter(pk=_as_uuid(session_id)).values_list("last_seq", flat=True).first() or 0
+
+
+def context_event_to_dict(event: ContextEvent) -> dict[str, Any]:
+    return {
+        "seq": event.seq,
+        "event_type": event.event_type,
+        "data": event.data,
+        "user": event.author.username if event.author_id and event.author else None,
+        "client_msg_id": event.client_msg_id or None,
+        "created_at": event.created_at.isoformat(),
+    }
+
+
+def context_snapshot(*, session: Session) -> dict[str, Any]:
+    """The session as a client needs it to (re)start: state, people, recent events.
+
+    ``last_seq`` is read first and the events are bounded by it: seq and event
+    commit in one transaction, so every event up to ``last_seq`` is visible and
+    a client that resumes ``after_seq=last_seq`` misses nothing.
+    """
+    fresh = Session.objects.filter(pk=session.pk).values("last_seq", "state", "title", "metadata").get()
+    recent = list(
+        ContextEvent.objects.filter(session=session, seq__lte=fresh["last_seq"])
+        .select_related("author")
+        .order_by("-seq")[: settings.SNAPSHOT_RECENT_EVENTS]
+    )
+    recent.reverse()
+    participants = [
+        {"username": p.user.username, "role": p.role, "joined_at": p.joined_at.isoformat()}
+        for p in participant_list(session=session)
+    ]
+    return {
+        "session_id": str(session.pk),
+        "title": fresh["title"],
+        "state": fresh["state"],
+        "metadata": fresh["metadata"],
+        "last_seq": fresh["last_seq"],
+        "participants": participants,
+        "recent_events": [context_event_to_dict(e) for e in recent],
+    }
+
+
+def preferences_get(*, user: AbstractBaseUser) -> UserPreference:
+    preference = UserPreference.objects.filter(user=user).first()
+    return preference or UserPreference(user=user)

@@ -1,0 +1,233 @@
+"""Writes for sessions, participants, context events and preferences.
+
+Every function is keyword-only, runs in one transaction, and does its side
+effects (broadcasts, publishes) only after commit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from apps.common.exceptions import ApplicationError, Conflict, NotFound, PermissionDenied, ValidationFailed
+from apps.context.models import ContextEvent, Participant, Session, UserPreference
+
+User = get_user_model()
+
+
+@dataclass(frozen=True)
+class EventInput:
+    event_type: str
+    data: dict[str, Any] = field(default_factory=dict)
+    client_msg_id: str = ""
+
+
+def _participant_for(*, session: Session, user: AbstractBaseUser) -> Participant:
+    participant = Participant.objects.filter(session=session, user=user, left_at__isnull=True).first()
+    if participant is None:
+        # Outsiders learn nothing about the session, not even that it exists.
+        raise NotFound("Session not found.")
+    return participant
+
+
+def session_create(*, owner: AbstractBaseUser, title: str, metadata: dict[str, Any] | None = None) -> Session:
+    with transaction.atomic():
+        session = Session.objects.create(owner=owner, title=title, metadata=metadata or {})
+        Participant.objects.create(session=session, user=owner, role=Participant.Role.OWNER)
+    return session
+
+
+def session_update(
+    *,
+    session: Session,
+    actor: AbstractBaseUser,
+    title: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    state: str | None = None,
+) -> Session:
+    with transaction.atomic():
+        session = Session.objects.select_for_update().get(pk=session.pk)
+        participant = _participant_for(session=session, user=actor)
+        if not participant.can_write:
+            raise PermissionDenied("Viewers cannot change the session.")
+        if state is not None and state != session.state:
+            if participant.role != Participant.Role.OWNER:
+                raise PermissionDenied("Only the owner can open or close the session.")
+            session.state = state
+            session.closed_at = timezone.now() if state == Session.State.CLOSED else None
+        if title is not None:
+            session.title = title
+        if metadata is not None:
+            session.metadata = metadata
+        session.save()
+    return session
+
+
+def session_close(*, session: Session, actor: AbstractBaseUser) -> Session:
+    return session_update(session=session, actor=actor, state=Session.State.CLOSED)
+
+
+def session_delete(*, session: Session, actor: AbstractBaseUser) -> None:
+    with transaction.atomic():
+        participant = _participant_for(session=session, user=actor)
+        if participant.role != Participant.Role.OWNER:
+            raise PermissionDenied("Only the owner can delete the session.")
+        session.delete()
+
+
+def participant_add(*, session: Session, actor: AbstractBaseUser, username: str, role: str) -> Participant:
+    if role not in (Participant.Role.EDITOR, Participant.Role.VIEWER):
+        raise ValidationFailed("Role must be 'editor' or 'viewer'.", details={"role": [f"Invalid role {role!r}."]})
+    with transaction.atomic():
+        actor_participant = _participant_for(session=session, user=actor)
+        if actor_participant.role != Participant.Role.OWNER:
+            raise PermissionDenied("Only the owner can add participants.")
+        user = User.objects.filter(username=username, is_active=True).first()
+        if user is None:
+            raise ValidationFailed("No such user.", details={"username": [f"User {username!r} does not exist."]})
+        participant = Participant.objects.select_for_update().filter(session=session, user=user).first()
+        if participant is None:
+            participant = Participant.objects.create(session=session, user=user, role=role)
+        elif participant.role == Participant.Role.OWNER:
+            raise Conflict("The owner's role cannot be changed.", code="owner_role")
+        else:
+            participant.role = role
+            participant.left_at = None
+            participant.save(update_fields=["role", "left_at", "updated_at"])
+    return participant
+
+
+def participant_remove(*, session: Session, actor: AbstractBaseUser, username: str) -> Participant:
+    with transaction.atomic():
+        actor_participant = _participant_for(session=session, user=actor)
+        participant = (
+            Participant.objects.select_for_update()
+            .filter(session=session, user__username=username, left_at__isnull=True)
+            .first()
+        )
+        if participant is None:
+            raise NotFound("Participant not found.")
+        is_self = participant.user_id == actor.pk
+        if not is_self and actor_participant.role != Participant.Role.OWNER:
+            raise PermissionDenied("Only the owner can remove other participants.")
+        if participant.role == Participant.Role.OWNER:
+            raise Conflict("The owner cannot leave the session; close or delete it instead.", code="owner_cannot_leave")
+        participant.left_at = timezone.now()
+        participant.save(update_fields=["left_at", "updated_at"])
+    return participant
+
+
+def _validate_event_inputs(events: Sequence[EventInput]) -> None:
+    if not events:
+        raise ValidationFailed("At least one event is required.", code="empty_batch")
+    if len(events) > settings.EVENT_BATCH_MAX:
+        raise ValidationFailed(
+            f"A batch holds at most {settings.EVENT_BATCH_MAX} events.",
+            code="batch_too_large",
+            details={"max": settings.EVENT_BATCH_MAX, "got": len(events)},
+        )
+    seen: set[str] = set()
+    for index, event in enumerate(events):
+        if event.event_type not in ContextEvent.EventType.values:
+            raise ValidationFailed(
+                "Unknown event type.",
+                details={"index": index, "event_type": [f"Must be one of {sorted(ContextEvent.EventType.values)}."]},
+            )
+        if not isinstance(event.data, dict):
+            raise ValidationFailed("Event data must be an object.", details={"index": index})
+        size = len(json.dumps(event.data, separators=(",", ":")))
+        if size > settings.EVENT_DATA_MAX_BYTES:
+            raise ValidationFailed(
+                "Event data is too large.",
+                code="event_too_large",
+                details={"index": index, "max_bytes": settings.EVENT_DATA_MAX_BYTES, "bytes": size},
+            )
+        if event.client_msg_id:
+            if event.client_msg_id in seen:
+                raise ValidationFailed("Duplicate client_msg_id in one batch.", details={"index": index})
+            seen.add(event.client_msg_id)
+
+
+def context_event_append(
+    *, session: Session, author: AbstractBaseUser, events: Sequence[EventInput]
+) -> list[ContextEvent]:
+    """Append events in order; returns them with ``seq`` set.
+
+    Events whose ``client_msg_id`` is already stored are not written again: the
+    stored event comes back in their place with ``was_created = False``.
+    """
+    _validate_event_inputs(events)
+    with transaction.atomic():
+        # The row lock taken here serialises appends per session; everything
+        # below (dedupe lookup, seq allocation) happens under it.
+        locked = Session.objects.select_for_update().filter(pk=session.pk).values("state").first()
+        if locked is None:
+            raise NotFound("Session not found.")
+        participant = _participant_for(session=session, user=author)
+        if not participant.can_write:
+            raise PermissionDenied("Viewers cannot add events.")
+        if locked["state"] != Session.State.OPEN:
+            raise Conflict("The session is closed.", code="session_closed")
+
+        msg_ids = [e.client_msg_id for e in events if e.client_msg_id]
+        existing: dict[str, ContextEvent] = {}
+        if msg_ids:
+            existing = {
+                ev.client_msg_id: ev
+                for ev in ContextEvent.objects.filter(session=session, client_msg_id__in=msg_ids)
+            }
+        fresh = [e for e in events if not (e.client_msg_id and e.client_msg_id in existing)]
+        created: list[ContextEvent] = []
+        if fresh:
+            now = timezone.now()
+            Session.objects.filter(pk=session.pk).update(last_seq=F("last_seq") + len(fresh), last_activity_at=now)
+            last_seq = Session.objects.filter(pk=session.pk).values_list("last_seq", flat=True).get()
+            first_seq = last_seq - len(fresh) + 1
+            created = ContextEvent.objects.bulk_create(
+                [
+                    ContextEvent(
+                        session_id=session.pk,
+                        seq=first_seq + i,
+                        event_type=e.event_type,
+                        data=e.data,
+                        author=author,
+                        client_msg_id=e.client_msg_id,
+                        created_at=now,
+                    )
+                    for i, e in enumerate(fresh)
+                ]
+            )
+            for event in created:
+                event.was_created = True
+        created_iter = iter(created)
+        result: list[ContextEvent] = []
+        for e in events:
+            if e.client_msg_id and e.client_msg_id in existing:
+                stored = existing[e.client_msg_id]
+                stored.was_created = False
+                result.append(stored)
+            else:
+                result.append(next(created_iter))
+    return result
+
+
+def preferences_update(*, user: AbstractBaseUser, **changes: Any) -> UserPreference:
+    allowed = {"ai_enabled", "suggestion_kinds", "data"}
+    unknown = set(changes) - allowed
+    if unknown:
+        raise ApplicationError("Unknown preference fields.", code="invalid", details={"unknown": sorted(unknown)})
+    with transaction.atomic():
+        preference, _ = UserPreference.objects.select_for_update().get_or_create(user=user)
+        for name, value in changes.items():
+            setattr(preference, name, value)
+        preference.save()
+    return preference

