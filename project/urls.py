@@ -1,4 +1,6 @@
+from django.conf import settings
 from django.contrib import admin
+from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -17,3 +19,8 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("", include("apps.ops.probe_urls")),
 ]
+
+if settings.DEBUG:
+    # Admin and docs assets under `make up` (uvicorn serves no static files);
+    # production serves them from the image (collectstatic) behind HAProxy.
+    urlpatterns += staticfiles_urlpatterns()

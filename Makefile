@@ -1,0 +1,61 @@
+# Context Engine: `make up` runs the platform, `make test` runs the suite.
+# Both set everything up first: virtualenv, packages, services, database, migrations.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Reinstall only when the requirement files change.
+REQ_HASH := $(shell cat requirements.txt requirements-dev.txt | md5sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(REQ_HASH)
+WEB_HOST ?= 127.0.0.1
+WEB_PORT ?= 8000
+PYTEST_ARGS ?=
+
+export WEB_HOST WEB_PORT
+
+.PHONY: up test setup install services migrate lint format bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP)
+
+services: install
+	$(BIN)/python -m project.bootstrap
+
+migrate: services
+	$(BIN)/python manage.py migrate --noinput
+
+setup: migrate
+
+up: setup
+	@$(BIN)/python manage.py create_dev_admin
+	@echo ""
+	@echo "  Context Engine is starting (Ctrl-C stops every process):"
+	@echo "    API          http://$(WEB_HOST):$(WEB_PORT)/api/v1/"
+	@echo "    API docs     http://$(WEB_HOST):$(WEB_PORT)/api/docs/"
+	@echo "    admin        http://$(WEB_HOST):$(WEB_PORT)/admin/"
+	@echo "    WebSocket    ws://$(WEB_HOST):$(WEB_PORT)/ws/sessions/<id>/?token=<token>"
+	@echo "    health       http://$(WEB_HOST):$(WEB_PORT)/readyz  metrics http://$(WEB_HOST):$(WEB_PORT)/metrics"
+	@echo ""
+	exec $(BIN)/honcho start -f Procfile
+
+test: install
+	$(BIN)/python -m project.bootstrap --for-tests
+	DJANGO_SETTINGS_MODULE=project.settings.test $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check apps workers project tests bench
+
+format: install
+	$(BIN)/ruff format apps workers project tests bench
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) staticfiles

@@ -1,0 +1,181 @@
+"""Set-up shared by ``make up`` and ``make test``: services reachable, database present.
+
+``python -m project.bootstrap`` checks PostgreSQL, Redis and RabbitMQ on the
+URLs the settings use. A service that does not answer on a local address is
+started when it is installed on this machine (Debian packages); otherwise the
+command stops with a message saying exactly what to run. Then the database is
+created if missing. It imports no Django app code, so it runs before migrate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.dev")
+
+from project import env  # noqa: E402  (reads .env)
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
+COMPOSE_HINT = "or run the services in containers: docker compose up -d postgres redis rabbitmq"
+
+
+def _say(message: str) -> None:
+    print(f"[bootstrap] {message}", flush=True)
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host or "127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _wait(check: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def _run(cmd: str) -> None:
+    _say(f"starting: {cmd}")
+    subprocess.run(cmd, shell=True, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+def _postgres_start_command() -> str | None:
+    if not shutil.which("pg_ctlcluster") or not Path("/etc/postgresql").is_dir():
+        return None
+    versions = sorted(p.name for p in Path("/etc/postgresql").iterdir())
+    if not versions:
+        return None
+    return f"pg_ctlcluster --skip-systemctl-redirect {versions[-1]} main start"
+
+
+def _redis_start_command(port: int) -> str | None:
+    if not shutil.which("redis-server"):
+        return None
+    workdir = "/var/lib/redis" if Path("/var/lib/redis").is_dir() else "/tmp"
+    logfile = "/var/log/redis/ci.log" if Path("/var/log/redis").is_dir() else "/tmp/redis-context-engine.log"
+    return (
+        f'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port {port} --save "" --appendonly no '
+        f"--dir {workdir} --logfile {logfile}"
+    )
+
+
+def _rabbitmq_start_command() -> str | None:
+    return "rabbitmq-server -detached" if shutil.which("rabbitmq-server") else None
+
+
+def ensure_service(name: str, url: str, default_port: int, start_command: str | None, wait_seconds: float) -> None:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or default_port
+    if _port_open(host, port):
+        _say(f"{name} is up at {host}:{port}")
+        return
+    if host in LOCAL_HOSTS and start_command:
+        _run(start_command)
+        if _wait(lambda: _port_open(host, port), wait_seconds):
+            _say(f"{name} started at {host}:{port}")
+            return
+    hint = start_command or f"install and start {name}"
+    sys.exit(
+        f"[bootstrap] {name} does not answer at {host}:{port}.\n"
+        f"  Start it with: {hint}\n"
+        f"  {COMPOSE_HINT}\n"
+        f"  or point the settings elsewhere with the URL in .env (see .env.example)."
+    )
+
+
+def ensure_rabbitmq_ready(url: str) -> None:
+    """The port opens before the node accepts AMQP sessions: wait for a real connection."""
+    from kombu import Connection
+
+    def connects() -> bool:
+        try:
+            with Connection(url, connect_timeout=2) as conn:
+                conn.ensure_connection(max_retries=1)
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "not yet"
+            return False
+
+    if not _wait(connects, 60):
+        sys.exit(f"[bootstrap] RabbitMQ accepts TCP but no AMQP session at {url}; check `rabbitmqctl status`.")
+
+
+def ensure_database(url: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    settings = env.database_from_url(url)
+    admin_conninfo = dict(
+        host=settings["HOST"] or "127.0.0.1",
+        port=settings["PORT"] or "5432",
+        user=settings["USER"] or "postgres",
+        password=settings["PASSWORD"] or None,
+        dbname="postgres",
+        connect_timeout=5,
+    )
+
+    def connects() -> bool:
+        try:
+            psycopg.connect(**admin_conninfo).close()
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    if not _wait(connects, 30):
+        sys.exit(f"[bootstrap] PostgreSQL accepts TCP but refuses a session as {admin_conninfo['user']!r}.")
+    with psycopg.connect(**admin_conninfo, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings["NAME"],)).fetchone()
+        if exists:
+            _say(f"database {settings['NAME']!r} exists")
+        else:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings["NAME"])))
+            _say(f"database {settings['NAME']!r} created")
+
+
+def ensure_tools_for_tests() -> None:
+    """HAProxy (Debian package) fronts two web instances in the load-balancing tests."""
+    if shutil.which("haproxy"):
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        _say("installing haproxy (Debian package) for the load-balancing tests")
+        subprocess.run("apt-get install -y -q haproxy || (apt-get update -q && apt-get install -y -q haproxy)",
+                       shell=True, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    if not shutil.which("haproxy"):
+        sys.exit("[bootstrap] haproxy is needed by the tests: sudo apt-get install -y haproxy")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--for-tests", action="store_true", help="also install what the test suite needs")
+    args = parser.parse_args()
+
+    database_url = env.get_str("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/context_engine")
+    redis_url = env.get_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+    broker_url = env.get_str("BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+    ensure_service("PostgreSQL", database_url, 5432, _postgres_start_command(), 30)
+    redis_port = urlsplit(redis_url).port or 6379
+    ensure_service("Redis", redis_url, 6379, _redis_start_command(redis_port), 15)
+    ensure_service("RabbitMQ", broker_url, 5672, _rabbitmq_start_command(), 90)
+    ensure_rabbitmq_ready(broker_url)
+    ensure_database(database_url)
+    if args.for_tests:
+        ensure_tools_for_tests()
+
+
+if __name__ == "__main__":
+    main()
