@@ -165,6 +165,26 @@ EVENT_BATCH_MAX = env.get_int("EVENT_BATCH_MAX", 500)
 EVENT_DATA_MAX_BYTES = env.get_int("EVENT_DATA_MAX_BYTES", 65_536)
 SNAPSHOT_RECENT_EVENTS = env.get_int("SNAPSHOT_RECENT_EVENTS", 50)
 
+# --- Realtime (WebSockets; documented in apps/realtime/__init__.py) ----------
+# Largest text frame a client may send; the biggest legal event (64 KiB data) fits.
+WS_MAX_FRAME_BYTES = env.get_int("WS_MAX_FRAME_BYTES", 98_304)
+# Token bucket per connection: sustained frames/s and burst; WS_RATE_STRIKES refused
+# frames before the bucket refills closes the connection (4429).
+WS_RATE_PER_SECOND = env.get_float("WS_RATE_PER_SECOND", 20.0)
+WS_RATE_BURST = env.get_int("WS_RATE_BURST", 40)
+WS_RATE_STRIKES = env.get_int("WS_RATE_STRIKES", 20)
+WS_MAX_CONNECTIONS_PER_USER = env.get_int("WS_MAX_CONNECTIONS_PER_USER", 20)
+# A resume (or a live gap) longer than this gets resync_required: refetch the snapshot.
+WS_RESUME_MAX_EVENTS = env.get_int("WS_RESUME_MAX_EVENTS", 10_000)
+WS_REPLAY_PAGE = env.get_int("WS_REPLAY_PAGE", 500)
+# Presence: each connection refreshes its entry every HEARTBEAT s; an entry not
+# refreshed for TTL s (a dead server process) is swept by any live connection.
+PRESENCE_HEARTBEAT_S = env.get_float("PRESENCE_HEARTBEAT_S", 10.0)
+PRESENCE_TTL_S = env.get_float("PRESENCE_TTL_S", 30.0)
+TYPING_TTL_S = env.get_float("TYPING_TTL_S", 5.0)
+# A worker that dies mid-request must not leave "generating" on forever.
+AI_STATE_TTL_S = env.get_int("AI_STATE_TTL_S", 120)
+
 LOG_LEVEL = env.get_str("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,

@@ -1,0 +1,86 @@
+"""The one way to push a frame to everyone connected to a session.
+
+Services and workers call ``session_broadcast`` (sync) after commit; the
+consumer forwards each message to its client as a frame. Broadcasts are the
+fast path and at-most-once: if Redis is down the frame is dropped (and logged),
+never raised into the caller's already-committed work. Clients notice missing
+``event`` frames by their ``seq`` and the server refills them from PostgreSQL.
+
+Usage::
+
+    from django.db import transaction
+    from apps.realtime.broadcast import session_broadcast
+
+    transaction.on_commit(lambda: session_broadcast(session_id=sid, message={"type": "suggestion", ...}))
+
+``message`` must be JSON-serialisable with a ``type`` key; it reaches clients
+unchanged, except ``event`` messages, which each connection delivers in ``seq``
+order without duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from apps.realtime import presence
+
+logger = logging.getLogger(__name__)
+
+# The handler name on SessionConsumer ("session.message" -> session_message).
+GROUP_MESSAGE_TYPE = "session.message"
+
+
+def session_group_name(session_id: Any) -> str:
+    """The channel-layer group of one session (the layer adds this run's prefix)."""
+    return f"session.{session_id}"
+
+
+def _group_message(message: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ValueError("A broadcast message is a dict with a string 'type'.")
+    return {"type": GROUP_MESSAGE_TYPE, "message": message}
+
+
+async def session_broadcast_async(*, session_id: Any, message: dict[str, Any]) -> None:
+    """``session_broadcast`` for code already on an event loop (consumers)."""
+    layer = get_channel_layer()
+    await layer.group_send(session_group_name(session_id), _group_message(message))
+
+
+def session_broadcast(*, session_id: Any, message: dict[str, Any]) -> None:
+    """Send ``message`` to every connection of the session. Sync; call after commit.
+
+    Never raises for a broken channel layer (the caller's work is committed;
+    clients recover missed events by seq), only for a malformed message.
+    """
+    group_message = _group_message(message)
+    layer = get_channel_layer()
+    try:
+        async_to_sync(layer.group_send)(session_group_name(session_id), group_message)
+    except Exception:
+        logger.warning(
+            "broadcast dropped", exc_info=True, extra={"session_id": str(session_id), "frame": message.get("type")}
+        )
+
+
+def presence_set_ai_state(*, session_id: Any, state: str | None) -> None:
+    """Show (``"queued"``, ``"generating"``) or clear (``None``) the session's AI state.
+
+    Stored in Redis with a TTL (AI_STATE_TTL_S) so a worker that dies mid-request
+    cannot leave it on forever, and broadcast as a ``presence`` frame
+    ``{"type": "presence", "event": "ai_state", "ai_state": state}``.
+    """
+    if state is not None and state not in presence.AI_STATES:
+        raise ValueError(f"AI state must be one of {presence.AI_STATES} or None, got {state!r}.")
+    try:
+        presence.ai_state_store(session_id=session_id, state=state)
+    except Exception:
+        logger.warning("ai state not stored", exc_info=True, extra={"session_id": str(session_id)})
+    session_broadcast(
+        session_id=session_id,
+        message={"type": "presence", "event": "ai_state", "user": None, "ai_state": state},
+    )
