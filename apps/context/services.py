@@ -20,6 +20,9 @@ from django.utils import timezone
 
 from apps.common.exceptions import ApplicationError, Conflict, NotFound, PermissionDenied, ValidationFailed
 from apps.context.models import ContextEvent, Participant, Session, UserPreference
+from apps.context.selectors import context_event_to_dict
+from apps.eventbus.services import OutboxEvent, outbox_event_add, outbox_events_add_bulk
+from apps.realtime.broadcast import context_events_broadcast
 
 User = get_user_model()
 
@@ -43,6 +46,8 @@ def session_create(*, owner: AbstractBaseUser, title: str, metadata: dict[str, A
     with transaction.atomic():
         session = Session.objects.create(owner=owner, title=title, metadata=metadata or {})
         Participant.objects.create(session=session, user=owner, role=Participant.Role.OWNER)
+        outbox_event_add(event_type="session.created", session_id=session.id, user_id=owner.pk,
+                         data={"title": session.title, "metadata": session.metadata})
     return session
 
 
@@ -64,6 +69,9 @@ def session_update(
                 raise PermissionDenied("Only the owner can open or close the session.")
             session.state = state
             session.closed_at = timezone.now() if state == Session.State.CLOSED else None
+            if state == Session.State.CLOSED:
+                outbox_event_add(event_type="session.closed", session_id=session.id, user_id=actor.pk,
+                                 data={"closed_at": session.closed_at})
         if title is not None:
             session.title = title
         if metadata is not None:
@@ -95,6 +103,7 @@ def participant_add(*, session: Session, actor: AbstractBaseUser, username: str,
         if user is None:
             raise ValidationFailed("No such user.", details={"username": [f"User {username!r} does not exist."]})
         participant = Participant.objects.select_for_update().filter(session=session, user=user).first()
+        joined = participant is None or participant.left_at is not None
         if participant is None:
             participant = Participant.objects.create(session=session, user=user, role=role)
         elif participant.role == Participant.Role.OWNER:
@@ -103,6 +112,9 @@ def participant_add(*, session: Session, actor: AbstractBaseUser, username: str,
             participant.role = role
             participant.left_at = None
             participant.save(update_fields=["role", "left_at", "updated_at"])
+        if joined:
+            outbox_event_add(event_type="participant.joined", session_id=session.pk, user_id=actor.pk,
+                             data={"participant_user_id": user.pk, "username": user.username, "role": role})
     return participant
 
 
@@ -123,6 +135,9 @@ def participant_remove(*, session: Session, actor: AbstractBaseUser, username: s
             raise Conflict("The owner cannot leave the session; close or delete it instead.", code="owner_cannot_leave")
         participant.left_at = timezone.now()
         participant.save(update_fields=["left_at", "updated_at"])
+        outbox_event_add(event_type="participant.left", session_id=session.pk, user_id=actor.pk,
+                         data={"participant_user_id": participant.user_id, "username": username,
+                               "removed": not is_self})
     return participant
 
 
@@ -155,6 +170,19 @@ def _validate_event_inputs(events: Sequence[EventInput]) -> None:
             if event.client_msg_id in seen:
                 raise ValidationFailed("Duplicate client_msg_id in one batch.", details={"index": index})
             seen.add(event.client_msg_id)
+
+
+def _outbox_event_for(event: ContextEvent) -> OutboxEvent:
+    """``context.updated`` for context updates and notes, ``user.action`` for user actions."""
+    if event.event_type == ContextEvent.EventType.USER_ACTION:
+        action = event.data.get("action")
+        data = {"seq": event.seq, "action": action if isinstance(action, str) else None,
+                "target": event.data.get("target"),
+                "data": event.data}
+        return OutboxEvent(event_type="user.action", session_id=event.session_id, user_id=event.author_id, data=data)
+    data = {"seq": event.seq, "event_type": event.event_type, "data": event.data,
+            "client_msg_id": event.client_msg_id}
+    return OutboxEvent(event_type="context.updated", session_id=event.session_id, user_id=event.author_id, data=data)
 
 
 def context_event_append(
@@ -208,6 +236,11 @@ def context_event_append(
             )
             for event in created:
                 event.was_created = True
+            outbox_events_add_bulk(events=[_outbox_event_for(event) for event in created])
+            # The fast path to live WebSocket clients, after commit (at-most-once:
+            # clients refill any gap by seq from PostgreSQL).
+            frames = [context_event_to_dict(event) for event in created]
+            transaction.on_commit(lambda: context_events_broadcast(session_id=session.pk, events=frames))
         created_iter = iter(created)
         result: list[ContextEvent] = []
         for e in events:
