@@ -160,6 +160,15 @@ AI_DEVICE = env.get_str("AI_DEVICE", "auto")
 AI_MAX_BATCH = env.get_int("AI_MAX_BATCH", 32)
 AI_MAX_DELAY_MS = env.get_float("AI_MAX_DELAY_MS", 10.0)
 
+# --- Batch jobs (apps/batch; defaults of the job parameters beat sends) ----
+# An open session with no activity for this long is closed by session_expiry.
+SESSION_IDLE_TIMEOUT_MINUTES = env.get_int("SESSION_IDLE_TIMEOUT_MINUTES", 120)
+# Retention: dead letters, published outbox rows and finished job runs older
+# than these are deleted by the retention_purge job.
+RETENTION_DEAD_LETTER_DAYS = env.get_int("RETENTION_DEAD_LETTER_DAYS", 30)
+RETENTION_OUTBOX_DAYS = env.get_int("RETENTION_OUTBOX_DAYS", 7)
+RETENTION_JOB_RUN_DAYS = env.get_int("RETENTION_JOB_RUN_DAYS", 30)
+
 # --- Context limits ---------------------------------------------------------
 EVENT_BATCH_MAX = env.get_int("EVENT_BATCH_MAX", 500)
 EVENT_DATA_MAX_BYTES = env.get_int("EVENT_DATA_MAX_BYTES", 65_536)

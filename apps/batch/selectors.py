@@ -1,0 +1,188 @@
+"""Reads for job runs, the activity the rollups aggregate, and the stats endpoint.
+
+The activity aggregates read ``apps.context`` and ``apps.ai`` tables directly,
+read-only: they are GROUP BY queries over a day's rows that neither app has a
+use for, and routing them through per-row selectors would cost a query per
+session.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from django.db.models import Count, QuerySet, Sum
+
+from apps.batch.models import DailySessionRollup, DailyUserRollup, JobRun
+from apps.common.exceptions import NotFound
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    start = datetime.combine(day, time.min, tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+def job_run_list(*, job_name: str | None = None, status: str | None = None) -> QuerySet[JobRun]:
+    qs = JobRun.objects.all()
+    if job_name:
+        qs = qs.filter(job_name=job_name)
+    if status:
+        qs = qs.filter(status=status)
+    return qs.order_by("-started_at", "id")
+
+
+def job_run_get(*, run_id: Any) -> JobRun:
+    try:
+        rid = run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise NotFound("Job run not found.") from exc
+    run = JobRun.objects.filter(pk=rid).first()
+    if run is None:
+        raise NotFound("Job run not found.")
+    return run
+
+
+def _models() -> tuple[Any, Any, Any, Any]:
+    from apps.ai.models import Suggestion, SuggestionFeedback
+    from apps.context.models import ContextEvent, Participant
+
+    return ContextEvent, Participant, Suggestion, SuggestionFeedback
+
+
+def sessions_active_on(*, day: date, after: str | None, limit: int) -> list[uuid.UUID]:
+    """Sessions with events, suggestions or feedback on ``day``, ordered by id, after ``after``."""
+    ContextEvent, _, Suggestion, SuggestionFeedback = _models()
+    start, end = day_bounds(day)
+    ids: set[uuid.UUID] = set()
+    for model, column in (
+        (ContextEvent, "session_id"),
+        (Suggestion, "session_id"),
+        (SuggestionFeedback, "suggestion__session_id"),
+    ):
+        qs = model.objects.filter(created_at__gte=start, created_at__lt=end)
+        if after:
+            qs = qs.filter(**{f"{column}__gt": uuid.UUID(after)})
+        ids.update(qs.values_list(column, flat=True).order_by().distinct())
+    return sorted(ids)[:limit]
+
+
+def users_active_on(*, day: date, after: int | None, limit: int) -> list[int]:
+    ContextEvent, _, _, SuggestionFeedback = _models()
+    start, end = day_bounds(day)
+    ids: set[int] = set()
+    for model, column in ((ContextEvent, "author_id"), (SuggestionFeedback, "user_id")):
+        qs = model.objects.filter(created_at__gte=start, created_at__lt=end, **{f"{column}__isnull": False})
+        if after is not None:
+            qs = qs.filter(**{f"{column}__gt": after})
+        ids.update(qs.values_list(column, flat=True).order_by().distinct())
+    return sorted(ids)[:limit]
+
+
+def session_activity(*, day: date, session_ids: list[Any]) -> dict[Any, dict[str, int]]:
+    ContextEvent, _, Suggestion, SuggestionFeedback = _models()
+    start, end = day_bounds(day)
+    rows: dict[Any, dict[str, int]] = {
+        sid: {"events": 0, "participants": 0, "suggestions_shown": 0, "suggestions_accepted": 0} for sid in session_ids
+    }
+    for row in (
+        ContextEvent.objects.filter(session_id__in=session_ids, created_at__gte=start, created_at__lt=end)
+        .values("session_id")
+        .annotate(events=Count("id"), participants=Count("author_id", distinct=True))
+        .order_by()
+    ):
+        rows[row["session_id"]].update(events=row["events"], participants=row["participants"])
+    for row in (
+        Suggestion.objects.filter(session_id__in=session_ids, created_at__gte=start, created_at__lt=end)
+        .values("session_id")
+        .annotate(n=Count("id"))
+        .order_by()
+    ):
+        rows[row["session_id"]]["suggestions_shown"] = row["n"]
+    for row in (
+        SuggestionFeedback.objects.filter(
+            suggestion__session_id__in=session_ids, verdict="accept", created_at__gte=start, created_at__lt=end
+        )
+        .values("suggestion__session_id")
+        .annotate(n=Count("id"))
+        .order_by()
+    ):
+        rows[row["suggestion__session_id"]]["suggestions_accepted"] = row["n"]
+    return rows
+
+
+def user_activity(*, day: date, user_ids: list[int]) -> dict[int, dict[str, int]]:
+    ContextEvent, Participant, Suggestion, SuggestionFeedback = _models()
+    start, end = day_bounds(day)
+    rows: dict[int, dict[str, int]] = {
+        uid: {"events": 0, "sessions": 0, "suggestions_shown": 0, "suggestions_accepted": 0} for uid in user_ids
+    }
+    for row in (
+        ContextEvent.objects.filter(author_id__in=user_ids, created_at__gte=start, created_at__lt=end)
+        .values("author_id")
+        .annotate(events=Count("id"), sessions=Count("session_id", distinct=True))
+        .order_by()
+    ):
+        rows[row["author_id"]].update(events=row["events"], sessions=row["sessions"])
+    # Shown to a user: the day's suggestions in sessions the user takes part in.
+    memberships: dict[Any, list[int]] = defaultdict(list)
+    for sid, uid in Participant.objects.filter(user_id__in=user_ids).values_list("session_id", "user_id"):
+        memberships[sid].append(uid)
+    for row in (
+        Suggestion.objects.filter(session_id__in=list(memberships), created_at__gte=start, created_at__lt=end)
+        .values("session_id")
+        .annotate(n=Count("id"))
+        .order_by()
+    ):
+        for uid in memberships[row["session_id"]]:
+            rows[uid]["suggestions_shown"] += row["n"]
+    for row in (
+        SuggestionFeedback.objects.filter(user_id__in=user_ids, verdict="accept", created_at__gte=start, created_at__lt=end)
+        .values("user_id")
+        .annotate(n=Count("id"))
+        .order_by()
+    ):
+        rows[row["user_id"]]["suggestions_accepted"] = row["n"]
+    return rows
+
+
+_SESSION_FIELDS = ("events", "participants", "suggestions_shown", "suggestions_accepted")
+
+
+def activity_stats(
+    *, start: date, end: date, session_id: uuid.UUID | None = None, user_id: int | None = None, top: int = 10
+) -> dict[str, Any]:
+    """Totals, a per-day series and the busiest sessions between ``start`` and ``end`` (inclusive)."""
+    if user_id is not None:
+        qs = DailyUserRollup.objects.filter(day__gte=start, day__lte=end, user_id=user_id)
+        fields = ("events", "sessions", "suggestions_shown", "suggestions_accepted")
+    else:
+        qs = DailySessionRollup.objects.filter(day__gte=start, day__lte=end)
+        if session_id is not None:
+            qs = qs.filter(session_id=session_id)
+        fields = _SESSION_FIELDS
+    totals = qs.aggregate(**{f: Sum(f) for f in fields})
+    totals = {f: totals[f] or 0 for f in fields}
+    days = [
+        {"day": row["day"].isoformat(), **{f: row[f] or 0 for f in fields}}
+        for row in qs.values("day").annotate(**{f: Sum(f) for f in fields}).order_by("day")
+    ]
+    if user_id is None:
+        totals["active_sessions"] = qs.values("session_id").distinct().count()
+        totals["active_users"] = (
+            DailyUserRollup.objects.filter(day__gte=start, day__lte=end).values("user_id").distinct().count()
+            if session_id is None
+            else None
+        )
+    shown = totals["suggestions_shown"]
+    totals["acceptance_rate"] = round(totals["suggestions_accepted"] / shown, 4) if shown else None
+    result: dict[str, Any] = {"from": start.isoformat(), "to": end.isoformat(), "totals": totals, "days": days}
+    if user_id is None and session_id is None:
+        result["top_sessions"] = [
+            {"session_id": str(row["session_id"]), **{f: row[f] or 0 for f in fields}}
+            for row in qs.values("session_id").annotate(**{f: Sum(f) for f in fields}).order_by("-events", "session_id")[
+                :top
+            ]
+        ]
+    return result

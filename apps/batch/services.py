@@ -1,0 +1,135 @@
+"""Writes for job runs and daily rollups.
+
+The job runner (``apps.batch.jobs.job_execute``) calls the ``job_run_*``
+functions while it holds the job's advisory lock; each is one statement or one
+short transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from apps.batch import selectors
+from apps.batch.models import DailySessionRollup, DailyUserRollup, JobRun
+from apps.common.exceptions import Conflict
+
+
+def job_run_claim(*, job_name: str, parameters: dict[str, Any], trigger: str, worker: str) -> JobRun:
+    """The run to work on: the dead ``running`` run with these parameters (resumed), or a new one.
+
+    The caller holds the job's advisory lock, so any ``running`` row found here
+    belongs to a process that died. A dead run with other parameters is closed
+    as failed: its checkpoint means nothing for different parameters.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        stale = JobRun.objects.select_for_update().filter(job_name=job_name, status=JobRun.Status.RUNNING).first()
+        if stale is not None:
+            if stale.parameters == parameters:
+                stale.resume_count += 1
+                stale.resumed_from = [*stale.resumed_from, stale.progress_done]
+                stale.worker = worker
+                stale.heartbeat_at = now
+                stale.save(update_fields=["resume_count", "resumed_from", "worker", "heartbeat_at", "updated_at"])
+                return stale
+            stale.status = JobRun.Status.FAILED
+            stale.finished_at = now
+            stale.error = "Interrupted (its process died); superseded by a run with other parameters."
+            stale.save(update_fields=["status", "finished_at", "error", "updated_at"])
+        try:
+            with transaction.atomic():
+                return JobRun.objects.create(
+                    job_name=job_name,
+                    parameters=parameters,
+                    trigger=trigger,
+                    worker=worker,
+                    started_at=now,
+                    heartbeat_at=now,
+                )
+        except IntegrityError as exc:
+            # Only reachable when the lock was bypassed; the constraint still holds.
+            raise Conflict(f"Job {job_name!r} is already running.", code="job_running") from exc
+
+
+def job_run_set_total(*, run: JobRun, total: int) -> JobRun:
+    JobRun.objects.filter(pk=run.pk).update(progress_total=total)
+    run.progress_total = total
+    return run
+
+
+def job_run_progress(
+    *, run: JobRun, step_done: int, checkpoint: dict[str, Any], result: dict[str, Any] | None = None
+) -> JobRun:
+    """Record one chunk: runs inside the chunk's transaction, so work and checkpoint commit together."""
+    merged = dict(run.result)
+    for key, value in (result or {}).items():
+        # Counters add up across chunks; anything else is replaced.
+        if isinstance(value, int | float) and not isinstance(value, bool) and isinstance(merged.get(key), int | float):
+            merged[key] = merged[key] + value
+        else:
+            merged[key] = value
+    now = timezone.now()
+    JobRun.objects.filter(pk=run.pk).update(
+        progress_done=F("progress_done") + step_done, checkpoint=checkpoint, result=merged, heartbeat_at=now,
+        updated_at=now,
+    )
+    run.progress_done += step_done
+    run.checkpoint = checkpoint
+    run.result = merged
+    run.heartbeat_at = now
+    return run
+
+
+def job_run_finish(*, run: JobRun) -> JobRun:
+    now = timezone.now()
+    JobRun.objects.filter(pk=run.pk).update(status=JobRun.Status.SUCCEEDED, finished_at=now, updated_at=now)
+    run.status = JobRun.Status.SUCCEEDED
+    run.finished_at = now
+    return run
+
+
+def job_run_fail(*, run: JobRun, error: str) -> JobRun:
+    now = timezone.now()
+    JobRun.objects.filter(pk=run.pk).update(status=JobRun.Status.FAILED, finished_at=now, error=error, updated_at=now)
+    run.status = JobRun.Status.FAILED
+    run.finished_at = now
+    run.error = error
+    return run
+
+
+def job_run_purge(*, older_than: datetime) -> int:
+    """Delete finished runs that ended before ``older_than``; running ones are never touched."""
+    deleted, _ = JobRun.objects.filter(
+        status__in=[JobRun.Status.SUCCEEDED, JobRun.Status.FAILED], finished_at__lt=older_than
+    ).delete()
+    return deleted
+
+
+def daily_session_rollup_upsert(*, day: date, session_ids: list[Any]) -> int:
+    """(Re)compute the rollup rows of ``day`` for these sessions; idempotent."""
+    rows = selectors.session_activity(day=day, session_ids=session_ids)
+    now = timezone.now()
+    DailySessionRollup.objects.bulk_create(
+        [DailySessionRollup(day=day, session_id=sid, computed_at=now, **counts) for sid, counts in rows.items()],
+        update_conflicts=True,
+        unique_fields=["day", "session"],
+        update_fields=["events", "participants", "suggestions_shown", "suggestions_accepted", "computed_at"],
+    )
+    return len(rows)
+
+
+def daily_user_rollup_upsert(*, day: date, user_ids: list[int]) -> int:
+    rows = selectors.user_activity(day=day, user_ids=user_ids)
+    now = timezone.now()
+    DailyUserRollup.objects.bulk_create(
+        [DailyUserRollup(day=day, user_id=uid, computed_at=now, **counts) for uid, counts in rows.items()],
+        update_conflicts=True,
+        unique_fields=["day", "user"],
+        update_fields=["events", "sessions", "suggestions_shown", "suggestions_accepted", "computed_at"],
+    )
+    return len(rows)
