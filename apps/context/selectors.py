@@ -54,6 +54,14 @@ def context_event_list(*, session: Session, after_seq: int = 0, limit: int | Non
     return qs
 
 
+def session_idle_ids(*, idle_before: Any, after: Any = None, limit: int = 500) -> list[uuid.UUID]:
+    """Open sessions with no activity since ``idle_before``, by id, after ``after`` (expiry job chunks)."""
+    qs = Session.objects.filter(state=Session.State.OPEN, last_activity_at__lt=idle_before)
+    if after is not None:
+        qs = qs.filter(pk__gt=_as_uuid(after))
+    return list(qs.order_by("pk").values_list("pk", flat=True)[:limit])
+
+
 def session_last_seq(*, session_id: Any) -> int:
     return Session.objects.filter(pk=_as_uuid(session_id)).values_list("last_seq", flat=True).first() or 0
 

@@ -84,6 +84,26 @@ def session_close(*, session: Session, actor: AbstractBaseUser) -> Session:
     return session_update(session=session, actor=actor, state=Session.State.CLOSED)
 
 
+def session_expire_idle(*, session_id: Any, idle_before: Any) -> bool:
+    """Close the session if it is still open and idle since before ``idle_before`` (the expiry job).
+
+    Re-checked under the row lock, so an event appended after the job listed
+    the session keeps it open; closed as its owner, so ``session.closed`` is
+    emitted exactly as for any close.
+    """
+    with transaction.atomic():
+        session = (
+            Session.objects.select_for_update(of=("self",))
+            .select_related("owner")
+            .filter(pk=session_id, state=Session.State.OPEN, last_activity_at__lt=idle_before)
+            .first()
+        )
+        if session is None:
+            return False
+        session_update(session=session, actor=session.owner, state=Session.State.CLOSED)
+    return True
+
+
 def session_delete(*, session: Session, actor: AbstractBaseUser) -> None:
     with transaction.atomic():
         participant = _participant_for(session=session, user=actor)
