@@ -1,0 +1,728 @@
+"""The multi-level cache: L1 in-process -> L2 Redis -> L3 the caller's loader.
+
+``get_or_load(key, loader, ttl=..., tags=...)`` is the one read path:
+
+1. L1 (``apps.caching.local``), only while this process is subscribed to the
+   invalidation bus: an L1 that cannot hear invalidations is not trusted.
+2. L2 Redis, one round trip that also reads the key's generation counters.
+3. On a miss, single-flight inside the process (one thread loads, the others
+   wait for its result) and a short Redis lock across processes (the others
+   poll L2 for the value the holder writes, and load themselves only if the
+   holder is slow or gone).
+4. The fill is fenced: L2 is written by a Lua script only if the key's, its
+   tags' and the pattern generation counters still hold the values read before
+   the loader ran, and L1 likewise with its local token. An invalidation that
+   lands while a loader is reading old rows therefore wins, always.
+
+``None`` from a loader means "not found" and is cached for ``negative_ttl``.
+
+Invalidation (``invalidate``) drops the entries from this process's L1, bumps
+the generation counters and deletes the entries in L2, then publishes on the
+bus; every process's listener thread applies it to its L1. If Redis is
+unreachable the invalidation is queued and replayed when the bus reconnects,
+and every listener clears its whole L1 on (re)connect, since it may have
+missed messages while it was away.
+
+Degrade, never fail: every Redis error is caught, counted and turns the call
+into a plain loader call; a circuit breaker skips Redis for a short while after
+an error so a dead Redis costs one connect timeout, not one per request.
+
+Values are pickled (Redis and L1 keep the same bytes; each L1 hit unpickles a
+private copy, so callers may mutate what they get). Only processes of this
+deployment write these keys; like Django's own Redis cache, whoever can write
+to this Redis can make the platform unpickle what it wants.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+import logging
+import os
+import pickle
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import redis
+from django.conf import settings
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from apps.caching.keys import SCHEME
+from apps.caching.local import LocalCache
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A pickle never starts with these bytes (protocol 2+ starts with 0x80).
+NEGATIVE = b"\x00N"
+_PICKLE_PROTOCOL = 5
+
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LOADER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+_FILL_LUA = """
+local ntags = tonumber(ARGV[3])
+local ngens = 2 + ntags
+for i = 1, ngens do
+  local cur = redis.call('GET', KEYS[1 + i]) or '0'
+  if cur ~= ARGV[3 + i] then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
+for i = 1, ntags do
+  local ts = KEYS[1 + ngens + i]
+  redis.call('SADD', ts, KEYS[1])
+  if redis.call('PTTL', ts) < tonumber(ARGV[1]) then redis.call('PEXPIRE', ts, ARGV[1]) end
+end
+return 1
+"""
+
+# KEYS: (value key, gen key) pairs; ARGV[1]: gen TTL in ms.
+_INVALIDATE_KEYS_LUA = """
+for i = 1, #KEYS, 2 do
+  redis.call('INCR', KEYS[i + 1])
+  redis.call('PEXPIRE', KEYS[i + 1], ARGV[1])
+  redis.call('DEL', KEYS[i])
+end
+return 1
+"""
+
+# KEYS: (tag set key, tag gen key) pairs; ARGV[1]: gen TTL in ms.
+_INVALIDATE_TAGS_LUA = """
+local n = 0
+for i = 1, #KEYS, 2 do
+  redis.call('INCR', KEYS[i + 1])
+  redis.call('PEXPIRE', KEYS[i + 1], ARGV[1])
+  local members = redis.call('SMEMBERS', KEYS[i])
+  for _, member in ipairs(members) do n = n + redis.call('DEL', member) end
+  redis.call('DEL', KEYS[i])
+end
+return n
+"""
+
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class _Histogram:
+    """Cumulative buckets (Prometheus-style) plus a window of recent samples for quantiles."""
+
+    def __init__(self, buckets: tuple[float, ...], window: int = 4096) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.count = 0
+        self.total = 0.0
+        self.maximum = 0.0
+        self.recent: deque[float] = deque(maxlen=window)
+        self._lock = threading.Lock()
+
+    def observe(self, value: float) -> None:
+        with self._lock:
+            self.counts[bisect.bisect_left(self.buckets, value)] += 1
+            self.count += 1
+            self.total += value
+            self.maximum = max(self.maximum, value)
+            self.recent.append(value)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            recent = sorted(self.recent)
+            cumulative = list(itertools.accumulate(self.counts))
+            return {
+                "count": self.count,
+                "sum": self.total,
+                "max": self.maximum,
+                "p50": _quantile(recent, 0.50),
+                "p99": _quantile(recent, 0.99),
+                "buckets": {**{str(b): c for b, c in zip(self.buckets, cumulative, strict=False)}, "+Inf": self.count},
+            }
+
+
+def _quantile(ordered: list[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass
+class _Counters:
+    l2_hits: int = 0
+    l2_misses: int = 0
+    l2_errors: int = 0
+    loads: int = 0
+    negative_hits: int = 0
+    negative_stores: int = 0
+    l1_bypassed: int = 0
+    singleflight_waits: int = 0
+    lock_waits: int = 0
+    stale_fills_refused: int = 0
+    invalidations_sent: int = 0
+    invalidations_received: int = 0
+    invalidations_queued: int = 0
+    bus_reconnects: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def incr(self, name: str, by: int = 1) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + by)
+
+
+class _Flight:
+    __slots__ = ("done", "blob", "value", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.blob: bytes | None = None
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+def _encode(value: Any) -> bytes:
+    return NEGATIVE if value is None else pickle.dumps(value, protocol=_PICKLE_PROTOCOL)
+
+
+def _decode(blob: bytes) -> Any:
+    return None if blob == NEGATIVE else pickle.loads(blob)  # noqa: S301 - our own deployment's values
+
+
+class MultiLevelCache:
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        prefix: str,
+        enabled: bool = True,
+        l1_max_entries: int = 10_000,
+        l1_max_ttl: float = 30.0,
+        lock_ttl: float = 2.0,
+        lock_wait: float = 1.0,
+        redis_timeout: float = 0.25,
+        breaker_cooldown: float = 0.5,
+        pending_max: int = 10_000,
+    ) -> None:
+        self.redis_url = redis_url
+        self.enabled = enabled
+        self.l1_max_ttl = l1_max_ttl
+        self.lock_ttl = lock_ttl
+        self.lock_wait = lock_wait
+        self.redis_timeout = redis_timeout
+        self.breaker_cooldown = breaker_cooldown
+        self.pending_max = pending_max
+        self.base = f"{prefix}:cache:{SCHEME}"
+        self.channel = f"{prefix}:cache:{SCHEME}:bus"
+        self.gen_ttl_ms = 86_400_000  # longer than any value TTL: a gen must outlive the values it fences
+        self.origin = uuid.uuid4().hex
+        self.local = LocalCache(max_entries=l1_max_entries)
+        self.counters = _Counters()
+        self.loader_seconds = _Histogram(LOADER_BUCKETS)
+        self.invalidation_lag = _Histogram(LAG_BUCKETS)
+        self._pid = os.getpid()
+        self._start_lock = threading.Lock()
+        self._flights: dict[str, _Flight] = {}
+        self._flights_lock = threading.Lock()
+        self._down_until = 0.0
+        self._pending: deque[dict[str, Any]] = deque()
+        self._pending_overflow = False
+        self._pending_lock = threading.Lock()
+        self._bus_ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._redis = self._client(socket_timeout=redis_timeout)
+        self._fill = self._redis.register_script(_FILL_LUA)
+        self._inv_keys = self._redis.register_script(_INVALIDATE_KEYS_LUA)
+        self._inv_tags = self._redis.register_script(_INVALIDATE_TAGS_LUA)
+        self._release = self._redis.register_script(_RELEASE_LUA)
+
+    # -- plumbing ----------------------------------------------------------
+    def _client(self, *, socket_timeout: float | None, health_check_interval: int = 0) -> redis.Redis:
+        # No retries: a failing call must fail fast and fall through to the loader.
+        return redis.Redis.from_url(
+            self.redis_url,
+            socket_connect_timeout=self.redis_timeout,
+            socket_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=health_check_interval,
+        )
+
+    def _vkey(self, key: str) -> str:
+        return f"{self.base}:v:{key}"
+
+    def _gkey(self, key: str) -> str:
+        return f"{self.base}:g:{key}"
+
+    def _tgkey(self, tag: str) -> str:
+        return f"{self.base}:tg:{tag}"
+
+    def _tskey(self, tag: str) -> str:
+        return f"{self.base}:t:{tag}"
+
+    def _lkey(self, key: str) -> str:
+        return f"{self.base}:l:{key}"
+
+    @property
+    def _pgkey(self) -> str:
+        return f"{self.base}:pg"
+
+    def _l2_usable(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _l2_failed(self, exc: BaseException) -> None:
+        self.counters.incr("l2_errors")
+        self._down_until = time.monotonic() + self.breaker_cooldown
+        logger.warning("cache: Redis unavailable (%s); reading through to the loader", exc.__class__.__name__)
+
+    def ensure_started(self) -> None:
+        """Start the bus listener (lazily, and again in a forked child)."""
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        with self._start_lock:
+            if self._pid != os.getpid():
+                # A forked child (prefork worker) inherits an L1 nobody invalidates.
+                self._pid = os.getpid()
+                self.origin = uuid.uuid4().hex
+                self.local.clear()
+                self._bus_ready.clear()
+                self._flights = {}
+                self._thread = None
+            if self._thread is None:
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._listen, name="cache-invalidation-bus", daemon=True)
+                self._thread.start()
+
+    def wait_ready(self, timeout: float = 5.0) -> bool:
+        self.ensure_started()
+        return self._bus_ready.wait(timeout)
+
+    @property
+    def bus_connected(self) -> bool:
+        return self._bus_ready.is_set()
+
+    def close(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            thread.join(timeout=5)
+        self._thread = None
+        self._bus_ready.clear()
+        self._redis.close()
+
+    # -- reads -------------------------------------------------------------
+    def get_or_load(
+        self,
+        key: str,
+        loader: Callable[[], T | None],
+        *,
+        ttl: float,
+        tags: Iterable[str] = (),
+        negative_ttl: float = 5.0,
+        copy: bool = True,
+    ) -> T | None:
+        if not self.enabled:
+            return loader()
+        self.ensure_started()
+        tags = tuple(tags)
+        use_l1 = self._bus_ready.is_set()
+        if use_l1:
+            entry = self.local.get(key)
+            if entry is not None:
+                if entry.encoded:
+                    if entry.value == NEGATIVE:
+                        self.counters.incr("negative_hits")
+                        return None
+                    return pickle.loads(entry.value)  # noqa: S301
+                return entry.value
+        else:
+            self.counters.incr("l1_bypassed")
+        return self._single_flight(key, loader, ttl, tags, negative_ttl, copy, use_l1)
+
+    def _single_flight(self, key, loader, ttl, tags, negative_ttl, copy, use_l1):  # noqa: ANN001, ANN202
+        with self._flights_lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if leader:
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            self.counters.incr("singleflight_waits")
+            if flight.done.wait(timeout=self.lock_wait + 30):
+                if flight.error is not None:
+                    raise flight.error
+                return _decode(flight.blob) if copy else flight.value
+            # The leader is stuck; do not hang a request on it.
+            return loader()
+        try:
+            blob, value = self._through(key, loader, ttl, tags, negative_ttl, copy, use_l1)
+            flight.blob, flight.value = blob, value
+            return value
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._flights_lock:
+                self._flights.pop(key, None)
+            flight.done.set()
+
+    def _through(self, key, loader, ttl, tags, negative_ttl, copy, use_l1):  # noqa: ANN001, ANN202, C901
+        token = self.local.token(key, tags)
+        l1_ttl = min(ttl, self.l1_max_ttl)
+        vkey = self._vkey(key)
+        gen_keys = [self._pgkey, self._gkey(key), *(self._tgkey(t) for t in tags)]
+        gens: list[str] | None = None
+        lock_token: str | None = None
+
+        if self._l2_usable():
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.get(vkey)
+                pipe.mget(gen_keys)
+                blob, raw_gens = pipe.execute()
+                gens = [g.decode() if g is not None else "0" for g in raw_gens]
+                if blob is not None:
+                    return self._l2_hit(key, blob, l1_ttl, tags, token, copy, use_l1)
+                self.counters.incr("l2_misses")
+                lock_token = uuid.uuid4().hex
+                if not self._redis.set(self._lkey(key), lock_token, nx=True, px=int(self.lock_ttl * 1000)):
+                    lock_token = None
+                    blob = self._wait_for_holder(key, vkey)
+                    if blob is not None:
+                        return self._l2_hit(key, blob, l1_ttl, tags, token, copy, use_l1)
+            except redis.RedisError as exc:
+                self._l2_failed(exc)
+                gens = None
+
+        started = time.perf_counter()
+        try:
+            value = loader()
+        finally:
+            self.loader_seconds.observe(time.perf_counter() - started)
+            self.counters.incr("loads")
+        blob = _encode(value)
+        if value is None:
+            self.counters.incr("negative_stores")
+        store_ttl = ttl if value is not None else negative_ttl
+        fresh = True
+        if gens is not None:
+            try:
+                stored = self._fill(
+                    keys=[vkey, *gen_keys, *(self._tskey(t) for t in tags)],
+                    args=[max(1, int(store_ttl * 1000)), blob, len(tags), *gens],
+                )
+                if not stored:
+                    fresh = False
+                    self.counters.incr("stale_fills_refused")
+            except redis.RedisError as exc:
+                self._l2_failed(exc)
+            finally:
+                if lock_token is not None:
+                    try:
+                        self._release(keys=[self._lkey(key)], args=[lock_token])
+                    except redis.RedisError:
+                        pass  # it expires by itself within lock_ttl
+        if use_l1 and fresh:
+            if not self.local.set(
+                key, blob if copy else value, ttl=min(store_ttl, l1_ttl), tags=tags, token=token, encoded=copy
+            ):
+                self.counters.incr("stale_fills_refused")
+        return blob, value
+
+    def _l2_hit(self, key, blob, l1_ttl, tags, token, copy, use_l1):  # noqa: ANN001, ANN202
+        self.counters.incr("l2_hits")
+        value = _decode(blob)
+        if value is None:
+            self.counters.incr("negative_hits")
+        if use_l1:
+            # Promotion: the token was taken before the L2 read, so an invalidation
+            # that arrived meanwhile refuses this fill.
+            self.local.set(key, blob if copy else value, ttl=l1_ttl, tags=tags, token=token, encoded=copy)
+        return blob, value
+
+    def _wait_for_holder(self, key: str, vkey: str) -> bytes | None:
+        """Another process holds the key's load lock: poll L2 for what it writes."""
+        self.counters.incr("lock_waits")
+        deadline = time.monotonic() + self.lock_wait
+        delay = 0.002
+        lkey = self._lkey(key)
+        while time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.get(vkey)
+            pipe.exists(lkey)
+            blob, locked = pipe.execute()
+            if blob is not None:
+                return blob
+            if not locked:
+                return None  # the holder gave up (error, or its fill was fenced off)
+        return None
+
+    # -- invalidation --------------------------------------------------------
+    def invalidate(self, *, keys: Iterable[str] = (), tags: Iterable[str] = (), pattern: str | None = None) -> None:
+        """Invalidate on every level and in every process. Never raises for Redis trouble."""
+        keys, tags = tuple(keys), tuple(tags)
+        if not (keys or tags or pattern):
+            return
+        self._apply_local(keys, tags, pattern)
+        if not self.enabled:
+            return
+        self.ensure_started()
+        message = {"origin": self.origin, "keys": list(keys), "tags": list(tags), "pattern": pattern}
+        try:
+            if not self._l2_usable():
+                raise redis.ConnectionError("circuit open")
+            self._invalidate_remote(message)
+        except redis.RedisError as exc:
+            self._l2_failed(exc)
+            self._queue(message)
+
+    def _apply_local(self, keys: tuple[str, ...], tags: tuple[str, ...], pattern: str | None) -> None:
+        if keys:
+            self.local.invalidate_keys(keys)
+        if tags:
+            self.local.invalidate_tags(tags)
+        if pattern:
+            self.local.invalidate_pattern(pattern)
+
+    def _invalidate_remote(self, message: dict[str, Any]) -> None:
+        keys, tags, pattern = message["keys"], message["tags"], message["pattern"]
+        ms = self.gen_ttl_ms
+        if pattern:
+            # The pattern generation first: it fences every fill in flight, then
+            # the matching values go.
+            self._redis.incr(self._pgkey)
+            self._redis.pexpire(self._pgkey, ms)
+            match = f"{_glob_escape(self.base)}:v:{pattern}"
+            batch: list[bytes] = []
+            for name in self._redis.scan_iter(match=match, count=1000):
+                batch.append(name)
+                if len(batch) >= 500:
+                    self._redis.unlink(*batch)
+                    batch = []
+            if batch:
+                self._redis.unlink(*batch)
+        pipe = self._redis.pipeline(transaction=False)
+        if keys:
+            self._inv_keys(keys=[k for key in keys for k in (self._vkey(key), self._gkey(key))], args=[ms], client=pipe)
+        if tags:
+            self._inv_tags(keys=[k for tag in tags for k in (self._tskey(tag), self._tgkey(tag))], args=[ms],
+                           client=pipe)
+        # Publish after L2 is clean, so a process that drops its L1 on this
+        # message cannot refill it from L2 with the old value.
+        pipe.publish(self.channel, json.dumps({**message, "sent_at": time.time()}))
+        pipe.execute()
+        self.counters.incr("invalidations_sent")
+
+    def _queue(self, message: dict[str, Any]) -> None:
+        with self._pending_lock:
+            if len(self._pending) >= self.pending_max:
+                self._pending_overflow = True
+                self._pending.clear()
+            elif not self._pending_overflow:
+                self._pending.append(message)
+        self.counters.incr("invalidations_queued")
+
+    def _flush_pending(self) -> None:
+        with self._pending_lock:
+            pending, overflow = list(self._pending), self._pending_overflow
+            self._pending.clear()
+            self._pending_overflow = False
+        if overflow:
+            # Too much was missed to replay one by one: drop all of L2.
+            pending = [{"origin": self.origin, "keys": [], "tags": [], "pattern": "*"}]
+        try:
+            for message in pending:
+                self._invalidate_remote(message)
+        except redis.RedisError:
+            with self._pending_lock:
+                self._pending.extendleft(reversed(pending))
+            raise
+
+    # -- the bus listener -----------------------------------------------------
+    def _listen(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            client = self._client(socket_timeout=5.0, health_check_interval=2)
+            pubsub = client.pubsub()
+            try:
+                pubsub.subscribe(self.channel)
+                deadline = time.monotonic() + 5
+                while True:
+                    message = pubsub.get_message(timeout=0.5)
+                    if message is not None and message["type"] == "subscribe":
+                        break
+                    if time.monotonic() > deadline:
+                        raise redis.TimeoutError("no subscribe confirmation")
+                # Anything could have changed while we were not listening.
+                self.local.clear()
+                self._flush_pending()
+                self._down_until = 0.0
+                self._bus_ready.set()
+                backoff = 0.05
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message is not None and message["type"] == "message":
+                        self._on_message(message["data"])
+            except (redis.RedisError, OSError) as exc:
+                if self._bus_ready.is_set():
+                    logger.warning("cache: invalidation bus lost (%s); L1 bypassed until it is back", exc)
+            except Exception:  # a bug here must not kill invalidation for the process
+                logger.exception("cache: invalidation bus listener failed")
+            finally:
+                was_ready = self._bus_ready.is_set()
+                self._bus_ready.clear()
+                self.local.clear()
+                try:
+                    pubsub.close()
+                    client.close()
+                except Exception:  # noqa: S110 - closing a dead connection
+                    pass
+            if self._stop.is_set():
+                break
+            if was_ready:
+                self.counters.incr("bus_reconnects")
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+    def _on_message(self, data: bytes) -> None:
+        try:
+            message = json.loads(data)
+        except ValueError:
+            return
+        if message.get("origin") == self.origin:
+            return  # applied locally before it was published
+        self._apply_local(tuple(message.get("keys") or ()), tuple(message.get("tags") or ()), message.get("pattern"))
+        self.counters.incr("invalidations_received")
+        sent_at = message.get("sent_at")
+        if isinstance(sent_at, int | float):
+            self.invalidation_lag.observe(max(0.0, time.time() - sent_at))
+
+    # -- metrics ---------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        c = self.counters
+        with c.lock:
+            counters = {name: getattr(c, name) for name in c.__dataclass_fields__ if name != "lock"}
+        return {
+            "enabled": self.enabled,
+            "l1": {
+                "hits": self.local.hits,
+                "misses": self.local.misses,
+                "bypassed": counters["l1_bypassed"],
+                "size": len(self.local),
+                "max_entries": self.local.max_entries,
+                "evictions": self.local.evictions,
+                "expirations": self.local.expirations,
+            },
+            "l2": {
+                "hits": counters["l2_hits"],
+                "misses": counters["l2_misses"],
+                "errors": counters["l2_errors"],
+                "available": self._l2_usable(),
+            },
+            "l3": {"loads": counters["loads"], "loader_seconds": self.loader_seconds.snapshot()},
+            "negative": {"hits": counters["negative_hits"], "stores": counters["negative_stores"]},
+            "singleflight_waits": counters["singleflight_waits"],
+            "lock_waits": counters["lock_waits"],
+            "stale_fills_refused": counters["stale_fills_refused"] + self.local.refused_fills,
+            "invalidations": {
+                "sent": counters["invalidations_sent"],
+                "received": counters["invalidations_received"],
+                "queued": counters["invalidations_queued"],
+                "lag_seconds": self.invalidation_lag.snapshot(),
+            },
+            "bus": {"connected": self.bus_connected, "reconnects": counters["bus_reconnects"]},
+        }
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
+# -- the process-wide instance ------------------------------------------------
+_instance: MultiLevelCache | None = None
+_instance_lock = threading.Lock()
+
+
+def get_cache() -> MultiLevelCache:
+    global _instance
+    if _instance is None:
+        with _instance_lock:
+            if _instance is None:
+                _instance = MultiLevelCache(
+                    redis_url=getattr(settings, "CACHE_REDIS_URL", None) or settings.REDIS_URL,
+                    prefix=settings.REDIS_KEY_PREFIX,
+                    enabled=getattr(settings, "CACHE_ENABLED", True),
+                    l1_max_entries=getattr(settings, "CACHE_L1_MAX_ENTRIES", 10_000),
+                    l1_max_ttl=getattr(settings, "CACHE_L1_MAX_TTL", 30.0),
+                )
+    return _instance
+
+
+def configure_cache(**overrides: Any) -> MultiLevelCache:
+    """Replace the process's cache (tests, benchmarks). Unset options come from settings."""
+    global _instance
+    with _instance_lock:
+        if _instance is not None:
+            _instance.close()
+        options: dict[str, Any] = {
+            "redis_url": getattr(settings, "CACHE_REDIS_URL", None) or settings.REDIS_URL,
+            "prefix": settings.REDIS_KEY_PREFIX,
+            "enabled": getattr(settings, "CACHE_ENABLED", True),
+            "l1_max_entries": getattr(settings, "CACHE_L1_MAX_ENTRIES", 10_000),
+            "l1_max_ttl": getattr(settings, "CACHE_L1_MAX_TTL", 30.0),
+        }
+        options.update(overrides)
+        _instance = MultiLevelCache(**options)
+    return _instance
+
+
+def get_or_load(
+    key: str,
+    loader: Callable[[], T | None],
+    *,
+    ttl: float,
+    tags: Iterable[str] = (),
+    negative_ttl: float = 5.0,
+    copy: bool = True,
+) -> T | None:
+    """Read-through on L1 -> L2 -> ``loader``; ``None`` from the loader is cached as "not found".
+
+    ``copy=False`` keeps the object itself in L1 (no unpickle per hit); use it
+    only for values nobody mutates (bytes, tuples, frozen data).
+    """
+    return get_cache().get_or_load(key, loader, ttl=ttl, tags=tags, negative_ttl=negative_ttl, copy=copy)
+
+
+async def aget_or_load(
+    key: str,
+    loader: Callable[[], T | None],
+    *,
+    ttl: float,
+    tags: Iterable[str] = (),
+    negative_ttl: float = 5.0,
+    copy: bool = True,
+) -> T | None:
+    """``get_or_load`` for async code: the L1 hit is served on the loop, the rest in a thread."""
+    from asgiref.sync import sync_to_async
+
+    cache = get_cache()
+    if cache.enabled and cache.bus_connected:
+        entry = cache.local.get(key)
+        if entry is not None:
+            if not entry.encoded:
+                return entry.value
+            return _decode(entry.value)
+    return await sync_to_async(cache.get_or_load, thread_sensitive=True)(
+        key, loader, ttl=ttl, tags=tags, negative_ttl=negative_ttl, copy=copy
+    )
+
+
+def cache_stats() -> dict[str, Any]:
+    """Per-level hits/misses, loader time, invalidation lag, bus state (for /metrics)."""
+    return get_cache().stats()
