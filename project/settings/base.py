@@ -76,6 +76,15 @@ BROKER_URL = env.get_str("BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 # per-run prefix so concurrent runs never see each other's keys).
 REDIS_KEY_PREFIX = env.get_str("REDIS_KEY_PREFIX", "ce")
 
+# --- Multi-level cache (apps/caching) ----------------------------------------
+# Off: every get_or_load calls its loader (the benchmark's baseline).
+CACHE_ENABLED = env.get_bool("CACHE_ENABLED", True)
+# Its own Redis URL so a fault test can point only the cache at a private Redis.
+CACHE_REDIS_URL = env.get_str("CACHE_REDIS_URL", REDIS_URL)
+CACHE_L1_MAX_ENTRIES = env.get_int("CACHE_L1_MAX_ENTRIES", 10_000)
+# Upper bound on an L1 entry's life: the staleness bound if a bus message were lost.
+CACHE_L1_MAX_TTL = env.get_float("CACHE_L1_MAX_TTL", 30.0)
+
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
