@@ -48,6 +48,9 @@ class InferenceRequest(BaseModel):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
     model_version = models.CharField(max_length=100, blank=True, default="")
     correlation_id = models.CharField(max_length=64, blank=True, default="")
+    # The task id that claimed the request: a redelivery of that same task (its
+    # worker was killed) may claim it again; any other delivery may not.
+    claim_token = models.CharField(max_length=64, blank=True, default="")
     # How many context updates this request stands for (1 + coalesced ones).
     coalesced = models.PositiveIntegerField(default=1)
     attempts = models.PositiveIntegerField(default=0)

@@ -1,0 +1,259 @@
+"""Reads for inference requests, suggestions, model versions and embeddings."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+import numpy as np
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import QuerySet
+
+from apps.ai.models import Embedding, InferenceRequest, ModelVersion, Suggestion
+from apps.common.exceptions import NotFound
+from apps.context import selectors as context_selectors
+from apps.context.models import ContextEvent, Participant
+
+NEXT_ACTION_MODEL = "next_action"
+
+
+def _as_uuid(value: Any, *, what: str) -> uuid.UUID:
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise NotFound(f"{what} not found.") from exc
+
+
+# --- requests and suggestions ----------------------------------------------
+
+
+def inference_request_get(*, request_id: Any) -> InferenceRequest | None:
+    try:
+        rid = _as_uuid(request_id, what="Inference request")
+    except NotFound:
+        return None
+    return InferenceRequest.objects.filter(pk=rid).select_related("session").first()
+
+
+def inference_request_get_for_user(*, request_id: Any, user: AbstractBaseUser) -> InferenceRequest:
+    """The request, if ``user`` takes part in its session; 404 otherwise."""
+    rid = _as_uuid(request_id, what="Inference request")
+    request = (
+        InferenceRequest.objects.filter(
+            pk=rid, session__participants__user=user, session__participants__left_at__isnull=True
+        )
+        .select_related("session")
+        .first()
+    )
+    if request is None:
+        raise NotFound("Inference request not found.")
+    return request
+
+
+def suggestion_list_for_session(*, session: Any, kind: str | None = None) -> QuerySet[Suggestion]:
+    qs = Suggestion.objects.filter(session=session)
+    if kind:
+        qs = qs.filter(kind=kind)
+    return qs.order_by("-created_at", "kind", "rank", "id")
+
+
+def suggestion_get_for_user(*, suggestion_id: Any, user: AbstractBaseUser) -> Suggestion:
+    sid = _as_uuid(suggestion_id, what="Suggestion")
+    suggestion = (
+        Suggestion.objects.filter(
+            pk=sid, session__participants__user=user, session__participants__left_at__isnull=True
+        )
+        .select_related("session")
+        .first()
+    )
+    if suggestion is None:
+        raise NotFound("Suggestion not found.")
+    return suggestion
+
+
+def suggestion_to_dict(suggestion: Suggestion) -> dict[str, Any]:
+    return {
+        "id": str(suggestion.id),
+        "kind": suggestion.kind,
+        "content": suggestion.content,
+        "score": suggestion.score,
+        "source_seqs": list(suggestion.source_seqs or []),
+        "trigger_seq": suggestion.trigger_seq,
+        "model_version": suggestion.model_version,
+        "created_at": suggestion.created_at.isoformat(),
+    }
+
+
+def inference_request_to_dict(request: InferenceRequest) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": str(request.id),
+        "status": request.status,
+        "kind": request.kind,
+        "session_id": str(request.session_id),
+        "trigger_seq": request.trigger_seq,
+        "model_version": request.model_version,
+        "queued_at": request.queued_at.isoformat() if request.queued_at else None,
+        "started_at": request.started_at.isoformat() if request.started_at else None,
+        "finished_at": request.finished_at.isoformat() if request.finished_at else None,
+    }
+    if request.kind == InferenceRequest.Kind.QUERY:
+        body["query"] = request.query
+    if request.status == InferenceRequest.Status.FAILED:
+        body["error"] = request.error
+    body["suggestions"] = (
+        [suggestion_to_dict(s) for s in request.suggestions.order_by("-created_at", "kind", "rank")]
+        if request.status == InferenceRequest.Status.DONE
+        else []
+    )
+    return body
+
+
+# --- inputs the workers read ------------------------------------------------
+
+
+def event_text(event_type: str, data: Any) -> str:
+    """The text the AI reads from an event: ``data.text``, else the action and its target."""
+    if not isinstance(data, dict):
+        return ""
+    text = data.get("text")
+    if isinstance(text, str) and text.strip():
+        return text.strip()
+    if event_type == ContextEvent.EventType.USER_ACTION and isinstance(data.get("action"), str):
+        target = data.get("target")
+        return f"{data['action']} {target}".strip() if isinstance(target, str) else data["action"]
+    return ""
+
+
+def retrieval_candidates(
+    *, session_id: Any, up_to_seq: int | None, user: AbstractBaseUser | None, limit: int = 200,
+    other_sessions_limit: int = 200
+) -> list[dict[str, Any]]:
+    """Recent text-bearing events of the session (seq <= ``up_to_seq``) and of the user's other sessions.
+
+    Each candidate is ``{"session_id", "seq", "text", "event_type", "same_session"}``,
+    newest first within each group; empty texts are skipped.
+    """
+    sid = _as_uuid(session_id, what="Session")
+    own = ContextEvent.objects.filter(session_id=sid).exclude(event_type=ContextEvent.EventType.USER_ACTION)
+    if up_to_seq is not None:
+        own = own.filter(seq__lte=up_to_seq)
+    rows: list[dict[str, Any]] = []
+    for seq, event_type, data in own.order_by("-seq").values_list("seq", "event_type", "data")[:limit]:
+        text = event_text(event_type, data)
+        if text:
+            rows.append({"session_id": str(sid), "seq": seq, "text": text, "event_type": event_type,
+                         "same_session": True})
+    if user is not None and other_sessions_limit > 0:
+        other_ids = Participant.objects.filter(user=user, left_at__isnull=True).exclude(session_id=sid).values(
+            "session_id"
+        )
+        others = (
+            ContextEvent.objects.filter(session_id__in=other_ids)
+            .exclude(event_type=ContextEvent.EventType.USER_ACTION)
+            .order_by("-created_at")
+            .values_list("session_id", "seq", "event_type", "data")[:other_sessions_limit]
+        )
+        for other_sid, seq, event_type, data in others:
+            text = event_text(event_type, data)
+            if text:
+                rows.append({"session_id": str(other_sid), "seq": seq, "text": text, "event_type": event_type,
+                             "same_session": False})
+    return rows
+
+
+def session_event_at(*, session_id: Any, seq: int) -> dict[str, Any] | None:
+    row = (
+        ContextEvent.objects.filter(session_id=_as_uuid(session_id, what="Session"), seq=seq)
+        .values("seq", "event_type", "data")
+        .first()
+    )
+    return row
+
+
+def recent_actions(*, session_id: Any, up_to_seq: int | None = None, limit: int = 20) -> list[tuple[int, str]]:
+    """The session's latest ``user_action`` names as ``(seq, action)``, oldest first."""
+    qs = ContextEvent.objects.filter(
+        session_id=_as_uuid(session_id, what="Session"), event_type=ContextEvent.EventType.USER_ACTION
+    )
+    if up_to_seq is not None:
+        qs = qs.filter(seq__lte=up_to_seq)
+    rows = list(qs.order_by("-seq").values_list("seq", "data")[:limit])
+    rows.reverse()
+    return [(seq, data["action"]) for seq, data in rows if isinstance(data, dict) and isinstance(data.get("action"), str)]
+
+
+def action_sequences(*, limit_sessions: int = 1000, per_session: int = 200) -> list[list[str]]:
+    """``user_action`` name sequences of recent sessions (oldest first), for the frequency baseline."""
+    session_ids = list(
+        ContextEvent.objects.filter(event_type=ContextEvent.EventType.USER_ACTION)
+        .values_list("session_id", flat=True)
+        .distinct()[:limit_sessions]
+    )
+    sequences: list[list[str]] = []
+    for sid in session_ids:
+        rows = ContextEvent.objects.filter(session_id=sid, event_type=ContextEvent.EventType.USER_ACTION).order_by(
+            "-seq"
+        ).values_list("data", flat=True)[:per_session]
+        actions = [d["action"] for d in reversed(list(rows)) if isinstance(d, dict) and isinstance(d.get("action"), str)]
+        if actions:
+            sequences.append(actions)
+    return sequences
+
+
+def session_last_seq(*, session_id: Any) -> int:
+    return context_selectors.session_last_seq(session_id=session_id)
+
+
+# --- model versions -----------------------------------------------------------
+
+
+def model_version_promoted_ref(*, name: str = NEXT_ACTION_MODEL) -> tuple[uuid.UUID, str] | None:
+    """``(id, label)`` of the promoted version, or None: the cheap per-request hot-reload check."""
+    row = ModelVersion.objects.filter(name=name, promoted=True).values_list("id", "version").first()
+    if row is None:
+        return None
+    return row[0], f"{name}@{row[1]}"
+
+
+def model_version_promoted(*, name: str = NEXT_ACTION_MODEL) -> ModelVersion | None:
+    return ModelVersion.objects.filter(name=name, promoted=True).first()
+
+
+def model_version_artifact(*, model_version_id: Any) -> bytes:
+    """The artifact's bytes: the stored blob, else the file at ``artifact_path``."""
+    row = ModelVersion.objects.filter(pk=model_version_id).values("artifact", "artifact_path").first()
+    if row is None:
+        raise NotFound("Model version not found.")
+    if row["artifact"]:
+        return bytes(row["artifact"])
+    if row["artifact_path"]:
+        from pathlib import Path
+
+        return Path(row["artifact_path"]).read_bytes()
+    raise NotFound("Model version has no artifact.")
+
+
+def model_version_list(*, name: str | None = None) -> QuerySet[ModelVersion]:
+    qs = ModelVersion.objects.defer("artifact")
+    if name:
+        qs = qs.filter(name=name)
+    return qs.order_by("name", "-version")
+
+
+# --- embeddings -------------------------------------------------------------
+
+
+def embedding_content_hash(*, text: str, model_name: str) -> str:
+    return hashlib.sha256(f"{model_name}\x00{text}".encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def embedding_get_many(*, content_hashes: list[str]) -> dict[str, np.ndarray]:
+    if not content_hashes:
+        return {}
+    rows = Embedding.objects.filter(content_hash__in=content_hashes).values_list("content_hash", "vector")
+    return {h: np.frombuffer(bytes(v), dtype="<f4").copy() for h, v in rows}
+
+
+def embedding_exists(*, content_hash: str) -> bool:
+    return Embedding.objects.filter(content_hash=content_hash).exists()
