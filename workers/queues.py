@@ -35,9 +35,45 @@ DLX_EXCHANGE = Exchange("dlx", type="direct", durable=True)
 # attempt budget carried in the message headers.
 DELIVERY_LIMIT = 5
 
+# Prefetch multiplier per queue (messages held per pool process). With
+# acks_late a prefetched message waits unacked behind the running one, so:
+# - ai.realtime: 4. Short inference tasks on a thread pool; a few in hand feed
+#   the micro-batcher and hide the broker round trip.
+# - ai.batch, maintenance, ai.training: 1. Long tasks: a prefetched message
+#   would wait behind a long one while another worker idles (unfair), and its
+#   unacked time counts against RabbitMQ's 30 min consumer timeout.
+PREFETCH_MULTIPLIER: dict[str, int] = {
+    "ai.realtime": 4,
+    "ai.batch": 1,
+    "ai.training": 1,
+    "maintenance": 1,
+}
+
+# Task-name prefixes to queues, for routing a task the publisher has not
+# imported (the first match wins; a task's declared queue takes precedence).
+TASK_NAME_ROUTES: tuple[tuple[str, str], ...] = (
+    ("ai.train", "ai.training"),
+    ("ai.evaluate", "ai.training"),
+    ("training.", "ai.training"),
+    ("ai.batch", "ai.batch"),
+    ("ai.backfill", "ai.batch"),
+    ("batch.", "ai.batch"),
+    ("ai.", "ai.realtime"),
+    ("ops.", "maintenance"),
+    ("maintenance.", "maintenance"),
+)
+
 
 def dead_letter_queue_name(queue: str) -> str:
     return f"{queue}.dlq"
+
+
+def queue_for_task_name(name: str) -> Queue:
+    """The work queue of a task by its stable name's prefix (``ai.batch`` when none matches)."""
+    for prefix, queue in TASK_NAME_ROUTES:
+        if name.startswith(prefix):
+            return Queue(queue)
+    return Queue.AI_BATCH
 
 
 def quorum_arguments(queue: str, *, delivery_limit: int = DELIVERY_LIMIT) -> dict[str, object]:

@@ -1,0 +1,380 @@
+"""Writes of the ops app: dead letters (archive, replay, discard, purge), task failure notes, canary runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from apps.common.exceptions import Conflict, NotFound, ValidationFailed
+from apps.ops.models import (
+    CanaryMode,
+    CanaryRun,
+    CanaryStatus,
+    DeadLetter,
+    DeadLetterReason,
+    DeadLetterReplay,
+    DeadLetterStatus,
+    ReplayStatus,
+    TaskFailure,
+)
+
+logger = logging.getLogger(__name__)
+
+CANARY_TASK_NAME = "ops.canary"
+
+# Headers RabbitMQ adds on dead-lettering or redelivery; a replayed message starts clean.
+_BROKER_HEADERS = {"x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
+                   "x-delivery-count", "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason"}
+
+
+# --- task failure notes --------------------------------------------------------
+
+
+def task_failure_record(*, task_id: str, task_name: str, queue: str, exception_class: str, exception_message: str,
+                        traceback: str, attempts: int, reason: str) -> TaskFailure:
+    """Written by the worker right before it rejects a task (the archiver reads it)."""
+    failure, _ = TaskFailure.objects.update_or_create(
+        task_id=task_id,
+        defaults={
+            "task_name": task_name[:200],
+            "queue": queue[:200],
+            "exception_class": exception_class[:200],
+            "exception_message": exception_message[:10_000],
+            "traceback": traceback[:50_000],
+            "attempts": attempts,
+            "reason": reason,
+        },
+    )
+    return failure
+
+
+# --- archiving -----------------------------------------------------------------
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, tz=UTC)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None
+
+
+_VOLATILE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|0x[0-9a-f]+|\d+", re.IGNORECASE)
+
+
+def dead_letter_fingerprint(*, queue: str, task_name: str, reason: str, exception_class: str,
+                            exception_message: str) -> str:
+    """Equal failures share a fingerprint: ids and numbers in the message do not split them."""
+    normalized = _VOLATILE.sub("?", exception_message)[:500]
+    raw = "|".join((queue, task_name, reason, exception_class, normalized))
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def _decode_body(body: bytes | str, content_type: str | None) -> tuple[list, dict, str, str | None]:
+    """(args, kwargs, raw_body, problem) of a task message body."""
+    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+    if content_type not in (None, "", "application/json"):
+        return [], {}, text[:100_000], f"content type {content_type!r} is not accepted (JSON only)"
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return [], {}, text[:100_000], "body is not valid JSON"
+    if (isinstance(payload, list) and len(payload) == 3 and isinstance(payload[0], list)
+            and isinstance(payload[1], dict)):
+        return payload[0], payload[1], "", None
+    return [], {}, text[:100_000], "body is not a Celery protocol 2 task payload"
+
+
+def dead_letter_archive(*, dead_letter_queue: str, body: bytes | str, headers: dict[str, Any] | None,
+                        properties: dict[str, Any] | None) -> tuple[DeadLetter, bool]:
+    """Store one DLQ message as a row; idempotent (a redelivered message returns the existing row)."""
+    headers = dict(headers or {})
+    properties = dict(properties or {})
+    x_death = [d for d in (headers.get("x-death") or []) if isinstance(d, dict)]
+    latest = x_death[0] if x_death else {}
+    original_queue = str(latest.get("queue") or headers.get("x-first-death-queue")
+                         or dead_letter_queue.removesuffix(".dlq"))
+    broker_reason = str(latest.get("reason") or headers.get("x-first-death-reason") or "rejected")
+    death_count = sum(int(d.get("count") or 1) for d in x_death) or 1
+    task_id = str(headers.get("id") or properties.get("correlation_id") or properties.get("message_id") or "")
+    task_name = str(headers.get("task") or "")
+    raw_bytes = body if isinstance(body, bytes) else body.encode()
+    identity = task_id or hashlib.sha256(raw_bytes + repr(sorted(map(str, headers))).encode()).hexdigest()
+    message_key = f"{identity}:{death_count}"[:300]
+
+    existing = DeadLetter.objects.filter(message_key=message_key).first()
+    if existing is not None:
+        return existing, False
+
+    args, kwargs, raw_body, body_problem = _decode_body(body, properties.get("content_type"))
+    failure = TaskFailure.objects.filter(task_id=task_id).first() if task_id else None
+    redeliveries = int(headers.get("x-delivery-count") or 0)
+    first_attempt = int(headers.get("ce_attempt") or 1)
+
+    if broker_reason == "delivery_limit":
+        reason = DeadLetterReason.DELIVERY_LIMIT
+    elif broker_reason == "expired":
+        reason = DeadLetterReason.EXPIRED
+    elif failure is not None and failure.reason == DeadLetterReason.RETRIES_EXHAUSTED:
+        reason = DeadLetterReason.RETRIES_EXHAUSTED
+    else:
+        reason = DeadLetterReason.REJECTED
+
+    if failure is not None:
+        exception_class, exception_message, traceback = (failure.exception_class, failure.exception_message,
+                                                         failure.traceback)
+        attempts = failure.attempts
+    elif reason == DeadLetterReason.DELIVERY_LIMIT:
+        exception_class = "DeliveryLimitExceeded"
+        exception_message = (f"delivered {redeliveries + 1} times without an ack (the worker died mid-task "
+                             "each time); the queue's delivery limit dead-lettered it")
+        traceback, attempts = "", first_attempt + redeliveries
+    elif reason == DeadLetterReason.EXPIRED:
+        exception_class, exception_message, traceback = "MessageExpired", "the message's TTL ran out in the queue", ""
+        attempts = first_attempt + redeliveries - 1
+    elif body_problem is not None:
+        exception_class, exception_message, traceback = "MalformedMessage", body_problem, ""
+        attempts = 0
+    elif not task_name:
+        exception_class, exception_message, traceback = "MalformedMessage", "no task name in the headers", ""
+        attempts = 0
+    else:
+        exception_class, exception_message, traceback = "", "", ""
+        attempts = first_attempt + redeliveries
+
+    times = [t for t in (_as_datetime(d.get("time")) for d in x_death) if t is not None]
+    now = timezone.now()
+    first_failed_at = min([*times, failure.created_at] if failure else times, default=now)
+    last_failed_at = max(times, default=now)
+
+    clean_headers = _json_safe({k: v for k, v in headers.items() if k != "x-death"})
+    replay_id = headers.get("ce_replay_id")
+    replay = DeadLetterReplay.objects.filter(id=replay_id).first() if _is_uuid(replay_id) else None
+
+    with transaction.atomic():
+        dead_letter, created = DeadLetter.objects.get_or_create(
+            message_key=message_key,
+            defaults={
+                "queue": original_queue[:200],
+                "dead_letter_queue": dead_letter_queue[:200],
+                "task_name": task_name[:200],
+                "task_id": task_id[:200],
+                "correlation_id": str(headers.get("ce_correlation_id") or "")[:100],
+                "args": _json_safe(args),
+                "kwargs": _json_safe(kwargs),
+                "raw_body": raw_body,
+                "headers": clean_headers,
+                "properties": _json_safe(properties),
+                "x_death": _json_safe(x_death),
+                "exception_class": exception_class[:200],
+                "exception_message": exception_message,
+                "traceback": traceback,
+                "attempts": max(attempts, 0),
+                "reason": reason,
+                "first_failed_at": first_failed_at,
+                "last_failed_at": last_failed_at,
+                "fingerprint": dead_letter_fingerprint(queue=original_queue, task_name=task_name, reason=reason,
+                                                       exception_class=exception_class,
+                                                       exception_message=exception_message),
+                "replay_of": replay.dead_letter if replay else None,
+            },
+        )
+        if created and replay is not None:
+            DeadLetterReplay.objects.filter(id=replay.id).update(
+                status=ReplayStatus.DEAD_LETTERED, error=f"{exception_class}: {exception_message}"[:10_000],
+                finished_at=now,
+            )
+        if created and task_name == CANARY_TASK_NAME and task_id:
+            CanaryRun.objects.filter(task_id=task_id).update(status=CanaryStatus.DEAD_LETTERED, finished_at=now)
+    return dead_letter, created
+
+
+def _is_uuid(value: Any) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+# --- replay, discard, purge ----------------------------------------------------
+
+
+def _replay_message(dead_letter: DeadLetter, *, replay_id: str, new_task_id: str) -> tuple[str, dict, dict]:
+    headers = {k: v for k, v in (dead_letter.headers or {}).items() if k not in _BROKER_HEADERS}
+    properties = {k: v for k, v in (dead_letter.properties or {}).items()
+                  if k in ("content_type", "content_encoding", "priority", "reply_to")}
+    properties.setdefault("content_type", "application/json")
+    properties.setdefault("content_encoding", "utf-8")
+    if dead_letter.raw_body:
+        body = dead_letter.raw_body
+    else:
+        body = json.dumps([dead_letter.args, dead_letter.kwargs,
+                           {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    if headers.get("task"):
+        headers["id"] = new_task_id
+        headers["root_id"] = new_task_id
+        headers["retries"] = 0
+    headers["ce_attempt"] = 1
+    headers["ce_replay_id"] = replay_id
+    properties["correlation_id"] = new_task_id
+    properties["message_id"] = new_task_id
+    properties["delivery_mode"] = 2
+    return body, headers, properties
+
+
+def _publish(*, queue: str, body: str, headers: dict, properties: dict) -> None:
+    """Publish to ``tasks`` with publisher confirms (Celery's producer pool has them on)."""
+    from project.celery import app
+    from workers.queues import TASKS_EXCHANGE, declare_topology
+
+    with app.producer_or_acquire() as producer:
+        declare_topology(producer.channel)
+        producer.publish(body, exchange=TASKS_EXCHANGE.name, routing_key=queue, headers=headers, retry=True,
+                         retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+                         **properties)
+
+
+def dead_letter_replay(*, dead_letter_id: Any, user: Any | None, force: bool = False) -> DeadLetterReplay:
+    """Publish the dead task again (a new task id); once per dead letter unless ``force``."""
+    new_task_id = str(uuid.uuid4())
+    with transaction.atomic():
+        dead_letter = DeadLetter.objects.select_for_update().filter(id=dead_letter_id).first()
+        if dead_letter is None:
+            raise NotFound("Dead letter not found.", details={"id": str(dead_letter_id)})
+        if dead_letter.status == DeadLetterStatus.REPLAYED and not force:
+            raise Conflict("This dead letter was already replayed; send {\"force\": true} to replay it again.",
+                           code="already_replayed", details={"id": str(dead_letter.id)})
+        if dead_letter.status == DeadLetterStatus.DISCARDED and not force:
+            raise Conflict("This dead letter was discarded; send {\"force\": true} to replay it anyway.",
+                           code="discarded", details={"id": str(dead_letter.id)})
+        replay = DeadLetterReplay.objects.create(
+            dead_letter=dead_letter, requested_by=user if getattr(user, "pk", None) else None, forced=force,
+            new_task_id=new_task_id, status=ReplayStatus.PENDING,
+        )
+        previous_status = dead_letter.status
+        dead_letter.status = DeadLetterStatus.REPLAYED
+        dead_letter.save(update_fields=["status", "updated_at"])
+    # The publish is a side effect: it happens after the claim is committed, and
+    # a failed publish releases the claim and is recorded on the audit row.
+    body, headers, properties = _replay_message(dead_letter, replay_id=str(replay.id), new_task_id=new_task_id)
+    try:
+        _publish(queue=dead_letter.queue, body=body, headers=headers, properties=properties)
+    except Exception as exc:  # noqa: BLE001 - any broker error is reported, not raised as a 500
+        logger.exception("replay publish failed", extra={"dead_letter_id": str(dead_letter.id)})
+        DeadLetterReplay.objects.filter(id=replay.id).update(status=ReplayStatus.PUBLISH_FAILED,
+                                                             error=str(exc)[:10_000], finished_at=timezone.now())
+        DeadLetter.objects.filter(id=dead_letter.id, status=DeadLetterStatus.REPLAYED).update(status=previous_status)
+        replay.refresh_from_db()
+        return replay
+    DeadLetterReplay.objects.filter(id=replay.id, status=ReplayStatus.PENDING).update(status=ReplayStatus.PUBLISHED)
+    replay.refresh_from_db()
+    return replay
+
+
+def dead_letter_replay_bulk(*, queryset: QuerySet[DeadLetter], user: Any | None, force: bool = False,
+                            limit: int = 100) -> dict[str, Any]:
+    """Replay every matching dead letter (at most ``limit``); already replayed ones are skipped unless forced."""
+    if not force:
+        queryset = queryset.filter(status=DeadLetterStatus.NEW)
+    ids = list(queryset.order_by("created_at").values_list("id", flat=True)[: limit + 1])
+    truncated = len(ids) > limit
+    replayed, skipped, failed = [], [], []
+    for dead_letter_id in ids[:limit]:
+        try:
+            replay = dead_letter_replay(dead_letter_id=dead_letter_id, user=user, force=force)
+        except (Conflict, NotFound):
+            skipped.append(str(dead_letter_id))
+            continue
+        (failed if replay.status == ReplayStatus.PUBLISH_FAILED else replayed).append(str(dead_letter_id))
+    return {"replayed": replayed, "skipped": skipped, "failed": failed, "truncated": truncated}
+
+
+def dead_letter_replay_finish(*, replay_id: str, status: str, error: str | None = None) -> None:
+    """Called by the base class when a replayed task ends (success); the archiver records re-deaths."""
+    if status not in ReplayStatus.values:
+        raise ValidationFailed("Unknown replay status.", details={"status": status})
+    DeadLetterReplay.objects.filter(id=replay_id).exclude(status=ReplayStatus.DEAD_LETTERED).update(
+        status=status, error=error or "", finished_at=timezone.now(),
+    )
+
+
+def dead_letter_discard(*, dead_letter_id: Any, user: Any | None) -> DeadLetter:
+    updated = DeadLetter.objects.filter(id=dead_letter_id).update(status=DeadLetterStatus.DISCARDED,
+                                                                 updated_at=timezone.now())
+    if not updated:
+        raise NotFound("Dead letter not found.", details={"id": str(dead_letter_id)})
+    logger.info("dead letter discarded", extra={"dead_letter_id": str(dead_letter_id),
+                                               "by": getattr(user, "username", None)})
+    return DeadLetter.objects.get(id=dead_letter_id)
+
+
+def dead_letter_purge(*, older_than: datetime) -> int:
+    """Retention: delete dead letters (and their replays) created before ``older_than``; returns rows deleted."""
+    if timezone.is_naive(older_than):
+        raise ValidationFailed("older_than must be timezone-aware.")
+    with transaction.atomic():
+        count, _ = DeadLetter.objects.filter(created_at__lt=older_than).delete()
+        TaskFailure.objects.filter(created_at__lt=older_than).delete()
+    return count
+
+
+# --- canary --------------------------------------------------------------------
+
+
+def canary_run_create(*, mode: str, user: Any | None) -> CanaryRun:
+    """Create the run and send ``ops.canary`` after commit."""
+    if mode not in CanaryMode.values:
+        raise ValidationFailed("Unknown canary mode.", details={"mode": [f"one of {', '.join(CanaryMode.values)}"]})
+    task_id = str(uuid.uuid4())
+    run = CanaryRun.objects.create(mode=mode, task_id=task_id, requested_by=user if getattr(user, "pk", None) else None)
+
+    def send() -> None:
+        from project.celery import app
+
+        app.send_task(CANARY_TASK_NAME, kwargs={"canary_id": str(run.id), "mode": mode}, task_id=task_id)
+
+    transaction.on_commit(send)
+    return run
+
+
+def canary_run_mark(*, canary_id: str, status: str, attempts: int | None = None) -> None:
+    now = timezone.now()
+    fields: dict[str, Any] = {"status": status, "updated_at": now}
+    if status == CanaryStatus.RUNNING:
+        fields["started_at"] = now
+    else:
+        fields["finished_at"] = now
+    if attempts is not None:
+        fields["attempts"] = attempts
+    # A dead-lettered run stays dead-lettered (the archiver may come first).
+    CanaryRun.objects.filter(id=canary_id).exclude(status=CanaryStatus.DEAD_LETTERED).update(**fields)

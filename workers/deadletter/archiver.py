@@ -1,0 +1,86 @@
+"""Drains every ``*.dlq`` into ``DeadLetter`` rows; a plain kombu consumer, not a Celery worker.
+
+(A Celery worker would run the dead task again.) Each message is acked only
+after its row is committed; a redelivered message maps onto the same row
+(``DeadLetter.message_key``), so a crash between commit and ack duplicates
+nothing. A database error leaves the message unacked and requeued, and the
+archiver backs off.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from django.db import close_old_connections
+from kombu import Connection, Message
+from kombu import Queue as KombuQueue
+from kombu.mixins import ConsumerMixin
+
+from workers.queues import DEAD_LETTER_QUEUES, declare_topology
+
+logger = logging.getLogger("workers.deadletter.archiver")
+
+# Messages in hand per channel: rows are written one by one, so a small window
+# keeps throughput without holding many unacked messages.
+ARCHIVER_PREFETCH = 20
+
+
+class DeadLetterArchiver(ConsumerMixin):
+    def __init__(self, connection: Connection, *, queues: list[KombuQueue] | None = None,
+                 stop_event: threading.Event | None = None) -> None:
+        self.connection = connection
+        self.queues = queues or DEAD_LETTER_QUEUES
+        self.stop_event = stop_event or threading.Event()
+        self.archived = 0
+        self.db_failures = 0
+
+    def get_consumers(self, consumer_cls: Any, channel: Any) -> list:
+        declare_topology(channel)
+        consumer = consumer_cls(queues=self.queues, callbacks=[self.on_message], accept=None, no_ack=False,
+                                prefetch_count=ARCHIVER_PREFETCH)
+        return [consumer]
+
+    def on_connection_revived(self) -> None:
+        logger.info("archiver connected", extra={"queues": [q.name for q in self.queues]})
+
+    def on_iteration(self) -> None:
+        if self.stop_event.is_set():
+            self.should_stop = True
+
+    def on_message(self, body: Any, message: Message) -> None:
+        from apps.ops.services import dead_letter_archive
+
+        dlq = (message.delivery_info or {}).get("routing_key") or ""
+        queue_name = _dlq_name(message, dlq)
+        try:
+            close_old_connections()
+            dead_letter, created = dead_letter_archive(
+                dead_letter_queue=queue_name, body=message.body, headers=message.headers,
+                properties=dict(message.properties),
+            )
+        except Exception:  # noqa: BLE001 - keep the message; try again after a pause
+            self.db_failures += 1
+            logger.exception("could not archive a dead letter; requeued", extra={"queue": queue_name})
+            message.requeue()
+            time.sleep(min(5.0, 0.2 * self.db_failures))
+            return
+        self.db_failures = 0
+        message.ack()
+        self.archived += 1
+        logger.info("dead letter archived" if created else "dead letter already archived",
+                    extra={"dead_letter_id": str(dead_letter.id), "queue": dead_letter.queue,
+                           "task": dead_letter.task_name, "reason": dead_letter.reason})
+
+
+def _dlq_name(message: Message, routing_key: str) -> str:
+    # A DLQ message is routed on ``dlx`` with its original queue as the key.
+    return f"{routing_key}.dlq" if routing_key and not routing_key.endswith(".dlq") else routing_key
+
+
+def run_archiver(*, broker_url: str, stop_event: threading.Event | None = None) -> None:
+    """Run until ``stop_event`` is set (or forever); reconnects by itself after a broker restart."""
+    with Connection(broker_url, heartbeat=30) as connection:
+        DeadLetterArchiver(connection, stop_event=stop_event).run()

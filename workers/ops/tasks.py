@@ -1,0 +1,38 @@
+"""``ops.canary``: a synthetic task that proves the worker path end to end in production.
+
+Modes: ``ok`` (succeeds), ``fail`` (a permanent error: straight to the DLQ),
+``crash`` (the worker process dies mid-task on every delivery: redelivered
+until the queue's delivery limit dead-letters it), ``slow`` (sleeps, then succeeds).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from workers.base import PermanentError, task
+from workers.queues import Queue
+
+CANARY_SLOW_SECONDS = float(os.environ.get("CANARY_SLOW_SECONDS", "5"))
+
+
+class CanaryFailure(PermanentError):
+    pass
+
+
+@task(name="ops.canary", queue=Queue.MAINTENANCE, max_attempts=1)
+def canary(*, canary_id: str, mode: str, **kwargs: Any) -> None:
+    from apps.ops.services import canary_run_mark
+
+    attempt = canary.attempt_number()
+    canary_run_mark(canary_id=canary_id, status="running", attempts=attempt)
+    if mode == "fail":
+        raise CanaryFailure(f"canary {canary_id} failed on purpose (mode=fail)")
+    if mode == "crash":
+        # Die without cleanup, as an OOM kill would: the broker requeues the
+        # unacked message and counts the delivery.
+        os._exit(70)
+    if mode == "slow":
+        time.sleep(CANARY_SLOW_SECONDS)
+    canary_run_mark(canary_id=canary_id, status="succeeded", attempts=attempt)
