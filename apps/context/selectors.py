@@ -9,8 +9,40 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 
+from apps.caching.selectors import cache_key, get_or_load, model_fingerprint
 from apps.common.exceptions import NotFound
 from apps.context.models import ContextEvent, Participant, Session, UserPreference
+
+# The lookups behind every request and WebSocket frame, and the snapshot, go
+# through the multi-level cache (apps/caching); the services invalidate them
+# after commit. TTLs only bound the damage of a write that bypasses services.
+SESSION_CACHE_TTL = 60.0
+SNAPSHOT_CACHE_TTL = 30.0
+
+
+def session_cache_tag(session_id: Any) -> str:
+    return f"ctx.session:{session_id}"
+
+
+def participants_cache_tag(session_id: Any) -> str:
+    return f"ctx.participants:{session_id}"
+
+
+def session_cache_key(session_id: Any) -> str:
+    from django.contrib.auth import get_user_model
+
+    # Pickled model instances: the key changes with the models' columns.
+    version = model_fingerprint(Session) + model_fingerprint(get_user_model())
+    return cache_key("ctx.session", session_id, version=version)
+
+
+def participant_cache_key(session_id: Any, user_id: Any) -> str:
+    return cache_key("ctx.participant", session_id, user_id, version=model_fingerprint(Participant))
+
+
+def snapshot_cache_key(session_id: Any) -> str:
+    # Bump the version when the snapshot dict changes shape.
+    return cache_key("ctx.snapshot", session_id, version=1)
 
 
 def _as_uuid(value: Any) -> uuid.UUID:
@@ -23,7 +55,15 @@ def _as_uuid(value: Any) -> uuid.UUID:
 def session_get_for_user(*, session_id: Any, user: AbstractBaseUser) -> Session:
     """The session, if ``user`` is an active participant; 404 otherwise (never 403)."""
     sid = _as_uuid(session_id)
-    session = Session.objects.filter(pk=sid, participants__user=user, participants__left_at__isnull=True).select_related("owner").first()
+    if participant_get(session_id=sid, user=user) is None:
+        raise NotFound("Session not found.")
+    session = get_or_load(
+        session_cache_key(sid),
+        # The owner comes along for serializers; its password hash stays out of Redis.
+        lambda: Session.objects.select_related("owner").defer("owner__password").filter(pk=sid).first(),
+        ttl=SESSION_CACHE_TTL,
+        tags=(session_cache_tag(sid),),
+    )
     if session is None:
         raise NotFound("Session not found.")
     return session
@@ -31,7 +71,16 @@ def session_get_for_user(*, session_id: Any, user: AbstractBaseUser) -> Session:
 
 def participant_get(*, session_id: Any, user: AbstractBaseUser) -> Participant | None:
     sid = _as_uuid(session_id)
-    return Participant.objects.filter(session_id=sid, user=user, left_at__isnull=True).first()
+    user_id = getattr(user, "pk", None)
+    if user_id is None:
+        return None
+    # "Not a participant" is cached too (negative TTL); participant_add invalidates it.
+    return get_or_load(
+        participant_cache_key(sid, user_id),
+        lambda: Participant.objects.filter(session_id=sid, user_id=user_id, left_at__isnull=True).first(),
+        ttl=SESSION_CACHE_TTL,
+        tags=(session_cache_tag(sid), participants_cache_tag(sid)),
+    )
 
 
 def session_list_for_user(*, user: AbstractBaseUser, state: str | None = None, search: str | None = None) -> QuerySet[Session]:
@@ -82,8 +131,18 @@ def context_snapshot(*, session: Session) -> dict[str, Any]:
 
     ``last_seq`` is read first and the events are bounded by it: seq and event
     commit in one transaction, so every event up to ``last_seq`` is visible and
-    a client that resumes ``after_seq=last_seq`` misses nothing.
+    a client that resumes ``after_seq=last_seq`` misses nothing. Cached per
+    session (plain data); an event append or a participant change invalidates it.
     """
+    return get_or_load(
+        snapshot_cache_key(session.pk),
+        lambda: _context_snapshot_load(session=session),
+        ttl=SNAPSHOT_CACHE_TTL,
+        tags=(session_cache_tag(session.pk),),
+    )
+
+
+def _context_snapshot_load(*, session: Session) -> dict[str, Any]:
     fresh = Session.objects.filter(pk=session.pk).values("last_seq", "state", "title", "metadata").get()
     recent = list(
         ContextEvent.objects.filter(session=session, seq__lte=fresh["last_seq"])

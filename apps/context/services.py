@@ -18,9 +18,16 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from apps.caching.services import cache_invalidate_keys, cache_invalidate_tags
 from apps.common.exceptions import ApplicationError, Conflict, NotFound, PermissionDenied, ValidationFailed
 from apps.context.models import ContextEvent, Participant, Session, UserPreference
-from apps.context.selectors import context_event_to_dict
+from apps.context.selectors import (
+    context_event_to_dict,
+    participants_cache_tag,
+    session_cache_key,
+    session_cache_tag,
+    snapshot_cache_key,
+)
 from apps.eventbus.services import OutboxEvent, outbox_event_add, outbox_events_add_bulk
 from apps.realtime.broadcast import context_events_broadcast
 
@@ -77,6 +84,7 @@ def session_update(
         if metadata is not None:
             session.metadata = metadata
         session.save()
+        cache_invalidate_tags(tags=[session_cache_tag(session.pk)])  # now and again after commit
     return session
 
 
@@ -109,7 +117,9 @@ def session_delete(*, session: Session, actor: AbstractBaseUser) -> None:
         participant = _participant_for(session=session, user=actor)
         if participant.role != Participant.Role.OWNER:
             raise PermissionDenied("Only the owner can delete the session.")
+        session_pk = session.pk
         session.delete()
+        cache_invalidate_tags(tags=[session_cache_tag(session_pk)])
 
 
 def participant_add(*, session: Session, actor: AbstractBaseUser, username: str, role: str) -> Participant:
@@ -132,6 +142,8 @@ def participant_add(*, session: Session, actor: AbstractBaseUser, username: str,
             participant.role = role
             participant.left_at = None
             participant.save(update_fields=["role", "left_at", "updated_at"])
+        cache_invalidate_tags(tags=[participants_cache_tag(session.pk)])
+        cache_invalidate_keys(keys=[snapshot_cache_key(session.pk)])
         if joined:
             outbox_event_add(event_type="participant.joined", session_id=session.pk, user_id=actor.pk,
                              data={"participant_user_id": user.pk, "username": user.username, "role": role})
@@ -155,6 +167,9 @@ def participant_remove(*, session: Session, actor: AbstractBaseUser, username: s
             raise Conflict("The owner cannot leave the session; close or delete it instead.", code="owner_cannot_leave")
         participant.left_at = timezone.now()
         participant.save(update_fields=["left_at", "updated_at"])
+        # The removed user must lose access once this commits, in every process.
+        cache_invalidate_tags(tags=[participants_cache_tag(session.pk)])
+        cache_invalidate_keys(keys=[snapshot_cache_key(session.pk)])
         outbox_event_add(event_type="participant.left", session_id=session.pk, user_id=actor.pk,
                          data={"participant_user_id": participant.user_id, "username": username,
                                "removed": not is_self})
@@ -257,6 +272,9 @@ def context_event_append(
             for event in created:
                 event.was_created = True
             outbox_events_add_bulk(events=[_outbox_event_for(event) for event in created])
+            # Registered before the broadcast's on_commit: a client that reads the
+            # snapshot on seeing the broadcast finds the cache already invalidated.
+            cache_invalidate_keys(keys=[snapshot_cache_key(session.pk), session_cache_key(session.pk)])
             # The fast path to live WebSocket clients, after commit (at-most-once:
             # clients refill any gap by seq from PostgreSQL).
             frames = [context_event_to_dict(event) for event in created]
