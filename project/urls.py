@@ -1,8 +1,10 @@
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.staticfiles.urls import staticfiles_urlpatterns
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from apps.common.views import api_not_found
 
 api_v1 = [
     path("", include("apps.context.urls")),
@@ -18,7 +20,13 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("", include("apps.ops.probe_urls")),
+    # Last: any other /api/ path answers a JSON 404, not an HTML page.
+    re_path(r"^api/", api_not_found),
 ]
+
+handler400 = "apps.common.views.bad_request"
+handler404 = "apps.common.views.page_not_found"
+handler500 = "apps.common.views.server_error"
 
 if settings.DEBUG:
     # Admin and docs assets under `make up` (uvicorn serves no static files);

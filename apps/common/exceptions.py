@@ -55,6 +55,16 @@ class Conflict(ApplicationError):
     status_code = status.HTTP_409_CONFLICT
 
 
+class PayloadTooLarge(ApplicationError):
+    code = "payload_too_large"
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+
+
+class Unprocessable(ApplicationError):
+    code = "unprocessable"
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+
+
 _DRF_CODES = {
     drf_exceptions.ParseError: "malformed_request",
     drf_exceptions.AuthenticationFailed: "authentication_failed",

@@ -34,6 +34,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: times the whole request and sets the correlation id every log line carries.
+    "apps.ops.middleware.ObservabilityMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -134,23 +136,31 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # Size-capped (413) and refuses what PostgreSQL jsonb cannot store (400).
+    "DEFAULT_PARSER_CLASSES": ["apps.common.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "apps.common.exceptions.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_THROTTLE_CLASSES": [
-        "rest_framework.throttling.UserRateThrottle",
-        "rest_framework.throttling.AnonRateThrottle",
+        # Per user, per anonymous IP, and per IP for everyone; fail open if Redis is down.
+        "apps.common.throttling.UserThrottle",
+        "apps.common.throttling.AnonThrottle",
+        "apps.common.throttling.IPThrottle",
     ],
     # Throttle counters live in the Redis-backed default cache, so limits hold
     # across every web instance.
     "DEFAULT_THROTTLE_RATES": {
         "user": env.get_str("THROTTLE_USER_RATE", "6000/min"),
         "anon": env.get_str("THROTTLE_ANON_RATE", "120/min"),
+        "ip": env.get_str("THROTTLE_IP_RATE", "12000/min"),
+        "login": env.get_str("THROTTLE_LOGIN_RATE", "10/min"),
         "dead_letter_replay": env.get_str("THROTTLE_REPLAY_RATE", "30/min"),
     },
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    # Trusted proxies in front of the web processes (HAProxy: 1); 0 trusts no
+    # X-Forwarded-For, so a client cannot pick its own IP for the per-IP limits.
+    "NUM_PROXIES": env.get_int("NUM_PROXIES", 0),
 }
 
 SPECTACULAR_SETTINGS = {

@@ -37,5 +37,7 @@ REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {
     **REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"],
     "user": "100000/min",
     "anon": "100000/min",
+    "ip": "100000/min",
+    "login": "100000/min",
 }
 LOG_LEVEL = "WARNING"

@@ -1,0 +1,79 @@
+"""The JSON parser every API view uses.
+
+DRF's own parser reads the whole stream with no size cap (Django's
+``DATA_UPLOAD_MAX_MEMORY_SIZE`` only guards ``request.body``/forms) and lets
+some inputs through that PostgreSQL refuses later with a 500: NUL characters
+and lone surrogates in strings (``jsonb`` rejects both) and nesting deep enough
+to raise ``RecursionError``. This parser turns all of them into 4xx answers
+before any view code runs.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from typing import Any
+
+from django.conf import settings
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import BaseParser
+from rest_framework.renderers import JSONRenderer
+
+# jsonb stores neither U+0000 nor unpaired surrogates; reject them up front.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# Deep enough for any real document, shallow enough for every recursive walker.
+MAX_DEPTH = 64
+
+
+def _reject_constant(value: str) -> None:
+    raise ValueError(f"{value} is not valid JSON.")
+
+
+def check_storable(value: Any, *, max_depth: int = MAX_DEPTH) -> None:
+    """Raise ``ParseError`` if ``value`` nests too deep or holds unstorable text."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if _UNSTORABLE.search(item):
+                raise ParseError("Strings must not contain NUL characters or unpaired surrogates.")
+        elif isinstance(item, dict | list):
+            if depth > max_depth:
+                raise ParseError(f"JSON nests deeper than {max_depth} levels.")
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if _UNSTORABLE.search(key):
+                        raise ParseError("Keys must not contain NUL characters or unpaired surrogates.")
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
+
+
+class JSONParser(BaseParser):
+    media_type = "application/json"
+    renderer_class = JSONRenderer
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if stream is None:
+            raw = b""
+        else:
+            raw = stream.read() if limit is None else stream.read(limit + 1)
+        if limit is not None and len(raw) > limit:
+            # Imported here: apps.common.exceptions imports rest_framework.views,
+            # which imports this parser through the DRF settings.
+            from apps.common.exceptions import PayloadTooLarge
+
+            raise PayloadTooLarge(
+                "Request body is too large.", details={"max_bytes": limit}
+            )
+        encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
+        try:
+            text = codecs.decode(raw, encoding)
+            data = json.loads(text, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:
+            # RecursionError: a body of nothing but '[' is valid UTF-8 and 1 MB deep.
+            raise ParseError(f"JSON parse error - {exc}" if isinstance(exc, ValueError) else "JSON nests too deep.") from exc
+        check_storable(data)
+        return data
