@@ -1,3 +1,59 @@
-"""Probe endpoints served at the root: /healthz, /readyz, /metrics."""
+"""Probe endpoints served at the root: /healthz, /readyz, /metrics.
 
-urlpatterns: list = []
+They bypass DRF (no authentication, no throttling, no session): probes come
+from load balancers, orchestrators and Prometheus many times a minute. Set
+``METRICS_TOKEN`` to require ``Authorization: Bearer <token>`` on /metrics when
+the port is reachable from outside the cluster.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import path
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from apps.ops import health, metrics
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+@never_cache
+@require_GET
+async def readyz(request: HttpRequest) -> JsonResponse:
+    include_workers = request.GET.get("workers", "").lower() in {"1", "true", "yes"}
+    results = await health.readiness_run(include_workers=include_workers)
+    status, body = health.readiness_payload(results)
+    return JsonResponse(body, status=status)
+
+
+@never_cache
+@require_GET
+async def metrics_view(request: HttpRequest) -> HttpResponse:
+    token = getattr(settings, "METRICS_TOKEN", "") or ""
+    if token:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return JsonResponse(
+                {"code": "not_authenticated", "message": "A valid metrics bearer token is required.", "details": {}},
+                status=401,
+            )
+    # The scrape-time collectors block on RabbitMQ/PostgreSQL/Redis: off the event loop.
+    body = await sync_to_async(metrics.metrics_render)()
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
+
+
+urlpatterns = [
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
+]

@@ -1,0 +1,283 @@
+"""Every Prometheus metric the platform exports, defined in one place.
+
+Multi-process: when ``PROMETHEUS_MULTIPROC_DIR`` is set in a process's
+environment *before* ``prometheus_client`` is first imported (the Procfile,
+the Docker entrypoint and the tests' subprocesses do that), every process
+(uvicorn instances, Celery prefork children, relay, archiver) writes its
+samples to memory-mapped files in that directory and ``/metrics`` merges them.
+The directory must be emptied when the fleet on that host starts (the Docker
+entrypoint does it); a Celery child that exits is marked dead so its live
+gauges stop counting (``mark_process_dead``).
+
+Two kinds of figures:
+
+* **Recorded** (counters, histograms, gauges below): incremented where the
+  thing happens. Others import them from here, e.g.
+  ``from apps.ops.metrics import WS_CONNECTIONS; WS_CONNECTIONS.inc()``.
+* **Collected at scrape time** (:class:`ScrapeCollector`): queue depth,
+  consumers and oldest-message age per queue (``*.dlq`` included), dead letters
+  by reason, outbox lag, cache stats. They are read from RabbitMQ, PostgreSQL
+  and Redis when ``/metrics`` is requested, so every scrape reports the
+  current state however many web instances there are.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+logger = logging.getLogger(__name__)
+
+# Latency buckets: sub-millisecond cache hits up to slow 10 s requests.
+_HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Tasks run from milliseconds (realtime inference) to an hour (training).
+_TASK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+# --- HTTP ---------------------------------------------------------------------
+HTTP_REQUEST_DURATION = Histogram(
+    "ce_http_request_duration_seconds",
+    "HTTP request latency by route pattern (not raw path: bounded cardinality), method and status.",
+    ["method", "route", "status"],
+    buckets=_HTTP_BUCKETS,
+)
+
+# --- WebSockets ---------------------------------------------------------------
+WS_CONNECTIONS = Gauge(
+    "ce_websocket_connections",
+    "Open WebSocket connections (summed over live processes).",
+    multiprocess_mode="livesum",
+)
+WS_MESSAGES = Counter(
+    "ce_websocket_messages_total",
+    "WebSocket frames by direction (in = client to server, out = server to client) and frame type.",
+    ["direction", "type"],
+)
+
+# --- Tasks --------------------------------------------------------------------
+TASK_DURATION = Histogram(
+    "ce_task_duration_seconds",
+    "Celery task run time by task name, queue and outcome.",
+    ["task", "queue", "outcome"],
+    buckets=_TASK_BUCKETS,
+)
+TASKS = Counter(
+    "ce_tasks_total",
+    "Celery tasks finished by task name, queue and outcome (success, failure, retry, rejected, revoked).",
+    ["task", "queue", "outcome"],
+)
+TASK_QUEUE_WAIT = Histogram(
+    "ce_task_queue_wait_seconds",
+    "Time a task message waited between publish and the start of its run (when the publisher stamped it).",
+    ["queue"],
+    buckets=_TASK_BUCKETS,
+)
+
+# --- Dead letters (recorded by the archiver; the scrape adds the stored totals) -
+DEAD_LETTERS_ARCHIVED = Counter(
+    "ce_dead_letters_archived_total",
+    "Dead letters this fleet's archiver stored, by source queue and reason.",
+    ["queue", "reason"],
+)
+
+# --- Cache ----------------------------------------------------------------------
+CACHE_REQUESTS = Counter(
+    "ce_cache_requests_total",
+    "Multi-level cache look-ups by level (l1, l2, loader) and result (hit, miss).",
+    ["level", "result"],
+)
+
+# --- Inference ------------------------------------------------------------------
+INFERENCE_BATCH_SIZE = Histogram(
+    "ce_inference_batch_size",
+    "Items per micro-batch sent to the model.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+INFERENCE_BATCH_LATENCY = Histogram(
+    "ce_inference_batch_latency_seconds",
+    "Model forward time per micro-batch.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+INFERENCE_WAIT = Histogram(
+    "ce_inference_queue_wait_seconds",
+    "Time an item waited in the micro-batcher before its batch ran.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
+
+# --- Outbox ---------------------------------------------------------------------
+OUTBOX_PUBLISHED = Counter(
+    "ce_outbox_published_total",
+    "Outbox rows the relay published with a broker confirm.",
+)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def mark_process_dead(pid: int) -> None:
+    """Tell the multi-process files a process is gone (its live gauges stop counting)."""
+    path = multiprocess_dir()
+    if path:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, path)
+
+
+class _DefaultRegistryCollector(Collector):
+    """This process's own metrics (single-process mode)."""
+
+    def collect(self) -> Iterator[Any]:
+        yield from DEFAULT_REGISTRY.collect()
+
+
+class ScrapeCollector(Collector):
+    """Figures read from the services at scrape time (each part fails on its own)."""
+
+    def collect(self) -> Iterator[Any]:
+        started = time.monotonic()
+        yield from self._queues()
+        yield from self._dead_letters()
+        yield from self._outbox()
+        yield from self._cache()
+        duration = GaugeMetricFamily(
+            "ce_scrape_collect_seconds", "Time the scrape-time collectors took (RabbitMQ, PostgreSQL, Redis reads)."
+        )
+        duration.add_metric([], time.monotonic() - started)
+        yield duration
+
+    def _queues(self) -> Iterator[Any]:
+        from apps.ops import fleet
+
+        depth = GaugeMetricFamily("ce_queue_depth", "Ready messages in the queue (passive queue.declare).", labels=["queue"])
+        consumers = GaugeMetricFamily("ce_queue_consumers", "Consumers attached to the queue.", labels=["queue"])
+        age = GaugeMetricFamily(
+            "ce_queue_oldest_message_age_seconds",
+            "Age of the oldest ready message (see apps/ops/fleet.py for how it is derived; absent when unknown).",
+            labels=["queue", "source"],
+        )
+        up = GaugeMetricFamily("ce_queue_stats_up", "1 when the broker answered the queue statistics read.")
+        try:
+            stats = fleet.queue_stats_collect()
+        except Exception:  # noqa: BLE001 - a broker outage must not break the rest of the scrape
+            logger.warning("queue stats unavailable at scrape", exc_info=True)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        for stat in stats:
+            if stat.depth is None:
+                continue
+            depth.add_metric([stat.name], stat.depth)
+            consumers.add_metric([stat.name], stat.consumers or 0)
+            if stat.oldest_age_seconds is not None:
+                age.add_metric([stat.name, stat.oldest_age_source or "unknown"], stat.oldest_age_seconds)
+        yield from (up, depth, consumers, age)
+
+    def _dead_letters(self) -> Iterator[Any]:
+        from apps.ops import fleet
+
+        try:
+            rows = fleet.dead_letter_counts()
+        except Exception:  # noqa: BLE001
+            logger.warning("dead letter counts unavailable at scrape", exc_info=True)
+            return
+        if rows is None:
+            return
+        family = CounterMetricFamily(
+            "ce_dead_letters", "Dead letters stored (PostgreSQL), by source queue and reason.", labels=["queue", "reason"]
+        )
+        for (queue, reason), count in sorted(rows.items()):
+            family.add_metric([queue, reason], count)
+        yield family
+
+    def _outbox(self) -> Iterator[Any]:
+        try:
+            from apps.eventbus.selectors import outbox_lag
+        except ImportError:
+            return
+        try:
+            lag = outbox_lag()
+        except Exception:  # noqa: BLE001
+            logger.warning("outbox lag unavailable at scrape", exc_info=True)
+            return
+        pending = GaugeMetricFamily("ce_outbox_pending", "Outbox rows committed but not yet published.")
+        oldest = GaugeMetricFamily("ce_outbox_lag_seconds", "Age of the oldest unpublished outbox row (0 when none).")
+        pending_count, oldest_seconds = _outbox_figures(lag)
+        if pending_count is not None:
+            pending.add_metric([], pending_count)
+            yield pending
+        if oldest_seconds is not None:
+            oldest.add_metric([], oldest_seconds)
+            yield oldest
+
+    def _cache(self) -> Iterator[Any]:
+        try:
+            from apps.caching.selectors import cache_stats
+        except ImportError:
+            try:
+                from apps.caching import cache_stats  # type: ignore[attr-defined,no-redef]
+            except ImportError:
+                return
+        try:
+            stats = cache_stats()
+        except Exception:  # noqa: BLE001
+            logger.warning("cache stats unavailable at scrape", exc_info=True)
+            return
+        if not isinstance(stats, dict):
+            return
+        family = GaugeMetricFamily(
+            "ce_cache_stat", "Cache statistics reported by apps.caching's cache_stats() (this process).", labels=["stat"]
+        )
+        for key, value in _flatten(stats):
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                family.add_metric([key], float(value))
+        yield family
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{name}_")
+        else:
+            yield name, value
+
+
+def _outbox_figures(lag: Any) -> tuple[float | None, float | None]:
+    """Accept the outbox selector's answer as a number of seconds, a dict or an object."""
+    if lag is None:
+        return None, 0.0
+    if isinstance(lag, int | float):
+        return None, float(lag)
+    get = lag.get if isinstance(lag, dict) else (lambda k, d=None: getattr(lag, k, d))
+    pending = get("pending", None)
+    if pending is None:
+        pending = get("count", None)
+    seconds = get("oldest_age_seconds", None)
+    if seconds is None:
+        seconds = get("lag_seconds", None)
+    if seconds is None:
+        seconds = get("seconds", None)
+    return (float(pending) if pending is not None else None), (float(seconds) if seconds is not None else None)
+
+
+def metrics_render(*, include_scrape: bool = True) -> bytes:
+    """The text exposition ``/metrics`` serves."""
+    registry = CollectorRegistry(auto_describe=False)
+    path = multiprocess_dir()
+    if path:
+        MultiProcessCollector(registry, path=path)
+    else:
+        registry.register(_DefaultRegistryCollector())
+    if include_scrape:
+        registry.register(ScrapeCollector())
+    return generate_latest(registry)
