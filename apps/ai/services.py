@@ -206,8 +206,8 @@ def inference_request_claim(*, request_id: Any, claim_token: str = "") -> Infere
     """pending -> running, as one conditional update; None if another delivery owns it.
 
     A redelivery of the task that claimed it (same ``claim_token``: its worker
-    died mid-task) may take it again, as may any delivery once ``CLAIM_LEASE``
-    has passed since the claim.
+    died mid-task, or an operator replays its dead letter) may take it again,
+    as may any delivery once ``CLAIM_LEASE`` has passed since the claim.
     """
     request = selectors.inference_request_get(request_id=request_id)
     if request is None:
@@ -217,7 +217,10 @@ def inference_request_claim(*, request_id: Any, claim_token: str = "") -> Infere
         status=InferenceRequest.Status.RUNNING, started_at__lt=now - CLAIM_LEASE
     )
     if claim_token:
-        claimable |= Q(status=InferenceRequest.Status.RUNNING, claim_token=claim_token)
+        # Its own crash redelivery, or an operator's replay of its dead letter.
+        claimable |= Q(
+            status__in=[InferenceRequest.Status.RUNNING, InferenceRequest.Status.FAILED], claim_token=claim_token
+        )
     claimed = InferenceRequest.objects.filter(claimable, pk=request.pk).update(
         status=InferenceRequest.Status.RUNNING, started_at=now, claim_token=claim_token[:64],
         attempts=F("attempts") + 1, updated_at=now,
@@ -245,8 +248,14 @@ def inference_request_complete(
     input_size: int,
     processing_type: str = "realtime",
     duration_ms: float | None = None,
+    model_versions_by_kind: dict[str, str] | None = None,
 ) -> list[Suggestion] | None:
-    """running -> done with its suggestions, in one transaction; None if this delivery lost the claim."""
+    """running -> done with its suggestions, in one transaction; None if this delivery lost the claim.
+
+    ``model_version`` names every model the request used; a suggestion gets the
+    one that made it from ``model_versions_by_kind`` when given.
+    """
+    model_versions_by_kind = model_versions_by_kind or {}
     with transaction.atomic():
         request = (
             InferenceRequest.objects.select_for_update()
@@ -264,7 +273,8 @@ def inference_request_complete(
                 Suggestion(
                     request=request, session_id=request.session_id, kind=draft.kind, rank=rank,
                     content=draft.content, score=float(draft.score), source_seqs=[int(s) for s in draft.source_seqs],
-                    trigger_seq=request.trigger_seq, model_version=model_version,
+                    trigger_seq=request.trigger_seq,
+                    model_version=(model_versions_by_kind.get(draft.kind) or model_version)[:100],
                 )
             )
         suggestions = Suggestion.objects.bulk_create(rows)
@@ -357,7 +367,8 @@ def suggestion_feedback_submit(
 ) -> SuggestionFeedback:
     if verdict not in SuggestionFeedback.Verdict.values:
         raise ValidationFailed(
-            "Verdict must be 'accept' or 'reject'.", details={"verdict": [f"Must be one of {SuggestionFeedback.Verdict.values}."]}
+            "Verdict must be 'accept' or 'reject'.",
+            details={"verdict": [f"Must be one of {SuggestionFeedback.Verdict.values}."]},
         )
     if comment is None:
         comment = ""

@@ -1,0 +1,175 @@
+"""What ``ai.generate_suggestions`` does with one request, between claim and complete.
+
+- ``auto`` requests (context updates): ``related_context`` from the text of the
+  trigger event against the session's earlier events and the user's other
+  sessions, plus ``next_action`` from the session's recent ``user_action``s.
+- ``query`` requests: ``query`` suggestions, the session's events closest to
+  the question.
+
+Retrieval is cosine similarity over normalised MiniLM embeddings (a dot
+product); candidate texts are usually already embedded (content-hash cache),
+so a request normally sends one new text through the batcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from apps.ai import selectors as ai_selectors
+from apps.ai import services as ai_services
+from apps.ai.models import InferenceRequest, SuggestionKind
+from workers.inference.embeddings import embed_texts
+from workers.inference.predictors import current_predictor
+from workers.inference.runtime import runtime
+
+logger = logging.getLogger(__name__)
+
+RELATED_TOP_K = 3
+NEXT_ACTION_TOP_K = 3
+# Below this cosine similarity MiniLM pairs are unrelated in practice (random
+# English sentence pairs score about 0.0-0.15), so they are not suggested.
+MIN_SIMILARITY = 0.2
+SNIPPET_CHARS = 280
+# How many of the latest actions are named as the source of a next-action guess.
+ACTION_SOURCE_SEQS = 3
+
+
+@dataclass
+class Outcome:
+    status: str
+    request_id: str
+    suggestions: int = 0
+    model_version: str = ""
+    duration_ms: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _rank(query_vector: np.ndarray, candidates: list[dict[str, Any]], vectors: list[np.ndarray], *, k: int,
+          kind: str) -> list[ai_services.SuggestionDraft]:
+    if not candidates:
+        return []
+    matrix = np.vstack(vectors)
+    scores = matrix @ query_vector
+    order = np.argsort(-scores, kind="stable")
+    drafts: list[ai_services.SuggestionDraft] = []
+    seen: set[tuple[str, int]] = set()
+    for index in order:
+        score = float(scores[index])
+        if score < MIN_SIMILARITY or len(drafts) >= k:
+            break
+        candidate = candidates[int(index)]
+        key = (candidate["session_id"], candidate["seq"])
+        if key in seen:
+            continue
+        seen.add(key)
+        drafts.append(
+            ai_services.SuggestionDraft(
+                kind=kind,
+                content={
+                    "text": candidate["text"][:SNIPPET_CHARS],
+                    "session_id": candidate["session_id"],
+                    "seq": candidate["seq"],
+                    "same_session": candidate["same_session"],
+                    "event_type": candidate["event_type"],
+                },
+                score=round(score, 4),
+                source_seqs=[candidate["seq"]],
+            )
+        )
+    return drafts
+
+
+def _related(request: InferenceRequest, *, query_text: str, exclude_seq: int | None, own_only: bool,
+             kind: str) -> tuple[list[ai_services.SuggestionDraft], int]:
+    candidates = ai_selectors.retrieval_candidates(
+        session_id=request.session_id,
+        up_to_seq=request.trigger_seq,
+        user=None if own_only else request.requested_by,
+        other_sessions_limit=0 if own_only else 200,
+    )
+    candidates = [c for c in candidates if not (c["same_session"] and c["seq"] == exclude_seq)]
+    vectors = embed_texts([query_text, *[c["text"] for c in candidates]])
+    return _rank(vectors[0], candidates, vectors[1:], k=RELATED_TOP_K, kind=kind), 1 + len(candidates)
+
+
+def _next_actions(request: InferenceRequest) -> tuple[list[ai_services.SuggestionDraft], str, int]:
+    actions = ai_selectors.recent_actions(session_id=request.session_id, up_to_seq=request.trigger_seq)
+    if not actions:
+        return [], "", 0
+    predictor, label = current_predictor()
+    names = [name for _, name in actions]
+    ranked = predictor.predict(names, NEXT_ACTION_TOP_K)
+    sources = [seq for seq, _ in actions[-ACTION_SOURCE_SEQS:]]
+    drafts = [
+        ai_services.SuggestionDraft(
+            kind=SuggestionKind.NEXT_ACTION,
+            content={"action": action, "after": names[-1]},
+            score=round(float(probability), 4),
+            source_seqs=sources,
+        )
+        for action, probability in ranked
+    ]
+    return drafts, label, len(actions)
+
+
+def _trigger_text(request: InferenceRequest) -> tuple[str, int | None]:
+    """The text of the trigger event (the latest of the coalesced updates)."""
+    event = ai_selectors.session_event_at(session_id=request.session_id, seq=request.trigger_seq)
+    if event is None:
+        return "", None
+    return ai_selectors.event_text(event["event_type"], event["data"]), event["seq"]
+
+
+def generate_for_request(*, request_id: str, claim_token: str) -> Outcome:
+    """Claim, compute, complete. Raises on failure (the task decides retry or dead letter)."""
+    started = time.perf_counter()
+    request = ai_services.inference_request_claim(request_id=request_id, claim_token=claim_token)
+    if request is None:
+        return Outcome(status="skipped", request_id=str(request_id))
+    rt = runtime()
+    drafts: list[ai_services.SuggestionDraft] = []
+    versions: list[str] = []
+    input_size = 0
+    if request.kind == InferenceRequest.Kind.QUERY:
+        found, size = _related(request, query_text=request.query, exclude_seq=None, own_only=True,
+                               kind=SuggestionKind.QUERY)
+        drafts += found
+        input_size += size
+        versions.append(rt.model_name)
+    else:
+        text, seq = _trigger_text(request)
+        if text:
+            found, size = _related(request, query_text=text, exclude_seq=seq, own_only=False,
+                                   kind=SuggestionKind.RELATED_CONTEXT)
+            drafts += found
+            input_size += size
+            versions.append(rt.model_name)
+        actions, label, size = _next_actions(request)
+        if size:
+            drafts += actions
+            input_size += size
+            versions.append(label)
+    duration_ms = round((time.perf_counter() - started) * 1000, 2)
+    version = "+".join(versions)
+    # Each suggestion names the model that made it; the request names them all.
+    by_kind = {SuggestionKind.RELATED_CONTEXT: rt.model_name, SuggestionKind.QUERY: rt.model_name}
+    stored = ai_services.inference_request_complete(
+        request_id=request.pk,
+        claim_token=claim_token,
+        drafts=drafts,
+        model_version=version,
+        model_versions_by_kind={**by_kind, SuggestionKind.NEXT_ACTION: versions[-1] if versions else ""},
+        input_size=input_size,
+        duration_ms=duration_ms,
+    )
+    if stored is None:
+        return Outcome(status="lost_claim", request_id=str(request.pk))
+    return Outcome(status="done", request_id=str(request.pk), suggestions=len(stored), model_version=version,
+                   duration_ms=duration_ms)
