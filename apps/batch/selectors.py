@@ -186,3 +186,91 @@ def activity_stats(
             ]
         ]
     return result
+
+
+def job_run_high_water(*, job_name: str, key: str) -> int:
+    """``checkpoint[key]`` of the job's latest successful run (0 if none): where an incremental job continues."""
+    checkpoint = (
+        JobRun.objects.filter(job_name=job_name, status=JobRun.Status.SUCCEEDED)
+        .order_by("-finished_at")
+        .values_list("checkpoint", flat=True)
+        .first()
+    )
+    value = (checkpoint or {}).get(key)
+    return int(value) if isinstance(value, int) else 0
+
+
+def _text_events(after_id: int) -> QuerySet:
+    from apps.context.models import ContextEvent
+
+    # user_action events carry an action name, not text the retrieval reads.
+    return ContextEvent.objects.filter(id__gt=after_id).exclude(event_type=ContextEvent.EventType.USER_ACTION)
+
+
+def text_event_count(*, after_id: int) -> int:
+    return _text_events(after_id).count()
+
+
+def text_events_after(*, after_id: int, limit: int) -> list[tuple[int, str]]:
+    """``(event id, text)`` of the next ``limit`` text-bearing events after ``after_id``, by id."""
+    from apps.ai.selectors import event_text
+
+    rows = _text_events(after_id).order_by("id").values_list("id", "event_type", "data")[:limit]
+    return [(event_id, event_text(event_type, data)) for event_id, event_type, data in rows]
+
+
+def action_sequences_by_session(*, max_sessions: int) -> list[tuple[str, list[str]]]:
+    """``(session id, [action, ...])`` of the most recently active sessions with ``user_action`` events.
+
+    One ordered scan over the events (streamed), not a query per session.
+    """
+    from apps.context.models import ContextEvent, Session
+
+    with_actions = ContextEvent.objects.filter(event_type=ContextEvent.EventType.USER_ACTION).values("session_id")
+    session_ids = list(
+        Session.objects.filter(pk__in=with_actions).order_by("-last_activity_at", "pk").values_list("pk", flat=True)[
+            :max_sessions
+        ]
+    )
+    sequences: dict[str, list[str]] = {}
+    rows = (
+        ContextEvent.objects.filter(session_id__in=session_ids, event_type=ContextEvent.EventType.USER_ACTION)
+        .order_by("session_id", "seq")
+        .values_list("session_id", "data")
+    )
+    for session_id, data in rows.iterator(chunk_size=5000):
+        action = data.get("action") if isinstance(data, dict) else None
+        if isinstance(action, str) and action:
+            sequences.setdefault(str(session_id), []).append(action)
+    return list(sequences.items())
+
+
+def accepted_next_action_examples(*, context: int) -> list[tuple[str, list[str], str]]:
+    """``(session id, recent actions, accepted action)`` for every accepted ``next_action`` suggestion.
+
+    The recent actions are the session's last ``context`` actions up to the
+    suggestion's trigger seq: what the model saw when it made the suggestion.
+    """
+    from apps.ai.models import SuggestionFeedback
+    from apps.context.models import ContextEvent
+
+    examples: list[tuple[str, list[str], str]] = []
+    accepted = (
+        SuggestionFeedback.objects.filter(verdict="accept", suggestion__kind="next_action")
+        .values_list("suggestion__session_id", "suggestion__trigger_seq", "suggestion__content")
+        .order_by("created_at")
+    )
+    for session_id, trigger_seq, content in accepted.iterator(chunk_size=1000):
+        action = content.get("action") if isinstance(content, dict) else None
+        if not isinstance(action, str) or not action:
+            continue
+        recent = (
+            ContextEvent.objects.filter(session_id=session_id, event_type=ContextEvent.EventType.USER_ACTION,
+                                        seq__lte=trigger_seq)
+            .order_by("-seq")
+            .values_list("data", flat=True)[:context]
+        )
+        prefix = [d["action"] for d in reversed(list(recent)) if isinstance(d, dict) and isinstance(d.get("action"), str)]
+        if prefix:
+            examples.append((str(session_id), prefix, action))
+    return examples

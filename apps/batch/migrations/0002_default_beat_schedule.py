@@ -9,15 +9,18 @@ import json
 
 from django.db import migrations
 
+# "params" holds the job's parameters (see ``python manage.py run_job --list``).
+BEAT = {"trigger": "beat", "params": {}}
+
 INTERVALS = {
-    "batch: session expiry": (5, "minutes", "maintenance.session_expiry", "maintenance", {}),
-    "batch: embedding backfill": (10, "minutes", "batch.embedding_backfill", "ai.batch", {}),
+    "batch: session expiry": (5, "minutes", "maintenance.session_expiry", "maintenance", BEAT),
+    "batch: embedding backfill": (10, "minutes", "batch.embedding_backfill", "ai.batch", BEAT),
 }
 CRONTABS = {
     # Yesterday's rollups, once the day is over (plus slack for late commits).
-    "batch: daily rollups": ("20", "0", "batch.daily_rollup", "ai.batch", {}),
-    "batch: retention purge": ("30", "3", "maintenance.retention_purge", "maintenance", {}),
-    "training: next-action model": ("0", "2", "training.train_next_action", "ai.training", {}),
+    "batch: daily rollups": ("20", "0", "batch.daily_rollup", "ai.batch", BEAT),
+    "batch: retention purge": ("30", "3", "maintenance.retention_purge", "maintenance", BEAT),
+    "training: next-action model": ("0", "2", "training.train_next_action", "ai.training", BEAT),
 }
 
 

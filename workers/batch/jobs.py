@@ -1,0 +1,183 @@
+"""Batch and maintenance jobs: session expiry, retention, daily rollups, embedding backfill.
+
+Each job's ``step`` does one chunk inside the framework's transaction (see
+``apps.batch.jobs``) and returns the checkpoint to resume from. Business rules
+live in the services they call; a step only pages through the work.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+
+from apps.batch import selectors as batch_selectors
+from apps.batch import services as batch_services
+from apps.batch.jobs import Job, Param, Step, register
+from apps.batch.models import JobRun
+from apps.common.exceptions import ValidationFailed
+from workers.queues import Queue
+
+
+@register
+class SessionExpiryJob(Job):
+    name = "session_expiry"
+    queue = Queue.MAINTENANCE.value
+    description = "Close open sessions idle longer than idle_minutes, emitting session.closed."
+    params = {
+        "idle_minutes": Param(int, None, "default: settings.SESSION_IDLE_TIMEOUT_MINUTES"),
+        "chunk_size": Param(int, 200, "sessions per transaction"),
+    }
+
+    def step(self, *, params: dict[str, Any], checkpoint: dict[str, Any], run: JobRun) -> Step:
+        from apps.context import selectors as context_selectors
+        from apps.context import services as context_services
+
+        idle = params["idle_minutes"] if params["idle_minutes"] is not None else settings.SESSION_IDLE_TIMEOUT_MINUTES
+        if idle < 1:
+            raise ValidationFailed("idle_minutes must be at least 1.")
+        # The cutoff is fixed when the run starts and kept in the checkpoint, so
+        # a resumed run closes exactly the sessions the first attempt would have.
+        cutoff = checkpoint.get("cutoff") or (timezone.now() - timedelta(minutes=idle)).isoformat()
+        idle_before = datetime.fromisoformat(cutoff)
+        ids = context_selectors.session_idle_ids(idle_before=idle_before, after=checkpoint.get("after"),
+                                                 limit=params["chunk_size"])
+        closed = sum(1 for sid in ids if context_services.session_expire_idle(session_id=sid, idle_before=idle_before))
+        return Step(
+            done=len(ids),
+            checkpoint={"cutoff": cutoff, "after": str(ids[-1]) if ids else checkpoint.get("after")},
+            finished=len(ids) < params["chunk_size"],
+            result={"closed": closed, "cutoff": cutoff},
+        )
+
+
+@register
+class RetentionPurgeJob(Job):
+    name = "retention_purge"
+    queue = Queue.MAINTENANCE.value
+    description = "Delete old dead letters, published outbox rows and finished job runs."
+    params = {
+        "dead_letter_days": Param(int, None, "default: settings.RETENTION_DEAD_LETTER_DAYS"),
+        "outbox_days": Param(int, None, "default: settings.RETENTION_OUTBOX_DAYS"),
+        "job_run_days": Param(int, None, "default: settings.RETENTION_JOB_RUN_DAYS"),
+    }
+    # One target per step: each purge commits with its checkpoint, so a resumed
+    # run skips the purges already done.
+    targets = ("dead_letters", "outbox", "job_runs")
+
+    def total(self, *, params: dict[str, Any]) -> int | None:
+        return len(self.targets)
+
+    def step(self, *, params: dict[str, Any], checkpoint: dict[str, Any], run: JobRun) -> Step:
+        index = int(checkpoint.get("index", 0))
+        target = self.targets[index]
+        if "now" not in checkpoint:
+            checkpoint["now"] = timezone.now().isoformat()
+        now = datetime.fromisoformat(checkpoint["now"])
+
+        def days(key: str, setting: str) -> int:
+            value = params[key] if params[key] is not None else getattr(settings, setting)
+            if value < 1:
+                raise ValidationFailed(f"{key} must be at least 1.")
+            return value
+
+        if target == "dead_letters":
+            from apps.ops.services import dead_letter_purge
+
+            deleted = dead_letter_purge(older_than=now - timedelta(days=days("dead_letter_days",
+                                                                             "RETENTION_DEAD_LETTER_DAYS")))
+        elif target == "outbox":
+            from apps.eventbus.services import outbox_purge_published
+
+            deleted = outbox_purge_published(older_than=now - timedelta(days=days("outbox_days",
+                                                                                  "RETENTION_OUTBOX_DAYS")))
+        else:
+            deleted = batch_services.job_run_purge(
+                older_than=now - timedelta(days=days("job_run_days", "RETENTION_JOB_RUN_DAYS"))
+            )
+        return Step(
+            done=1,
+            checkpoint={"now": checkpoint["now"], "index": index + 1},
+            finished=index + 1 >= len(self.targets),
+            result={f"deleted_{target}": deleted},
+        )
+
+
+@register
+class DailyRollupJob(Job):
+    name = "daily_rollup"
+    queue = Queue.AI_BATCH.value
+    description = "Per-session and per-user activity of one UTC day (default: yesterday)."
+    params = {
+        "day": Param(str, None, "YYYY-MM-DD (default: yesterday, UTC)"),
+        "chunk_size": Param(int, 500, "sessions or users per transaction"),
+    }
+
+    def clean_params(self, raw: dict[str, Any] | None) -> dict[str, Any]:
+        cleaned = super().clean_params(raw)
+        # Resolve the default now so the run's parameters (and a resume) name the day.
+        if cleaned["day"] is None:
+            cleaned["day"] = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
+        try:
+            date.fromisoformat(cleaned["day"])
+        except ValueError as exc:
+            raise ValidationFailed("day must be YYYY-MM-DD.", details={"day": [cleaned["day"]]}) from exc
+        if cleaned["chunk_size"] < 1:
+            raise ValidationFailed("chunk_size must be at least 1.")
+        return cleaned
+
+    def step(self, *, params: dict[str, Any], checkpoint: dict[str, Any], run: JobRun) -> Step:
+        day = date.fromisoformat(params["day"])
+        limit = params["chunk_size"]
+        phase = checkpoint.get("phase", "sessions")
+        if phase == "sessions":
+            ids = batch_selectors.sessions_active_on(day=day, after=checkpoint.get("after"), limit=limit)
+            batch_services.daily_session_rollup_upsert(day=day, session_ids=ids)
+            if len(ids) < limit:
+                next_checkpoint: dict[str, Any] = {"phase": "users", "after": None}
+            else:
+                next_checkpoint = {"phase": "sessions", "after": str(ids[-1])}
+            return Step(done=len(ids), checkpoint=next_checkpoint, finished=False, result={"sessions": len(ids)})
+        user_ids = batch_selectors.users_active_on(day=day, after=checkpoint.get("after"), limit=limit)
+        batch_services.daily_user_rollup_upsert(day=day, user_ids=user_ids)
+        finished = len(user_ids) < limit
+        return Step(
+            done=len(user_ids),
+            checkpoint={"phase": "users", "after": user_ids[-1] if user_ids else checkpoint.get("after")},
+            finished=finished,
+            result={"users": len(user_ids)},
+        )
+
+
+@register
+class EmbeddingBackfillJob(Job):
+    name = "embedding_backfill"
+    queue = Queue.AI_BATCH.value
+    description = "Embed text-bearing events that have no embedding yet (incremental from the last run)."
+    params = {
+        "chunk_size": Param(int, 64, "events per transaction (one model batch)"),
+        "full": Param(bool, False, "rescan every event instead of continuing after the last run"),
+    }
+
+    def _start_after(self, params: dict[str, Any]) -> int:
+        if params["full"]:
+            return 0
+        return batch_selectors.job_run_high_water(job_name=self.name, key="after_id")
+
+    def total(self, *, params: dict[str, Any]) -> int | None:
+        return batch_selectors.text_event_count(after_id=self._start_after(params))
+
+    def step(self, *, params: dict[str, Any], checkpoint: dict[str, Any], run: JobRun) -> Step:
+        from workers.batch.backfill import embed_missing
+
+        after_id = checkpoint["after_id"] if "after_id" in checkpoint else self._start_after(params)
+        rows = batch_selectors.text_events_after(after_id=after_id, limit=params["chunk_size"])
+        embedded = embed_missing([text for _, text in rows]) if rows else 0
+        return Step(
+            done=len(rows),
+            checkpoint={"after_id": rows[-1][0] if rows else after_id},
+            finished=len(rows) < params["chunk_size"],
+            result={"embedded": embedded, "scanned": len(rows)},
+        )

@@ -1,0 +1,60 @@
+"""Task wrappers that run batch jobs on ``ai.batch`` and ``maintenance``.
+
+Each task validates nothing itself: it hands ``params`` to the job runner
+(``apps.batch.jobs.job_execute``). Beat sends them with the kwargs stored in
+its ``PeriodicTask`` rows, e.g. ``{"trigger": "beat", "params": {"idle_minutes": 30}}``.
+
+- A job already running elsewhere: ignored (acked). Beat fires again later.
+- Bad parameters: a permanent failure, dead-lettered with the reason.
+- Database errors: retried with backoff; the run resumes from its checkpoint.
+- A worker killed mid-job: the message is redelivered (late acks) and the
+  next attempt resumes the dead run from its checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import DatabaseError, InterfaceError
+
+from apps.batch.jobs import JobAlreadyRunning, job_execute
+from apps.common.exceptions import NotFound, ValidationFailed
+from workers.base import task
+from workers.queues import Queue
+
+RETRY_ON = (DatabaseError, InterfaceError)
+FAIL_ON = (ValidationFailed, NotFound)
+IGNORE = (JobAlreadyRunning,)
+
+
+def run_job_task(task_self: Any, job_name: str, params: dict[str, Any] | None, trigger: str) -> dict[str, Any]:
+    hostname = getattr(task_self.request, "hostname", None) or ""
+    run = job_execute(name=job_name, params=params or {}, trigger=trigger or "task", worker=hostname)
+    return {"run_id": str(run.id), "status": run.status, "done": run.progress_done}
+
+
+@task(name="maintenance.session_expiry", queue=Queue.MAINTENANCE, retry_on=RETRY_ON, fail_on=FAIL_ON, ignore=IGNORE,
+      bind=True)
+def session_expiry(self: Any, *, params: dict[str, Any] | None = None, trigger: str = "task",
+                   **kwargs: Any) -> dict[str, Any]:
+    return run_job_task(self, "session_expiry", params, trigger)
+
+
+@task(name="maintenance.retention_purge", queue=Queue.MAINTENANCE, retry_on=RETRY_ON, fail_on=FAIL_ON,
+      ignore=IGNORE, bind=True)
+def retention_purge(self: Any, *, params: dict[str, Any] | None = None, trigger: str = "task",
+                    **kwargs: Any) -> dict[str, Any]:
+    return run_job_task(self, "retention_purge", params, trigger)
+
+
+@task(name="batch.daily_rollup", queue=Queue.AI_BATCH, retry_on=RETRY_ON, fail_on=FAIL_ON, ignore=IGNORE, bind=True)
+def daily_rollup(self: Any, *, params: dict[str, Any] | None = None, trigger: str = "task",
+                 **kwargs: Any) -> dict[str, Any]:
+    return run_job_task(self, "daily_rollup", params, trigger)
+
+
+@task(name="batch.embedding_backfill", queue=Queue.AI_BATCH, retry_on=RETRY_ON, fail_on=FAIL_ON, ignore=IGNORE,
+      bind=True)
+def embedding_backfill(self: Any, *, params: dict[str, Any] | None = None, trigger: str = "task",
+                       **kwargs: Any) -> dict[str, Any]:
+    return run_job_task(self, "embedding_backfill", params, trigger)

@@ -1,0 +1,50 @@
+"""The ``train_next_action`` job (queue ``ai.training``); the work is in ``workers.training.train``."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+from apps.batch.jobs import Job, Param, Step, register
+from apps.batch.models import JobRun
+from apps.common.exceptions import ValidationFailed
+from workers.queues import Queue
+from workers.training.train import TrainingConfig
+
+_DEFAULTS = TrainingConfig()
+
+
+@register
+class TrainNextActionJob(Job):
+    name = "train_next_action"
+    queue = Queue.AI_TRAINING.value
+    description = "Train the next-action model, evaluate it, register a ModelVersion, promote it only if better."
+    params = {
+        f.name: Param(f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type],
+                      getattr(_DEFAULTS, f.name))
+        for f in fields(TrainingConfig)
+        if f.name != "device"
+    } | {"device": Param(str, None, "cpu, cuda or auto (default: settings.AI_DEVICE)")}
+
+    def clean_params(self, raw: dict[str, Any] | None) -> dict[str, Any]:
+        cleaned = super().clean_params(raw)
+        for key in ("max_sessions", "k", "hidden_dim", "embed_dim", "batch_size", "min_eval_pairs"):
+            if cleaned[key] < 1:
+                raise ValidationFailed(f"{key} must be at least 1.", details={key: [cleaned[key]]})
+        if not 0 < cleaned["eval_percent"] < 100:
+            raise ValidationFailed("eval_percent must be between 1 and 99.")
+        if cleaned["epochs"] < 0 or cleaned["feedback_weight"] < 0 or cleaned["lr"] <= 0:
+            raise ValidationFailed("epochs and feedback_weight must be >= 0, lr > 0.")
+        return cleaned
+
+    def step(self, *, params: dict[str, Any], checkpoint: dict[str, Any], run: JobRun) -> Step:
+        from django.conf import settings
+
+        from workers.inference.runtime import resolve_device
+
+        values = {k: v for k, v in params.items() if k in TrainingConfig.__dataclass_fields__}
+        values["device"] = resolve_device(params["device"] or settings.AI_DEVICE)
+        from workers.training.train import train_next_action
+
+        outcome = train_next_action(config=TrainingConfig(**values))
+        return Step(done=outcome["metrics"]["events"], checkpoint={"phase": "done"}, finished=True, result=outcome)

@@ -1,0 +1,154 @@
+"""Train the next-action model, evaluate it against the baseline and the promoted version, register it.
+
+Data: the ``user_action`` sequences of the most recently active sessions, plus
+every accepted ``next_action`` suggestion as an extra (recent actions ->
+accepted action) example, weighted ``feedback_weight`` times: an accepted
+suggestion is a user telling us the answer.
+
+Split: by session (crc32 of the id), so no held-out session leaks into
+training. Evaluation: top-1 and top-k accuracy over every (prefix, next) pair
+of the held-out sessions, for the candidate, the frequency baseline fitted on
+the same training sessions, and the currently promoted version.
+
+Promotion: only when the candidate beats the baseline by ``min_gain`` and the
+promoted version by more than ``min_gain_over_current`` in top-k accuracy, on
+at least ``min_eval_pairs`` pairs. Every candidate is registered as a
+``ModelVersion`` with its metrics, promoted or not, so an operator sees why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    max_sessions: int = 5000
+    eval_percent: int = 20
+    k: int = 3
+    epochs: int = 8
+    hidden_dim: int = 64
+    embed_dim: int = 32
+    lr: float = 0.01
+    batch_size: int = 64
+    seed: int = 0
+    min_gain: float = 0.02
+    min_gain_over_current: float = 0.0
+    min_eval_pairs: int = 20
+    feedback_weight: int = 3
+    device: str = "cpu"
+
+
+def in_eval_split(session_id: str, eval_percent: int) -> bool:
+    return zlib.crc32(session_id.encode()) % 100 < eval_percent
+
+
+def _accuracy(predictor: Any, pairs: list[tuple[list[str], str]], k: int) -> tuple[float, float]:
+    """(top-1, top-k) accuracy; one batched call when the predictor has ``predict_batch``."""
+    if not pairs:
+        return 0.0, 0.0
+    prefixes = [p for p, _ in pairs]
+    if hasattr(predictor, "predict_batch"):
+        ranked: list[list[tuple[str, float]]] = []
+        for start in range(0, len(prefixes), 1024):
+            ranked.extend(predictor.predict_batch(prefixes[start : start + 1024], k))
+    else:
+        ranked = [predictor.predict(p, k) for p in prefixes]
+    top1 = sum(1 for r, (_, t) in zip(ranked, pairs, strict=True) if r and r[0][0] == t)
+    topk = sum(1 for r, (_, t) in zip(ranked, pairs, strict=True) if t in [a for a, _ in r[:k]])
+    return top1 / len(pairs), topk / len(pairs)
+
+
+def train_next_action(*, config: TrainingConfig) -> dict[str, Any]:
+    """Run one training round; returns the metrics and the registered version (id, label, promoted)."""
+    from apps.ai import selectors as ai_selectors
+    from apps.ai import services as ai_services
+    from apps.batch import selectors as batch_selectors
+    from workers.inference.next_action import (
+        DEFAULT_CONTEXT,
+        FrequencyBaseline,
+        load_predictor,
+        save_artifact,
+        train_model,
+        training_pairs,
+    )
+
+    started = time.perf_counter()
+    sessions = batch_selectors.action_sequences_by_session(max_sessions=config.max_sessions)
+    feedback = batch_selectors.accepted_next_action_examples(context=DEFAULT_CONTEXT)
+    load_s = time.perf_counter() - started
+    train_seqs = [actions for sid, actions in sessions if not in_eval_split(sid, config.eval_percent)]
+    eval_seqs = [actions for sid, actions in sessions if in_eval_split(sid, config.eval_percent)]
+    feedback_seqs = [
+        [*prefix, action] for sid, prefix, action in feedback if not in_eval_split(sid, config.eval_percent)
+    ] * max(0, config.feedback_weight)
+    eval_pairs = training_pairs(eval_seqs, context=DEFAULT_CONTEXT)
+    events = sum(len(a) for _, a in sessions)
+    metrics: dict[str, Any] = {
+        "k": config.k,
+        "sessions": len(sessions),
+        "events": events,
+        "train_sessions": len(train_seqs),
+        "eval_sessions": len(eval_seqs),
+        "eval_pairs": len(eval_pairs),
+        "feedback_examples": len(feedback),
+        "config": {k: v for k, v in config.__dict__.items()},
+    }
+    if not train_seqs:
+        metrics["decision"] = "no training data"
+        return {"metrics": metrics, "model_version": None, "promoted": False}
+
+    fit_started = time.perf_counter()
+    model, vocab = train_model(
+        train_seqs + feedback_seqs, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+        seed=config.seed, device=config.device, embed_dim=config.embed_dim, hidden_dim=config.hidden_dim,
+    )
+    metrics["train_seconds"] = round(time.perf_counter() - fit_started, 3)
+    artifact = save_artifact(model, vocab)
+    candidate = load_predictor(artifact, device="cpu")
+    baseline = FrequencyBaseline.fit(train_seqs)
+    metrics["candidate_top1"], metrics["candidate_topk"] = _accuracy(candidate, eval_pairs, config.k)
+    metrics["baseline_top1"], metrics["baseline_topk"] = _accuracy(baseline, eval_pairs, config.k)
+
+    current = ai_selectors.model_version_promoted()
+    if current is not None:
+        try:
+            current_predictor = load_predictor(ai_selectors.model_version_artifact(model_version_id=current.pk))
+            metrics["current_version"] = current.label
+            metrics["current_top1"], metrics["current_topk"] = _accuracy(current_predictor, eval_pairs, config.k)
+        except Exception:  # noqa: BLE001 - an unreadable promoted artifact should be replaced, not block training
+            logger.exception("promoted next-action artifact could not be evaluated", extra={"version": current.label})
+            metrics["current_version"] = current.label
+            metrics["current_topk"] = None
+
+    reasons: list[str] = []
+    if len(eval_pairs) < config.min_eval_pairs:
+        reasons.append(f"only {len(eval_pairs)} held-out pairs (< {config.min_eval_pairs})")
+    if metrics["candidate_topk"] < metrics["baseline_topk"] + config.min_gain:
+        reasons.append(
+            f"top-{config.k} {metrics['candidate_topk']:.4f} does not beat baseline "
+            f"{metrics['baseline_topk']:.4f} by {config.min_gain}"
+        )
+    current_topk = metrics.get("current_topk")
+    if current is not None and current_topk is not None and (
+        metrics["candidate_topk"] <= current_topk + config.min_gain_over_current
+    ):
+        reasons.append(
+            f"top-{config.k} {metrics['candidate_topk']:.4f} does not beat {current.label} {current_topk:.4f}"
+        )
+    promote = not reasons
+    metrics["decision"] = "promoted" if promote else "not promoted: " + "; ".join(reasons)
+    metrics["total_seconds"] = round(time.perf_counter() - started, 3)
+    metrics["load_seconds"] = round(load_s, 3)
+    version = ai_services.model_version_register(
+        artifact=artifact, metrics=metrics, promote=promote, notes=metrics["decision"]
+    )
+    logger.info("next-action model trained", extra={"version": version.label, "decision": metrics["decision"]})
+    return {"metrics": metrics, "model_version": version.label, "model_version_id": str(version.pk),
+            "promoted": promote}
