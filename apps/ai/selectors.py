@@ -180,7 +180,9 @@ def recent_actions(*, session_id: Any, up_to_seq: int | None = None, limit: int 
         qs = qs.filter(seq__lte=up_to_seq)
     rows = list(qs.order_by("-seq").values_list("seq", "data")[:limit])
     rows.reverse()
-    return [(seq, data["action"]) for seq, data in rows if isinstance(data, dict) and isinstance(data.get("action"), str)]
+    return [
+        (seq, data["action"]) for seq, data in rows if isinstance(data, dict) and isinstance(data.get("action"), str)
+    ]
 
 
 def action_sequences(*, limit_sessions: int = 1000, per_session: int = 200) -> list[list[str]]:
@@ -195,7 +197,9 @@ def action_sequences(*, limit_sessions: int = 1000, per_session: int = 200) -> l
         rows = ContextEvent.objects.filter(session_id=sid, event_type=ContextEvent.EventType.USER_ACTION).order_by(
             "-seq"
         ).values_list("data", flat=True)[:per_session]
-        actions = [d["action"] for d in reversed(list(rows)) if isinstance(d, dict) and isinstance(d.get("action"), str)]
+        actions = [
+            d["action"] for d in reversed(list(rows)) if isinstance(d, dict) and isinstance(d.get("action"), str)
+        ]
         if actions:
             sequences.append(actions)
     return sequences

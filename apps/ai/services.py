@@ -373,7 +373,9 @@ def suggestion_feedback_submit(
     if comment is None:
         comment = ""
     if not isinstance(comment, str) or len(comment) > 2000:
-        raise ValidationFailed("Comment must be a string of at most 2000 characters.", details={"comment": ["Invalid."]})
+        raise ValidationFailed(
+            "Comment must be a string of at most 2000 characters.", details={"comment": ["Invalid."]}
+        )
     suggestion = selectors.suggestion_get_for_user(suggestion_id=suggestion_id, user=user)
     with transaction.atomic():
         feedback, _ = SuggestionFeedback.objects.update_or_create(

@@ -148,14 +148,18 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-def encode_batch(vocab: Vocab, sequences: Sequence[Sequence[str]], *, context: int = DEFAULT_CONTEXT) -> list[list[int]]:
+def encode_batch(
+    vocab: Vocab, sequences: Sequence[Sequence[str]], *, context: int = DEFAULT_CONTEXT
+) -> list[list[int]]:
     """Left-pad each sequence's last ``context`` actions to one length."""
     encoded = [vocab.encode(list(seq)[-context:]) for seq in sequences]
     width = max((len(e) for e in encoded), default=1) or 1
     return [[0] * (width - len(e)) + e for e in encoded]
 
 
-def training_pairs(sequences: Iterable[Sequence[str]], *, context: int = DEFAULT_CONTEXT) -> list[tuple[list[str], str]]:
+def training_pairs(
+    sequences: Iterable[Sequence[str]], *, context: int = DEFAULT_CONTEXT
+) -> list[tuple[list[str], str]]:
     """Every (prefix, next action) pair of every sequence, prefixes cut to ``context``."""
     pairs: list[tuple[list[str], str]] = []
     for seq in sequences:

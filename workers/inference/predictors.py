@@ -79,8 +79,8 @@ class PredictorHolder:
                     return self._baseline_predictor()
                 self._loaded, self._loaded_id, self._loaded_label = predictor, version_id, label
                 self.reloads += 1
-                logger.info("next-action model loaded", extra={"model_version": label,
-                                                               "load_ms": round((time.perf_counter() - started) * 1000, 1)})
+                load_ms = round((time.perf_counter() - started) * 1000, 1)
+                logger.info("next-action model loaded", extra={"model_version": label, "load_ms": load_ms})
             return self._loaded, self._loaded_label
 
 
