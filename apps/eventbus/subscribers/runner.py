@@ -1,0 +1,243 @@
+"""Runs subscribers: ``python manage.py run_event_subscribers``.
+
+One AMQP connection, one channel per subscriber (so acks and prefetch stay
+per queue), one thread. Messages are gathered per subscriber for at most
+``max_wait`` seconds or ``batch_size`` messages, then:
+
+1. parsed against the contracts (a message that does not parse is rejected
+   without requeue: RabbitMQ dead-letters it into ``events.<name>.dlq``);
+2. in one transaction, ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` into
+   ``ProcessedEvent`` keeps only events this subscriber has not applied, and
+   ``handle_batch`` applies them;
+3. after the commit, one ``basic.ack(multiple)`` settles the batch.
+
+If the batch transaction fails, each event is retried alone in its own
+transaction; the one that fails again is rejected (dead-lettered alone) and
+the rest are applied. A crash after commit and before the ack redelivers the
+batch, which step 2 turns into no-ops. A lost database connection is not the
+events' fault: the runner drops the broker connection (the broker requeues
+what was unacked) and reconnects with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import amqp
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection, transaction
+from kombu import Connection
+
+from apps.eventbus.contracts import ContractError, Event, event_parse
+from apps.eventbus.subscribers.base import Subscriber
+
+logger = logging.getLogger("apps.eventbus.subscribers")
+
+BROKER_ERRORS: tuple[type[BaseException], ...] = (amqp.exceptions.AMQPError, ConnectionError, OSError)
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (OperationalError, InterfaceError)
+
+
+def queue_name(subscriber: type[Subscriber] | Subscriber) -> str:
+    return f"events.{subscriber.name}"
+
+
+def processed_record(*, subscriber: str, events: Sequence[Event]) -> set[uuid.UUID]:
+    """Record events as processed by ``subscriber``; returns the ids that were new (inside the caller's transaction)."""
+    if not events:
+        return set()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO eventbus_processedevent (subscriber, event_id, event_type, processed_at)
+            SELECT %s, e.id, e.type, clock_timestamp()
+            FROM unnest(%s::uuid[], %s::text[]) AS e(id, type)
+            ON CONFLICT (subscriber, event_id) DO NOTHING
+            RETURNING event_id
+            """,
+            [subscriber, [e.event_id for e in events], [e.event_type for e in events]],
+        )
+        return {row[0] if isinstance(row[0], uuid.UUID) else uuid.UUID(str(row[0])) for row in cursor.fetchall()}
+
+
+def subscriber_apply(*, subscriber: Subscriber, events: Sequence[Event]) -> int:
+    """Apply events once each, in one transaction. Returns how many were new."""
+    with transaction.atomic():
+        new_ids = processed_record(subscriber=subscriber.name, events=events)
+        fresh: list[Event] = []
+        for event in events:
+            if event.event_id in new_ids:
+                new_ids.discard(event.event_id)  # a repeat inside one batch is applied once
+                fresh.append(event)
+        if fresh:
+            subscriber.handle_batch(fresh)
+    return len(fresh)
+
+
+@dataclass
+class _Slot:
+    subscriber: Subscriber
+    channel: Any = None
+    messages: list[Any] = field(default_factory=list)
+    first_at: float = 0.0
+
+
+@dataclass
+class RunnerStats:
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+
+
+class SubscriberRunner:
+    def __init__(self, *, subscribers: Sequence[Subscriber], broker_url: str | None = None, max_wait: float = 0.05):
+        if not subscribers:
+            raise ValueError("no subscribers to run")
+        self.broker_url = broker_url or settings.BROKER_URL
+        self.max_wait = max_wait
+        self.slots = {s.name: _Slot(subscriber=s) for s in subscribers}
+        self.stop_event = threading.Event()
+        self.ready_event = threading.Event()
+        self.stats = RunnerStats()
+        self._conn: Connection | None = None
+
+    # --- broker -------------------------------------------------------------
+    def connect(self) -> None:
+        from workers.queues import dead_letter_queue, subscriber_queue
+
+        self.close()
+        conn = Connection(self.broker_url, connect_timeout=5, heartbeat=0)
+        conn.connect()
+        for slot in self.slots.values():
+            sub = slot.subscriber
+            channel = conn.channel()
+            subscriber_queue(sub.name, list(sub.patterns))(channel).declare()
+            dead_letter_queue(queue_name(sub))(channel).declare()
+            # Per-consumer prefetch (quorum queues have no global QoS): two
+            # batches in flight keep the queue busy while one is committing.
+            channel.basic_qos(prefetch_size=0, prefetch_count=sub.batch_size * 2, a_global=False)
+            channel.basic_consume(queue=queue_name(sub), callback=self._receiver(slot), no_ack=False)
+            slot.channel, slot.messages = channel, []
+        self._conn = conn
+        logger.info("subscribers connected", extra={"subscribers": sorted(self.slots)})
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.release()
+            except Exception:  # noqa: BLE001 - already broken; dropping it
+                pass
+        self._conn = None
+        for slot in self.slots.values():
+            slot.channel, slot.messages = None, []
+
+    def _receiver(self, slot: _Slot):  # noqa: ANN202 - an amqp callback
+        def receive(message: Any) -> None:
+            if not slot.messages:
+                slot.first_at = time.monotonic()
+            slot.messages.append(message)
+
+        return receive
+
+    # --- processing ---------------------------------------------------------
+    def _flush(self, slot: _Slot) -> None:
+        messages, slot.messages = slot.messages, []
+        if not messages:
+            return
+        sub, channel = slot.subscriber, slot.channel
+        parsed: list[tuple[Any, Event]] = []
+        for message in messages:
+            try:
+                parsed.append((message, event_parse(message.body)))
+            except ContractError as exc:
+                self._dead_letter(channel, message, sub, reason=f"contract: {exc} {exc.errors}")
+        if not parsed:
+            return
+        try:
+            applied = subscriber_apply(subscriber=sub, events=[e for _, e in parsed])
+        except TRANSIENT_DB_ERRORS:
+            raise
+        except Exception:  # noqa: BLE001 - one bad event must not hold back the batch: retry one by one
+            logger.warning("subscriber batch failed; applying events one by one", exc_info=True,
+                           extra={"subscriber": sub.name, "events": len(parsed)})
+            self._apply_one_by_one(channel, sub, parsed)
+            return
+        self.stats.applied += applied
+        self.stats.duplicates += len(parsed) - applied
+        channel.basic_ack(delivery_tag=max(m.delivery_tag for m, _ in parsed), multiple=True)
+
+    def _apply_one_by_one(self, channel: Any, sub: Subscriber, parsed: list[tuple[Any, Event]]) -> None:
+        for message, event in parsed:
+            try:
+                applied = subscriber_apply(subscriber=sub, events=[event])
+            except TRANSIENT_DB_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the handler refused this event
+                self._dead_letter(channel, message, sub, reason=repr(exc), event=event, exc_info=True)
+                continue
+            self.stats.applied += applied
+            self.stats.duplicates += 1 - applied
+            channel.basic_ack(delivery_tag=message.delivery_tag)
+
+    def _dead_letter(self, channel: Any, message: Any, sub: Subscriber, *, reason: str, event: Event | None = None,
+                     exc_info: bool = False) -> None:
+        # Reject without requeue: the quorum queue dead-letters it (at least once) into events.<name>.dlq.
+        channel.basic_reject(delivery_tag=message.delivery_tag, requeue=False)
+        self.stats.dead_lettered += 1
+        logger.error(
+            "subscriber dead-lettered an event",
+            exc_info=exc_info,
+            extra={"subscriber": sub.name, "reason": reason[:1000],
+                   "event_id": str(event.event_id) if event else message.properties.get("message_id"),
+                   "event_type": event.event_type if event else message.properties.get("type")},
+        )
+
+    # --- loop ---------------------------------------------------------------
+    def run_once(self, *, idle_timeout: float = 1.0) -> None:
+        """Wait for messages (up to ``idle_timeout``), then flush every slot that is full or has waited enough."""
+        assert self._conn is not None
+        pending = [s for s in self.slots.values() if s.messages]
+        if pending:
+            oldest = min(s.first_at for s in pending)
+            timeout = max(0.0005, oldest + self.max_wait - time.monotonic())
+        else:
+            timeout = idle_timeout
+        try:
+            self._conn.drain_events(timeout=timeout)
+        except socket.timeout:
+            pass
+        now = time.monotonic()
+        for slot in self.slots.values():
+            if slot.messages and (len(slot.messages) >= slot.subscriber.batch_size or now - slot.first_at >= self.max_wait):
+                self._flush(slot)
+
+    def run(self) -> None:
+        failures = 0
+        while not self.stop_event.is_set():
+            try:
+                if self._conn is None:
+                    self.connect()
+                    self.ready_event.set()
+                self.run_once()
+                failures = 0
+            except TRANSIENT_DB_ERRORS as exc:
+                failures += 1
+                self._recover("database", exc, failures)
+                connection.close()
+            except BROKER_ERRORS as exc:
+                failures += 1
+                self._recover("broker", exc, failures)
+        self.close()
+
+    def _recover(self, what: str, exc: BaseException, failures: int) -> None:
+        delay = random.uniform(0, min(30.0, 0.5 * 2 ** (failures - 1)))  # noqa: S311 - jitter
+        logger.warning(f"subscribers: {what} error; reconnecting", extra={"error": repr(exc), "sleep_s": delay})
+        self.close()
+        self.stop_event.wait(delay)
