@@ -1,0 +1,174 @@
+"""Session expiry, retention and daily rollups close, delete and count exactly what they should."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from django.utils import timezone
+
+from apps.batch.jobs import job_execute
+from apps.batch.models import DailySessionRollup, DailyUserRollup, JobRun
+from apps.context.models import ContextEvent, Session
+from apps.context.services import EventInput, context_event_append, session_close
+from apps.eventbus.models import OutboxMessage
+
+
+def _age(session: Session, *, minutes: int) -> None:
+    Session.objects.filter(pk=session.pk).update(last_activity_at=timezone.now() - timedelta(minutes=minutes))
+
+
+def _closed_events() -> set[str]:
+    return {
+        str(body["session_id"])
+        for body in OutboxMessage.objects.filter(routing_key="session.closed").values_list("body", flat=True)
+    }
+
+
+def test_session_expiry_closes_exactly_the_idle_open_sessions(db, session_factory, user):
+    # Given: idle for 2 h and 31 min (expire), idle 29 min (keep), closed long ago (keep), fresh (keep)
+    idle_long, idle_just, recent, fresh = (session_factory(title=t) for t in ("a", "b", "c", "d"))
+    already_closed = session_factory(title="e")
+    session_close(session=already_closed, actor=user)
+    _age(idle_long, minutes=120)
+    _age(idle_just, minutes=31)
+    _age(recent, minutes=29)
+    _age(already_closed, minutes=500)
+    OutboxMessage.objects.filter(routing_key="session.closed").delete()
+
+    run = job_execute(name="session_expiry", params={"idle_minutes": 30, "chunk_size": 1})
+
+    states = dict(Session.objects.values_list("title", "state"))
+    assert states == {"a": "closed", "b": "closed", "c": "open", "d": "open", "e": "closed"}
+    assert _closed_events() == {str(idle_long.id), str(idle_just.id)}
+    assert run.status == JobRun.Status.SUCCEEDED and run.result["closed"] == 2
+    assert Session.objects.get(pk=idle_long.pk).closed_at is not None
+
+
+def test_session_with_activity_after_listing_is_not_closed(db, session_factory, user):
+    from apps.context.services import session_expire_idle
+
+    session = session_factory()
+    _age(session, minutes=90)
+    cutoff = timezone.now() - timedelta(minutes=30)
+    context_event_append(session=session, author=user, events=[EventInput("note", {"text": "still here"})])
+
+    assert session_expire_idle(session_id=session.id, idle_before=cutoff) is False
+    assert Session.objects.get(pk=session.pk).state == "open"
+
+
+def test_session_expiry_default_comes_from_settings(db, session_factory, settings):
+    settings.SESSION_IDLE_TIMEOUT_MINUTES = 10
+    idle, busy = session_factory(title="idle"), session_factory(title="busy")
+    _age(idle, minutes=11)
+    _age(busy, minutes=9)
+    job_execute(name="session_expiry")
+    assert dict(Session.objects.values_list("title", "state")) == {"idle": "closed", "busy": "open"}
+
+
+def _dead_letter(created_at: datetime) -> uuid.UUID:
+    from apps.ops.models import DeadLetter
+
+    row = DeadLetter.objects.create(message_key=str(uuid.uuid4()), queue="ai.batch", dead_letter_queue="ai.batch.dlq",
+                                    reason="rejected", fingerprint="f" * 64)
+    DeadLetter.objects.filter(pk=row.pk).update(created_at=created_at)
+    return row.pk
+
+
+def _outbox(*, status: str, published_at: datetime | None) -> int:
+    return OutboxMessage.objects.create(kind="event", exchange="events", routing_key="test.retention", body={},
+                                        status=status, published_at=published_at).pk
+
+
+def _job_run(*, status: str, finished_at: datetime | None) -> uuid.UUID:
+    return JobRun.objects.create(job_name=f"old-{uuid.uuid4()}", status=status, started_at=timezone.now() - timedelta(
+        days=100), finished_at=finished_at).pk
+
+
+def test_retention_deletes_exactly_the_old_rows(db):
+    from apps.ops.models import DeadLetter
+
+    now = timezone.now()
+    old, young = now - timedelta(days=31), now - timedelta(days=29)
+    dl_old, dl_young = _dead_letter(old), _dead_letter(young)
+    ob_old = _outbox(status="published", published_at=now - timedelta(days=8))
+    ob_young = _outbox(status="published", published_at=now - timedelta(days=6))
+    ob_pending_old = _outbox(status="pending", published_at=None)
+    OutboxMessage.objects.filter(pk=ob_pending_old).update(created_at=now - timedelta(days=60))
+    jr_old = _job_run(status="succeeded", finished_at=old)
+    jr_failed_old = _job_run(status="failed", finished_at=old)
+    jr_young = _job_run(status="succeeded", finished_at=young)
+    jr_running = _job_run(status="running", finished_at=None)  # started 100 days ago, still running: kept
+    OutboxMessage.objects.exclude(pk__in=[ob_old, ob_young, ob_pending_old]).delete()
+
+    run = job_execute(name="retention_purge", params={"dead_letter_days": 30, "outbox_days": 7, "job_run_days": 30})
+
+    assert set(DeadLetter.objects.values_list("pk", flat=True)) == {dl_young}
+    assert dl_old not in set(DeadLetter.objects.values_list("pk", flat=True))
+    assert set(OutboxMessage.objects.values_list("pk", flat=True)) == {ob_young, ob_pending_old}
+    remaining = set(JobRun.objects.values_list("pk", flat=True))
+    assert {jr_young, jr_running, run.pk} <= remaining and not {jr_old, jr_failed_old} & remaining
+    assert run.result == {"deleted_dead_letters": 1, "deleted_outbox": 1, "deleted_job_runs": 2}
+    assert run.progress_done == run.progress_total == 3
+
+
+def test_retention_rejects_a_zero_day_window(db):
+    from apps.common.exceptions import ValidationFailed
+
+    with pytest.raises(ValidationFailed):
+        job_execute(name="retention_purge", params={"outbox_days": 0, "dead_letter_days": 30})
+
+
+def _at(day: date, hour: int) -> datetime:
+    return datetime(day.year, day.month, day.day, hour, tzinfo=UTC)
+
+
+def test_daily_rollup_counts_one_day(db, session_factory, user, other_user, make_user):
+    from apps.ai.models import InferenceRequest, Suggestion, SuggestionFeedback
+    from apps.context.services import participant_add
+
+    day = date(2026, 3, 4)
+    s1, s2 = session_factory(title="s1"), session_factory(title="s2", owner=other_user)
+    participant_add(session=s1, actor=user, username=other_user.username, role="editor")
+    context_event_append(session=s1, author=user, events=[EventInput("note", {"text": "a"}), EventInput("note", {})])
+    context_event_append(session=s1, author=other_user, events=[EventInput("user_action", {"action": "share"})])
+    context_event_append(session=s2, author=other_user, events=[EventInput("note", {"text": "x"})])
+    ContextEvent.objects.update(created_at=_at(day, 10))
+    # An event of the next day is not counted.
+    late = context_event_append(session=s2, author=other_user, events=[EventInput("note", {"text": "y"})])[0]
+    ContextEvent.objects.filter(pk=late.pk).update(created_at=_at(day + timedelta(days=1), 0))
+    request = InferenceRequest.objects.create(session=s1, queued_at=timezone.now(), status="done")
+    suggestions = [Suggestion.objects.create(request=request, session=s1, kind="next_action", rank=i,
+                                             content={"action": "share"}) for i in range(3)]
+    SuggestionFeedback.objects.create(suggestion=suggestions[0], user=user, verdict="accept")
+    SuggestionFeedback.objects.create(suggestion=suggestions[1], user=other_user, verdict="accept")
+    SuggestionFeedback.objects.create(suggestion=suggestions[2], user=user, verdict="reject")
+    Suggestion.objects.update(created_at=_at(day, 11))
+    SuggestionFeedback.objects.update(created_at=_at(day, 12))
+
+    run = job_execute(name="daily_rollup", params={"day": day.isoformat(), "chunk_size": 1})
+
+    rows = {r.session_id: r for r in DailySessionRollup.objects.filter(day=day)}
+    assert set(rows) == {s1.id, s2.id}
+    assert (rows[s1.id].events, rows[s1.id].participants, rows[s1.id].suggestions_shown,
+            rows[s1.id].suggestions_accepted) == (3, 2, 3, 2)
+    assert (rows[s2.id].events, rows[s2.id].participants, rows[s2.id].suggestions_shown) == (1, 1, 0)
+    users = {r.user_id: r for r in DailyUserRollup.objects.filter(day=day)}
+    assert (users[user.pk].events, users[user.pk].sessions, users[user.pk].suggestions_shown,
+            users[user.pk].suggestions_accepted) == (2, 1, 3, 1)
+    assert (users[other_user.pk].events, users[other_user.pk].sessions, users[other_user.pk].suggestions_shown,
+            users[other_user.pk].suggestions_accepted) == (2, 2, 3, 1)
+    assert run.result == {"sessions": 2, "users": 2}
+
+    # Running it again recomputes the same rows instead of adding to them.
+    job_execute(name="daily_rollup", params={"day": day.isoformat()})
+    assert DailySessionRollup.objects.filter(day=day).count() == 2
+    assert DailySessionRollup.objects.get(day=day, session=s1).events == 3
+
+
+def test_daily_rollup_rejects_a_bad_day(db):
+    from apps.common.exceptions import ValidationFailed
+
+    with pytest.raises(ValidationFailed):
+        job_execute(name="daily_rollup", params={"day": "2026-13-01"})
