@@ -67,6 +67,20 @@ def session_broadcast(*, session_id: Any, message: dict[str, Any]) -> None:
         )
 
 
+def context_events_broadcast(*, session_id: Any, events: list[dict[str, Any]]) -> None:
+    """Broadcast freshly committed context events (``context_event_to_dict`` shapes).
+
+    One group message per append: a batch travels as one ``events`` message and
+    each connection unpacks it into ``event`` frames in seq order.
+    """
+    if not events:
+        return
+    if len(events) == 1:
+        session_broadcast(session_id=session_id, message={"type": "event", **events[0]})
+    else:
+        session_broadcast(session_id=session_id, message={"type": "events", "events": events})
+
+
 def presence_set_ai_state(*, session_id: Any, state: str | None) -> None:
     """Show (``"queued"``, ``"generating"``) or clear (``None``) the session's AI state.
 

@@ -1,0 +1,432 @@
+"""The session WebSocket: ``/ws/sessions/<id>/``. Protocol and close codes: apps/realtime/__init__.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from apps.common.exceptions import ApplicationError, NotFound, ValidationFailed
+from apps.context import selectors as context_selectors
+from apps.context import services as context_services
+from apps.realtime import presence
+from apps.realtime.auth import origin_allowed, selected_subprotocol
+from apps.realtime.broadcast import session_broadcast_async, session_group_name
+from apps.realtime.limits import StrikeCounter, TokenBucket
+
+logger = logging.getLogger(__name__)
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+CLOSE_RATE_LIMITED = 4429
+CLOSE_TRY_AGAIN = 1013
+
+EVENT_TYPES = ("context_update", "user_action", "note")
+MAX_CLIENT_MSG_ID = 64
+
+
+@dataclass(frozen=True)
+class Membership:
+    session: Any
+    username: str
+    role: str
+    can_write: bool
+
+
+def _membership(*, session_id: str, user: Any) -> Membership | None:
+    try:
+        session = context_selectors.session_get_for_user(session_id=session_id, user=user)
+    except NotFound:
+        return None
+    participant = context_selectors.participant_get(session_id=session.pk, user=user)
+    if participant is None:
+        return None
+    return Membership(session=session, username=user.get_username(), role=participant.role,
+                      can_write=participant.can_write)
+
+
+def _append(*, session: Any, user: Any, event_type: str, data: dict[str, Any], client_msg_id: str) -> tuple[dict, bool]:
+    stored = context_services.context_event_append(
+        session=session,
+        author=user,
+        events=[context_services.EventInput(event_type=event_type, data=data, client_msg_id=client_msg_id)],
+    )[0]
+    return context_selectors.context_event_to_dict(stored), bool(getattr(stored, "was_created", False))
+
+
+def _events_between(*, session: Any, after_seq: int, upto_seq: int, limit: int) -> list[dict[str, Any]]:
+    events = context_selectors.context_event_list(session=session, after_seq=after_seq, limit=limit)
+    return [context_selectors.context_event_to_dict(e) for e in events if e.seq <= upto_seq]
+
+
+def _last_seq(*, session_id: Any) -> int:
+    return context_selectors.session_last_seq(session_id=session_id)
+
+
+membership_get = database_sync_to_async(_membership)
+event_append = database_sync_to_async(_append)
+events_between = database_sync_to_async(_events_between)
+last_seq_get = database_sync_to_async(_last_seq)
+
+
+def _frame(content: dict[str, Any]) -> str:
+    return json.dumps(content, separators=(",", ":"), default=str)
+
+
+class SessionConsumer(AsyncWebsocketConsumer):
+    """One client in one session.
+
+    Handlers run one at a time per connection (channels dispatches serially),
+    so ``delivered_seq`` needs no lock: live events, gap fills and resumes are
+    interleaved only at message boundaries.
+    """
+
+    membership: Membership | None = None
+    delivered_seq: int = 0
+    _heartbeat: asyncio.Task | None = None
+    _registered: bool = False
+    _cleaned: bool = False
+
+    # --- connection lifecycle ------------------------------------------------
+
+    async def connect(self) -> None:
+        self.session_id = str(self.scope["url_route"]["kwargs"]["session_id"])
+        self.user = self.scope.get("user")
+        subprotocol = selected_subprotocol(self.scope)
+        if not origin_allowed(self.scope):
+            return await self._refuse(CLOSE_FORBIDDEN, subprotocol)
+        if self.user is None or not self.user.is_authenticated:
+            return await self._refuse(CLOSE_UNAUTHENTICATED, subprotocol)
+        membership = await membership_get(session_id=self.session_id, user=self.user)
+        if membership is None:
+            # Non-participant and nonexistent session look the same.
+            return await self._refuse(CLOSE_NOT_FOUND, subprotocol)
+        self.membership = membership
+        self.session_id = str(membership.session.pk)
+        self.group = session_group_name(self.session_id)
+        self.bucket = TokenBucket(rate=settings.WS_RATE_PER_SECOND, burst=settings.WS_RATE_BURST)
+        self.strikes = StrikeCounter(limit=settings.WS_RATE_STRIKES)
+        self.typing_sent_at = 0.0
+        try:
+            if not await presence.connection_slot_acquire(user_id=self.user.pk, channel_name=self.channel_name):
+                return await self._refuse(CLOSE_RATE_LIMITED, subprotocol)
+            self._registered = True
+            # Subscribe BEFORE reading last_seq: an event committed after the read
+            # arrives live; one committed before it has seq <= last_seq and its
+            # live copy is dropped. Nothing is lost, nothing doubled.
+            await self.channel_layer.group_add(self.group, self.channel_name)
+            last_seq = await last_seq_get(session_id=self.session_id)
+            joined = await presence.presence_join(
+                session_id=self.session_id, channel_name=self.channel_name, username=membership.username
+            )
+            online = await presence.presence_online(session_id=self.session_id)
+            typing = await presence.typing_users(session_id=self.session_id)
+            ai_state = await presence.ai_state_get(session_id=self.session_id)
+        except Exception:
+            logger.warning("websocket connect: Redis unavailable", exc_info=True)
+            await self._cleanup()
+            return await self._refuse(CLOSE_TRY_AGAIN, subprotocol)
+        await self.accept(subprotocol)
+        self.delivered_seq = last_seq
+        session = membership.session
+        await self._send(
+            {
+                "type": "hello",
+                "session": {"id": self.session_id, "title": session.title, "state": session.state},
+                "user": {"username": membership.username, "role": membership.role},
+                "last_seq": last_seq,
+                "online": online,
+                "typing": typing,
+                "ai_state": ai_state,
+                "limits": {
+                    "max_frame_bytes": settings.WS_MAX_FRAME_BYTES,
+                    "messages_per_second": settings.WS_RATE_PER_SECOND,
+                    "resume_max_events": settings.WS_RESUME_MAX_EVENTS,
+                },
+                "heartbeat_s": settings.PRESENCE_HEARTBEAT_S,
+            }
+        )
+        if joined:
+            await self._broadcast_presence("join", state="active")
+        self._heartbeat = asyncio.ensure_future(self._heartbeat_loop())
+
+    async def _refuse(self, code: int, subprotocol: str | None) -> None:
+        # Accept first: a close before accept becomes an HTTP 403 and the
+        # client never sees the code that says why.
+        await self.accept(subprotocol)
+        await self.close(code=code)
+
+    async def disconnect(self, code: int) -> None:
+        await self._cleanup()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Also on a crash (the channel layer lost Redis): the heartbeat task
+            # must not outlive the connection.
+            await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        if self._cleaned:
+            return
+        self._cleaned = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        if not self._registered or self.membership is None:
+            return
+        try:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+            await presence.connection_slot_release(user_id=self.user.pk, channel_name=self.channel_name)
+            left = await presence.presence_leave(
+                session_id=self.session_id, channel_name=self.channel_name, username=self.membership.username
+            )
+            if left:
+                await self._broadcast_presence("leave", user=self.membership.username, state=None)
+        except Exception:
+            # Redis is gone: the entries expire (PRESENCE_TTL_S) and get swept.
+            logger.info("websocket cleanup skipped: Redis unavailable", exc_info=True)
+
+    async def _heartbeat_loop(self) -> None:
+        assert self.membership is not None
+        while True:
+            await asyncio.sleep(settings.PRESENCE_HEARTBEAT_S)
+            try:
+                existed = await presence.presence_refresh(
+                    session_id=self.session_id, channel_name=self.channel_name, username=self.membership.username
+                )
+                await presence.connection_slot_refresh(user_id=self.user.pk, channel_name=self.channel_name)
+                # Re-adding is idempotent; it also restores a membership that a
+                # Redis restart (or group_expiry) dropped.
+                await self.channel_layer.group_add(self.group, self.channel_name)
+                if not existed:
+                    # Redis lost our state: events broadcast meanwhile never
+                    # reached us. Catch up from PostgreSQL, in the consumer's
+                    # own turn (through our channel) so it never races a handler.
+                    await self.channel_layer.send(self.channel_name, {"type": "session.catch_up"})
+                    await self._broadcast_presence("join", state="active")
+                for username in await presence.presence_sweep(session_id=self.session_id):
+                    await self._broadcast_presence("leave", user=username, state=None)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.info("presence heartbeat failed; retrying next beat", exc_info=True)
+
+    # --- client -> server ------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.membership is None:
+            return
+        if not self.bucket.take():
+            if self.strikes.strike():
+                await self._error("rate_limited", "Too many messages; closing.", {"close_code": CLOSE_RATE_LIMITED})
+                await self.close(code=CLOSE_RATE_LIMITED)
+                return
+            await self._error("rate_limited", "Too many messages.", {"retry_after_ms": self.bucket.retry_after_ms()})
+            return
+        if text_data is None:
+            await self._error("unsupported_frame", "Send JSON text frames; binary frames are not supported.")
+            return
+        size = len(text_data.encode("utf-8"))
+        if size > settings.WS_MAX_FRAME_BYTES:
+            await self._error("frame_too_large", "Frame is too large.",
+                              {"max_bytes": settings.WS_MAX_FRAME_BYTES, "bytes": size})
+            return
+        try:
+            content = json.loads(text_data)
+        except ValueError:
+            await self._error("malformed_json", "Frame is not valid JSON.")
+            return
+        if not isinstance(content, dict) or not isinstance(content.get("type"), str):
+            await self._error("invalid_frame", "A frame is a JSON object with a string 'type'.")
+            return
+        handler = self._handlers.get(content["type"])
+        if handler is None:
+            await self._error("unknown_type", f"Unknown frame type {content['type'][:40]!r}.",
+                              {"allowed": sorted(self._handlers)})
+            return
+        try:
+            await handler(self, content)
+        except ApplicationError as exc:
+            # The one mapping of ApplicationError for WebSockets.
+            extra = {"client_msg_id": content["client_msg_id"]} if isinstance(content.get("client_msg_id"), str) else {}
+            await self._send({"type": "error", **exc.as_dict(), **extra})
+
+    async def _on_context_update(self, content: dict[str, Any]) -> None:
+        data = content.get("data")
+        client_msg_id = content.get("client_msg_id", "")
+        event_type = content.get("event_type", "context_update")
+        errors: dict[str, list[str]] = {}
+        if not isinstance(data, dict):
+            errors["data"] = ["Must be an object."]
+        if not isinstance(client_msg_id, str) or len(client_msg_id) > MAX_CLIENT_MSG_ID:
+            errors["client_msg_id"] = [f"Must be a string of at most {MAX_CLIENT_MSG_ID} characters."]
+        if event_type not in EVENT_TYPES:
+            errors["event_type"] = [f"Must be one of {list(EVENT_TYPES)}."]
+        if errors:
+            raise ValidationFailed("Invalid context_update.", details=errors)
+        assert self.membership is not None
+        event, created = await event_append(
+            session=self.membership.session, user=self.user, event_type=event_type, data=data,
+            client_msg_id=client_msg_id,
+        )
+        if created:
+            # Deliver our own event now (its live copy is dropped as a duplicate),
+            # so the sender sees the event before its ack.
+            await self._deliver([event])
+        await self._send({"type": "ack", "client_msg_id": client_msg_id or None, "seq": event["seq"],
+                          "duplicate": not created})
+
+    async def _on_resume(self, content: dict[str, Any]) -> None:
+        after_seq = content.get("after_seq")
+        if isinstance(after_seq, bool) or not isinstance(after_seq, int) or after_seq < 0:
+            raise ValidationFailed("Invalid resume.", details={"after_seq": ["Must be a non-negative integer."]})
+        last_seq = await last_seq_get(session_id=self.session_id)
+        if after_seq > last_seq:
+            raise ValidationFailed("after_seq is ahead of the session.", details={"after_seq": after_seq,
+                                                                                  "last_seq": last_seq})
+        await self._replay(after_seq=after_seq, upto_seq=last_seq)
+
+    async def _on_ping(self, content: dict[str, Any]) -> None:
+        t = content.get("t")
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int | float | str)):
+            raise ValidationFailed("Invalid ping.", details={"t": ["Must be a number or a string."]})
+        await self._send({"type": "pong", "t": t, "server_time": time.time()})
+
+    async def _on_typing(self, content: dict[str, Any]) -> None:
+        active = content.get("active", True)
+        if not isinstance(active, bool):
+            raise ValidationFailed("Invalid typing.", details={"active": ["Must be a boolean."]})
+        assert self.membership is not None
+        await presence.typing_set(session_id=self.session_id, username=self.membership.username, active=active)
+        now = time.monotonic()
+        # Keystrokes arrive many per second; others need one indicator per second
+        # (it lasts TYPING_TTL_S), and every stop.
+        if active and now - self.typing_sent_at < 1.0:
+            return
+        self.typing_sent_at = now if active else 0.0
+        await session_broadcast_async(
+            session_id=self.session_id,
+            message={"type": "typing", "user": self.membership.username, "active": active,
+                     "ttl_ms": int(settings.TYPING_TTL_S * 1000)},
+        )
+
+    async def _on_presence(self, content: dict[str, Any]) -> None:
+        state = content.get("state")
+        if state not in presence.PRESENCE_STATES:
+            allowed = list(presence.PRESENCE_STATES)
+            raise ValidationFailed("Invalid presence.", details={"state": [f"Must be one of {allowed}."]})
+        assert self.membership is not None
+        await presence.presence_refresh(session_id=self.session_id, channel_name=self.channel_name,
+                                        username=self.membership.username, state=state)
+        await self._broadcast_presence("state", state=state)
+
+    _handlers = {
+        "context_update": _on_context_update,
+        "resume": _on_resume,
+        "ping": _on_ping,
+        "typing": _on_typing,
+        "presence": _on_presence,
+    }
+
+    # --- server -> client ------------------------------------------------------
+
+    async def session_message(self, event: dict[str, Any]) -> None:
+        """A group message from ``session_broadcast``."""
+        if self.membership is None:
+            return
+        message = event.get("message") or {}
+        kind = message.get("type")
+        if kind == "event":
+            await self._deliver([message])
+        elif kind == "events":
+            await self._deliver(message.get("events") or [])
+        elif kind == "typing" and message.get("user") == self.membership.username:
+            return
+        else:
+            await self._send(message)
+
+    async def session_catch_up(self, event: dict[str, Any]) -> None:
+        last_seq = await last_seq_get(session_id=self.session_id)
+        if last_seq > self.delivered_seq:
+            await self._fill(after_seq=self.delivered_seq, upto_seq=last_seq)
+
+    async def _deliver(self, events: list[dict[str, Any]]) -> None:
+        """Send live events in seq order: drop what was delivered, fill holes from PostgreSQL."""
+        for event in sorted(events, key=lambda e: e["seq"]):
+            seq = event["seq"]
+            if seq <= self.delivered_seq:
+                continue
+            if seq > self.delivered_seq + 1:
+                # A broadcast was lost or overtaken: the missing events are
+                # committed (seq is allocated under the session row lock), so
+                # PostgreSQL has them.
+                await self._fill(after_seq=self.delivered_seq, upto_seq=seq - 1)
+                if seq <= self.delivered_seq:
+                    continue
+            await self._send_event(event)
+
+    async def _fill(self, *, after_seq: int, upto_seq: int) -> None:
+        await self._replay(after_seq=after_seq, upto_seq=upto_seq)
+        self.delivered_seq = max(self.delivered_seq, upto_seq)
+
+    async def _replay(self, *, after_seq: int, upto_seq: int) -> None:
+        """Send events (after_seq, upto_seq] from PostgreSQL in order, a page at a time."""
+        if upto_seq - after_seq > settings.WS_RESUME_MAX_EVENTS:
+            await self._send({"type": "resync_required", "last_seq": upto_seq, "after_seq": after_seq,
+                              "max_events": settings.WS_RESUME_MAX_EVENTS})
+            # The client refetches the snapshot; live delivery goes on after it.
+            self.delivered_seq = max(self.delivered_seq, upto_seq)
+            return
+        assert self.membership is not None
+        cursor = after_seq
+        while cursor < upto_seq:
+            page = await events_between(session=self.membership.session, after_seq=cursor, upto_seq=upto_seq,
+                                        limit=settings.WS_REPLAY_PAGE)
+            if not page:
+                break
+            for event in page:
+                await self._send({"type": "event", **event})
+            cursor = page[-1]["seq"]
+        self.delivered_seq = max(self.delivered_seq, upto_seq)
+
+    async def _send_event(self, event: dict[str, Any]) -> None:
+        frame = {"type": "event", **{k: v for k, v in event.items() if k != "type"}}
+        await self._send(frame)
+        self.delivered_seq = event["seq"]
+
+    async def _broadcast_presence(self, kind: str, *, user: str | None = None, state: str | None = None) -> None:
+        assert self.membership is not None
+        online = await presence.presence_online(session_id=self.session_id)
+        ai_state = await presence.ai_state_get(session_id=self.session_id)
+        await session_broadcast_async(
+            session_id=self.session_id,
+            message={"type": "presence", "event": kind, "user": user or self.membership.username, "state": state,
+                     "online": online, "ai_state": ai_state},
+        )
+
+    async def _error(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        await self._send({"type": "error", "code": code, "message": message, "details": details or {}})
+
+    async def _send(self, content: dict[str, Any]) -> None:
+        await self.send(text_data=_frame(content))
+
+
+class NotFoundConsumer(AsyncWebsocketConsumer):
+    """Any other WebSocket path: the same 4404 as an unknown session."""
+
+    async def connect(self) -> None:
+        await self.accept(selected_subprotocol(self.scope))
+        await self.close(code=CLOSE_NOT_FOUND)
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        raise StopConsumer()
