@@ -154,10 +154,15 @@ def dead_letter_archive(*, dead_letter_queue: str, body: bytes | str, headers: d
                                                          failure.traceback)
         attempts = failure.attempts
     elif reason == DeadLetterReason.DELIVERY_LIMIT:
+        # The dead-lettered copy carries no x-delivery-count: the broker gave
+        # up after its limit, so the deliveries were the first plus the limit.
+        from workers.queues import DELIVERY_LIMIT
+
+        deliveries = max(redeliveries, DELIVERY_LIMIT) + 1
         exception_class = "DeliveryLimitExceeded"
-        exception_message = (f"delivered {redeliveries + 1} times without an ack (the worker died mid-task "
-                             "each time); the queue's delivery limit dead-lettered it")
-        traceback, attempts = "", first_attempt + redeliveries
+        exception_message = (f"delivered {deliveries} times without an ack (the worker died mid-task each time); "
+                             "the queue's delivery limit dead-lettered it")
+        traceback, attempts = "", first_attempt - 1 + deliveries
     elif reason == DeadLetterReason.EXPIRED:
         exception_class, exception_message, traceback = "MessageExpired", "the message's TTL ran out in the queue", ""
         attempts = first_attempt + redeliveries - 1

@@ -12,7 +12,7 @@ import logging
 import traceback
 from typing import Any
 
-from celery import signals
+from celery import bootsteps, signals
 from celery.worker.consumer import Consumer
 
 logger = logging.getLogger("workers.deadletter")
@@ -74,3 +74,22 @@ def _on_rejected(message: Any = None, exc: Exception | None = None, **kwargs: An
         _note(message, "InvalidTaskMessage", f"{type(exc).__name__}: {exc}")
     elif message is not None:
         _note(message, "MalformedMessage", "the message is not a Celery task message")
+
+
+class DeclareTopology(bootsteps.StartStopStep):
+    """Declare exchanges, work queues and every ``*.dlq`` on each (re)connection.
+
+    Celery declares only the queues it consumes; without the DLQs bound on
+    ``dlx`` a dead-lettered message would be dropped.
+    """
+
+    requires = ("celery.worker.consumer.connection:Connection",)
+
+    def start(self, c: Any) -> None:
+        from workers.queues import declare_topology
+
+        channel = c.connection.channel()
+        try:
+            declare_topology(channel)
+        finally:
+            channel.close()
