@@ -9,6 +9,8 @@ the port is reachable from outside the cluster.
 from __future__ import annotations
 
 import hmac
+import os
+import socket
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -20,11 +22,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from apps.ops import health, metrics
 
+# Which instance answered (load-balancer debugging, the LB tests and bench/lb.py).
+INSTANCE_NAME = os.environ.get("INSTANCE_NAME") or f"{socket.gethostname()}:{os.getpid()}"
+
 
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"status": "ok"})
+    return JsonResponse({"status": "ok", "instance": INSTANCE_NAME})
 
 
 @never_cache
