@@ -31,6 +31,15 @@ def _errors(*codes: int) -> dict[int, OpenApiResponse]:
     return {code: OpenApiResponse(ErrorSerializer) for code in codes}
 
 
+class StrictCharField(serializers.CharField):
+    """A JSON string only: DRF's CharField would turn ``5`` or ``true`` into text."""
+
+    def to_internal_value(self, data: object) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 SESSION_ID = OpenApiParameter("session_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
 
 
@@ -83,7 +92,7 @@ class SuggestionListApi(APIView):
 
 class SuggestionRequestApi(APIView):
     class InputSerializer(StrictSerializer):
-        query = serializers.CharField(max_length=services.QUERY_MAX_CHARS, trim_whitespace=True)
+        query = StrictCharField(max_length=services.QUERY_MAX_CHARS, trim_whitespace=True)
 
     class OutputSerializer(serializers.Serializer):
         id = serializers.UUIDField()
@@ -123,7 +132,7 @@ class InferenceRequestDetailApi(APIView):
 class SuggestionFeedbackApi(APIView):
     class InputSerializer(StrictSerializer):
         verdict = serializers.ChoiceField(choices=SuggestionFeedback.Verdict.choices)
-        comment = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+        comment = StrictCharField(max_length=2000, required=False, allow_blank=True, default="")
 
     class OutputSerializer(serializers.Serializer):
         suggestion_id = serializers.UUIDField()
