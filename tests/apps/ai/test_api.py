@@ -59,7 +59,8 @@ def test_outsiders_get_404_everywhere(api_client_for, other_user, ai_session, us
     suggestion = request.suggestions.get()
     client = api_client_for(other_user)
     assert client.get(f"/api/v1/sessions/{ai_session.pk}/suggestions/").status_code == 404
-    assert client.post(f"/api/v1/sessions/{ai_session.pk}/suggestions/", {"query": "x"}, format="json").status_code == 404
+    posted = client.post(f"/api/v1/sessions/{ai_session.pk}/suggestions/", {"query": "x"}, format="json")
+    assert posted.status_code == 404
     assert client.get(f"/api/v1/inference-requests/{request.pk}/").status_code == 404
     response = client.post(f"/api/v1/suggestions/{suggestion.pk}/feedback/", {"verdict": "accept"}, format="json")
     assert response.status_code == 404
