@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib.auth import authenticate
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers, status
 from rest_framework.authtoken.models import Token
 from rest_framework.permissions import AllowAny
@@ -26,20 +26,16 @@ from rest_framework.views import APIView
 
 from apps.common.exceptions import NotFound, ValidationFailed
 from apps.common.pagination import PageNumberPaginationWithSize
+from apps.common.schema import error_responses
 from apps.common.serializers import JSONObjectField, StrictSerializer
 from apps.common.throttling import AnonThrottle, LoginThrottle
 from apps.context import idempotency, selectors, services
 from apps.context.models import ContextEvent, Participant, Session
 from apps.context.services import EventInput
 
-class ErrorSerializer(serializers.Serializer):
-    code = serializers.CharField()
-    message = serializers.CharField()
-    details = serializers.JSONField()
-
-
-def _errors(*codes: int) -> dict[int, OpenApiResponse]:
-    return {code: OpenApiResponse(ErrorSerializer) for code in codes}
+def _errors(*codes: int) -> dict:
+    # Any request may be rate limited (429).
+    return error_responses(*sorted({*codes, 429}))
 
 
 SESSION_ID = OpenApiParameter("session_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
@@ -134,7 +130,7 @@ class SessionListApi(APIView):
     @extend_schema(
         operation_id="sessions_list",
         parameters=[FilterSerializer],
-        responses={200: SessionOutputSerializer(many=True), **_errors(400, 401)},
+        responses={200: SessionOutputSerializer(many=True), **_errors(400, 401, 404)},
     )
     def get(self, request: Request) -> Response:
         filters = SessionListApi.FilterSerializer(data=request.query_params)

@@ -138,7 +138,8 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     # Size-capped (413) and refuses what PostgreSQL jsonb cannot store (400).
     "DEFAULT_PARSER_CLASSES": ["apps.common.parsers.JSONParser"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Names nested Input/OutputSerializer components after their view (no collisions).
+    "DEFAULT_SCHEMA_CLASS": "apps.common.schema.AutoSchema",
     "EXCEPTION_HANDLER": "apps.common.exceptions.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
@@ -169,6 +170,11 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Two choice sets share the field name "role": name both enums explicitly.
+    "ENUM_NAME_OVERRIDES": {
+        "ParticipantRoleEnum": "apps.context.models.Participant.Role",
+        "AddableRoleEnum": [("editor", "Editor"), ("viewer", "Viewer")],
+    },
 }
 
 # --- Celery (read by project/celery.py with the CELERY_ namespace) ---------
