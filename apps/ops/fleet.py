@@ -629,7 +629,8 @@ def queue_recommendation(
     latency_note = ""
     if lam > 0:
         if s >= t:
-            latency_note = f" S={s:.3g}s alone exceeds T={t:.3g}s: no worker count meets the target, so latency is not a constraint here."
+            latency_note = (f" S={s:.3g}s alone exceeds T={t:.3g}s: no worker count meets the target,"
+                            " so latency is not a constraint here.")
         else:
             c = max(1, math.floor(load) + 1)
             while c <= max_workers and erlang_c_wait(servers=c, arrival_rate=lam, service_time=s) + s > t:

@@ -29,8 +29,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -157,7 +157,8 @@ class ScrapeCollector(Collector):
     def _queues(self) -> Iterator[Any]:
         from apps.ops import fleet
 
-        depth = GaugeMetricFamily("ce_queue_depth", "Ready messages in the queue (passive queue.declare).", labels=["queue"])
+        depth = GaugeMetricFamily("ce_queue_depth", "Ready messages in the queue (passive queue.declare).",
+                                  labels=["queue"])
         consumers = GaugeMetricFamily("ce_queue_consumers", "Consumers attached to the queue.", labels=["queue"])
         age = GaugeMetricFamily(
             "ce_queue_oldest_message_age_seconds",
@@ -193,7 +194,8 @@ class ScrapeCollector(Collector):
         if rows is None:
             return
         family = CounterMetricFamily(
-            "ce_dead_letters", "Dead letters stored (PostgreSQL), by source queue and reason.", labels=["queue", "reason"]
+            "ce_dead_letters", "Dead letters stored (PostgreSQL), by source queue and reason.",
+            labels=["queue", "reason"],
         )
         for (queue, reason), count in sorted(rows.items()):
             family.add_metric([queue, reason], count)
@@ -215,6 +217,11 @@ class ScrapeCollector(Collector):
         if pending_count is not None:
             pending.add_metric([], pending_count)
             yield pending
+        parked_count = getattr(lag, "parked", None)
+        if parked_count is not None:
+            parked = GaugeMetricFamily("ce_outbox_parked", "Outbox rows the relay gave up on (need an operator).")
+            parked.add_metric([], float(parked_count))
+            yield parked
         if oldest_seconds is not None:
             oldest.add_metric([], oldest_seconds)
             yield oldest
@@ -235,12 +242,29 @@ class ScrapeCollector(Collector):
         if not isinstance(stats, dict):
             return
         family = GaugeMetricFamily(
-            "ce_cache_stat", "Cache statistics reported by apps.caching's cache_stats() (this process).", labels=["stat"]
+            "ce_cache_stat", "Cache statistics reported by apps.caching's cache_stats() (this process).",
+            labels=["stat"],
         )
         for key, value in _flatten(stats):
             if isinstance(value, int | float) and not isinstance(value, bool):
                 family.add_metric([key], float(value))
         yield family
+        hits = CounterMetricFamily("ce_cache_level_hits", "Cache hits per level (the scraped process).",
+                                   labels=["level"])
+        misses = CounterMetricFamily("ce_cache_level_misses", "Cache misses per level (the scraped process).",
+                                     labels=["level"])
+        for level in ("l1", "l2", "negative"):
+            part = stats.get(level)
+            if isinstance(part, dict):
+                if isinstance(part.get("hits"), int | float):
+                    hits.add_metric([level], float(part["hits"]))
+                if isinstance(part.get("misses"), int | float):
+                    misses.add_metric([level], float(part["misses"]))
+        l3 = stats.get("l3")
+        if isinstance(l3, dict) and isinstance(l3.get("loads"), int | float):
+            hits.add_metric(["loader"], float(l3["loads"]))
+        yield hits
+        yield misses
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -262,7 +286,9 @@ def _outbox_figures(lag: Any) -> tuple[float | None, float | None]:
     pending = get("pending", None)
     if pending is None:
         pending = get("count", None)
-    seconds = get("oldest_age_seconds", None)
+    seconds = get("oldest_pending_age_seconds", None)
+    if seconds is None:
+        seconds = get("oldest_age_seconds", None)
     if seconds is None:
         seconds = get("lag_seconds", None)
     if seconds is None:

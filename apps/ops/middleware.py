@@ -80,7 +80,9 @@ class ObservabilityMiddleware:
     @staticmethod
     def _finish(request: HttpRequest, response: HttpResponse, started: float, cid: str) -> HttpResponse:
         HTTP_REQUEST_DURATION.labels(
-            method=request.method if request.method in _METHODS else "OTHER", route=route_label(request), status=str(response.status_code)
+            method=request.method if request.method in _METHODS else "OTHER",
+            route=route_label(request),
+            status=str(response.status_code),
         ).observe(time.perf_counter() - started)
         response[HEADER] = cid
         return response

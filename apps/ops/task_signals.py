@@ -1,4 +1,9 @@
-"""Celery signal handlers: task metrics, the fleet's per-queue counters, the publish stamp.
+"""Celery signal handlers: the fleet's per-queue counters, queue wait, the publish stamp.
+
+Task counts and durations by outcome are recorded by the task base class
+(``workers/base.py``, into ``apps.ops.metrics``), which knows the outcome in
+its own terms (dead-lettered, ignored, ...); here only what the fleet report
+needs regardless of the task: starts, finishes and busy time per queue.
 
 Connected once per process from ``OpsConfig.ready()`` (Celery's Django fixup
 runs ``django.setup()`` in every worker). Handlers never raise: observability
@@ -15,16 +20,12 @@ from typing import Any
 from celery import signals
 
 from apps.ops import fleet
-from apps.ops.metrics import TASK_DURATION, TASK_QUEUE_WAIT, TASKS, mark_process_dead
+from apps.ops.metrics import TASK_QUEUE_WAIT, mark_process_dead
 
 logger = logging.getLogger(__name__)
 
 # task id -> (monotonic start, queue); a prefork child or a thread-pool worker runs several, so key by id.
 _running: dict[str, tuple[float, str]] = {}
-
-_OUTCOMES = {"SUCCESS": "success", "FAILURE": "failure", "RETRY": "retry", "REJECTED": "rejected",
-             "REVOKED": "revoked", "IGNORED": "ignored"}
-
 
 def task_queue(task: Any) -> str:
     info = getattr(task.request, "delivery_info", None) or {}
@@ -54,14 +55,10 @@ def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
 
 
 @signals.task_postrun.connect(weak=False)
-def _postrun(task_id: str | None = None, task: Any = None, state: str | None = None, **_: Any) -> None:
+def _postrun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     try:
         started, queue = _running.pop(task_id or "", (None, task_queue(task)))
         duration = time.monotonic() - started if started is not None else 0.0
-        outcome = _OUTCOMES.get(str(state), str(state).lower() if state else "unknown")
-        name = getattr(task, "name", "unknown")
-        TASKS.labels(task=name, queue=queue, outcome=outcome).inc()
-        TASK_DURATION.labels(task=name, queue=queue, outcome=outcome).observe(duration)
         fleet.task_finished(queue=queue, duration=duration)
     except Exception:  # noqa: BLE001
         logger.warning("task_postrun metrics failed", exc_info=True)

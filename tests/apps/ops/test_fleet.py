@@ -1,4 +1,4 @@
-"""Queue figures and scaling advice: the arithmetic (pure) and the real broker (passive declares on this run's vhost)."""
+"""Queue figures and scaling advice: the arithmetic (pure) and the real broker (this run's vhost)."""
 
 from __future__ import annotations
 
