@@ -7,6 +7,7 @@ The WebSocket consumer maps it once to an ``error`` frame.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -103,6 +104,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         message = str(getattr(exc, "detail", exc))
         details = {}
     if isinstance(exc, drf_exceptions.Throttled) and exc.wait is not None:
-        details = {"retry_after_seconds": int(exc.wait) + 1}
+        # Same number as the Retry-After header (DRF already rounds wait up).
+        details = {"retry_after_seconds": math.ceil(exc.wait)}
     response.data = {"code": code, "message": message, "details": details}
     return response
