@@ -254,7 +254,11 @@ class OutboxRelay:
         batch_size: int = 500,
         poll_interval: float = 2.0,
         max_attempts: int = 5,
+        max_backoff: float = 10.0,
     ):
+        # Broker outages back off up to max_backoff seconds: short enough that
+        # a restarted broker (about 10 s) is used again within seconds.
+        self.max_backoff = max_backoff
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.max_attempts = max_attempts
@@ -342,14 +346,14 @@ class OutboxRelay:
                 broker_failures = db_failures = 0
             except DatabaseError as exc:
                 db_failures += 1
-                delay = _backoff(db_failures)
+                delay = _backoff(db_failures, cap=self.max_backoff)
                 logger.warning("relay database error; backing off", extra={"error": repr(exc), "sleep_s": delay})
                 connection.close()
                 self.stop_event.wait(delay)
                 continue
             except BROKER_ERRORS as exc:
                 broker_failures += 1
-                delay = _backoff(broker_failures)
+                delay = _backoff(broker_failures, cap=self.max_backoff)
                 logger.warning("relay broker error; backing off", extra={"error": repr(exc), "sleep_s": delay})
                 self.publisher.close()
                 self.stop_event.wait(delay)

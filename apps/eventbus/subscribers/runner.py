@@ -237,7 +237,7 @@ class SubscriberRunner:
         self.close()
 
     def _recover(self, what: str, exc: BaseException, failures: int) -> None:
-        delay = random.uniform(0, min(30.0, 0.5 * 2 ** (failures - 1)))  # noqa: S311 - jitter
+        delay = random.uniform(0, min(10.0, 0.5 * 2 ** (failures - 1)))  # noqa: S311 - jitter
         logger.warning(f"subscribers: {what} error; reconnecting", extra={"error": repr(exc), "sleep_s": delay})
         self.close()
         self.stop_event.wait(delay)
