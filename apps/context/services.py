@@ -29,7 +29,7 @@ from apps.context.selectors import (
     snapshot_cache_key,
 )
 from apps.eventbus.services import OutboxEvent, outbox_event_add, outbox_events_add_bulk
-from apps.realtime.broadcast import context_events_broadcast
+from apps.realtime.broadcast import context_events_broadcast, session_broadcast
 
 User = get_user_model()
 
@@ -147,6 +147,8 @@ def participant_add(*, session: Session, actor: AbstractBaseUser, username: str,
         if joined:
             outbox_event_add(event_type="participant.joined", session_id=session.pk, user_id=actor.pk,
                              data={"participant_user_id": user.pk, "username": user.username, "role": role})
+            added = {"type": "presence", "event": "added", "user": user.username, "state": None, "role": role}
+            transaction.on_commit(lambda: session_broadcast(session_id=session.pk, message=added))
     return participant
 
 
@@ -173,6 +175,9 @@ def participant_remove(*, session: Session, actor: AbstractBaseUser, username: s
         outbox_event_add(event_type="participant.left", session_id=session.pk, user_id=actor.pk,
                          data={"participant_user_id": participant.user_id, "username": username,
                                "removed": not is_self})
+        # The removed user's live WebSockets close (4404) when this frame reaches them.
+        removed = {"type": "presence", "event": "removed", "user": username, "state": None}
+        transaction.on_commit(lambda: session_broadcast(session_id=session.pk, message=removed))
     return participant
 
 

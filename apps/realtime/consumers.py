@@ -111,6 +111,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
             # Non-participant and nonexistent session look the same.
             return await self._refuse(CLOSE_NOT_FOUND, subprotocol)
         self.membership = membership
+        self.username = membership.username
         self.session_id = str(membership.session.pk)
         self.group = session_group_name(self.session_id)
         self.bucket = TokenBucket(rate=settings.WS_RATE_PER_SECOND, burst=settings.WS_RATE_BURST)
@@ -352,6 +353,12 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await self._deliver(message.get("events") or [])
         elif kind == "typing" and message.get("user") == self.membership.username:
             return
+        elif kind == "presence" and message.get("event") == "removed" and message.get("user") == self.username:
+            # Removed from the session: no more of its events, same code as an outsider.
+            await self._send(message)
+            await self.close(code=CLOSE_NOT_FOUND)
+            await self._cleanup()
+            self.membership = None
         else:
             await self._send(message)
 

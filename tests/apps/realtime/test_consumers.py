@@ -351,6 +351,30 @@ def test_presence_join_state_and_leave_are_broadcast(room):
     async_to_sync(scenario)()
 
 
+def test_removed_participant_is_disconnected_and_others_are_told(room, make_user):
+    from apps.context.services import participant_remove
+
+    make_user("erin")
+
+    async def scenario():
+        alice = await open_client(room["sid"], room["alice_token"])
+        bob = await open_client(room["sid"], room["bob_token"])
+        await database_sync_to_async(participant_add)(session=room["session"], actor=room["alice"], username="erin",
+                                                      role=Participant.Role.VIEWER)
+        added = await bob.recv_type("presence", event="added")
+        assert added["user"] == "erin" and added["role"] == "viewer"
+        await database_sync_to_async(participant_remove)(session=room["session"], actor=room["alice"],
+                                                         username="bob")
+        assert (await alice.recv_type("presence", event="removed"))["user"] == "bob"
+        assert await bob.closed_with() == 4404
+        # Bob no longer gets the session's events.
+        await append_events(room["session"], room["alice"], "private")
+        assert (await alice.recv_type("event"))["seq"] == 1
+        await alice.close()
+
+    async_to_sync(scenario)()
+
+
 def test_vanished_connection_is_swept_and_announced(room, settings):
     """A server process that died leaves an entry nobody refreshes; a live heartbeat sweeps it."""
     settings.PRESENCE_HEARTBEAT_S = 0.2
