@@ -39,7 +39,7 @@ def test_counters_live_in_redis(api_client):
         api_client.get("/api/v1/sessions/")
     client = redis.Redis.from_url(settings.REDIS_URL)
     try:
-        keys = list(client.scan_iter(f"{settings.REDIS_KEY_PREFIX}:*throttle_user_*"))
+        keys = list(client.scan_iter(f"{settings.REDIS_KEY_PREFIX}:*throttle:user:*"))
     finally:
         client.close()
     assert keys, "the throttle history must be in the shared Redis cache"
