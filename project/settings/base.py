@@ -131,7 +131,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.get_int("MAX_BODY_BYTES", 1_048_576)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        # DRF's TokenAuthentication answered from the multi-level cache (revocation included).
+        "apps.caching.auth.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
