@@ -96,9 +96,6 @@ app.conf.update(
     worker_cancel_long_running_tasks_on_connection_loss=True,
 )
 
-# The topology (DLQs included) is declared by every worker on each connection.
-app.steps["consumer"].add("workers.deadletter.consumer:DeclareTopology")
-
 app.autodiscover_tasks(
     ["workers.inference", "workers.batch", "workers.training", "workers.ops"], related_name="tasks"
 )

@@ -39,7 +39,9 @@ class DeadLetterArchiver(ConsumerMixin):
 
     def get_consumers(self, consumer_cls: Any, channel: Any) -> list:
         declare_topology(channel)
-        consumer = consumer_cls(queues=self.queues, callbacks=[self.on_message], accept=None, no_ack=False,
+        # on_message gets the raw message: a body that does not decode is
+        # archived as it is, never stuck unacked in front of the queue.
+        consumer = consumer_cls(queues=self.queues, on_message=self.on_message, no_ack=False,
                                 prefetch_count=ARCHIVER_PREFETCH)
         return [consumer]
 
@@ -50,7 +52,7 @@ class DeadLetterArchiver(ConsumerMixin):
         if self.stop_event.is_set():
             self.should_stop = True
 
-    def on_message(self, body: Any, message: Message) -> None:
+    def on_message(self, message: Message) -> None:
         from apps.ops.services import dead_letter_archive
 
         dlq = (message.delivery_info or {}).get("routing_key") or ""

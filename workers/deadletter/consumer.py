@@ -12,7 +12,7 @@ import logging
 import traceback
 from typing import Any
 
-from celery import bootsteps, signals
+from celery import signals
 from celery.worker.consumer import Consumer
 
 logger = logging.getLogger("workers.deadletter")
@@ -37,6 +37,23 @@ def _reject(message: Any, errors: tuple) -> None:
 
 
 class DeadLetteringConsumer(Consumer):
+    def connect(self) -> Any:
+        """Declare exchanges, work queues and every ``*.dlq`` on each (re)connection.
+
+        Celery declares only the queues this worker consumes; without the DLQs
+        bound on ``dlx`` a dead-lettered message would be dropped, and native
+        delayed delivery (set up right after) binds every queue of the app.
+        """
+        from workers.queues import declare_topology
+
+        connection = super().connect()
+        channel = connection.channel()
+        try:
+            declare_topology(channel)
+        finally:
+            channel.close()
+        return connection
+
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         logger.error("undecodable task message dead-lettered: %s", exc,
                      extra={"content_type": getattr(message, "content_type", None)})
@@ -75,21 +92,3 @@ def _on_rejected(message: Any = None, exc: Exception | None = None, **kwargs: An
     elif message is not None:
         _note(message, "MalformedMessage", "the message is not a Celery task message")
 
-
-class DeclareTopology(bootsteps.StartStopStep):
-    """Declare exchanges, work queues and every ``*.dlq`` on each (re)connection.
-
-    Celery declares only the queues it consumes; without the DLQs bound on
-    ``dlx`` a dead-lettered message would be dropped.
-    """
-
-    requires = ("celery.worker.consumer.connection:Connection",)
-
-    def start(self, c: Any) -> None:
-        from workers.queues import declare_topology
-
-        channel = c.connection.channel()
-        try:
-            declare_topology(channel)
-        finally:
-            channel.close()

@@ -80,7 +80,8 @@ def _env(**overrides: str) -> dict[str, str]:
     env.update(
         DJANGO_SETTINGS_MODULE="project.settings.test",
         TEST_RUN_ID=settings.TEST_RUN_ID,
-        DATABASE_URL=f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        DATABASE_URL=(f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}"
+                      f"/{db['NAME']}"),
         CONTEXT_ENGINE_SKIP_DOTENV="1",
         PYTHONPATH=str(REPO_ROOT),
         PYTHONUNBUFFERED="1",

@@ -72,6 +72,9 @@ def test_transient_failure_is_retried_with_backoff_and_succeeds_without_a_dead_l
     assert all(later - earlier >= 0.9 for earlier, later in zip(times, times[1:], strict=False)), times
     time.sleep(1.0)
     assert not DeadLetter.objects.exists()
+    # and native delayed delivery was set up on every queue (quorum queues, topic exchange)
+    log = fleet["worker"].log()
+    assert "delayed delivery" not in log.lower() or "Failed" not in log, log[-3000:]
 
 
 def test_a_task_that_keeps_failing_dead_letters_after_its_attempt_budget(fleet, rds):
