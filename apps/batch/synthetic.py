@@ -24,10 +24,14 @@ WORKFLOWS: dict[str, list[str]] = {
     "review": ["open_doc", "comment", "save", "assign", "close_doc"],
     "approve": ["open_doc", "review", "comment", "approve", "archive"],
     "reject": ["open_doc", "review", "comment", "reject", "mention"],
+    "publish": ["open_doc", "edit", "save", "publish", "notify"],
+    "translate": ["open_doc", "translate", "save", "tag", "share"],
     "export": ["search", "preview", "export", "download"],
-    "rework": ["search", "open_doc", "edit", "rename", "save", "tag"],
+    "rework": ["search", "open_doc", "history", "edit", "save", "rename"],
     "upload": ["upload", "rename", "tag", "share"],
     "triage": ["search", "assign", "comment", "resolve"],
+    "discuss": ["open_doc", "comment", "like", "mention", "close_doc"],
+    "print": ["search", "open_doc", "print", "close_doc"],
 }
 
 # A persona repeats its loop of workflows; the loop decides what follows the
@@ -35,9 +39,12 @@ WORKFLOWS: dict[str, list[str]] = {
 PERSONAS: list[list[str]] = [
     ["draft", "review", "export"],
     ["approve", "triage", "upload"],
-    ["reject", "rework", "export"],
-    ["upload", "draft", "triage"],
-    ["review", "approve", "rework"],
+    ["reject", "rework", "publish"],
+    ["upload", "translate", "triage"],
+    ["review", "approve", "print"],
+    ["discuss", "publish", "export"],
+    ["translate", "reject", "discuss"],
+    ["print", "draft", "rework"],
 ]
 
 ACTIONS: list[str] = sorted({a for steps in WORKFLOWS.values() for a in steps})

@@ -1,0 +1,107 @@
+"""Training the next-action model: beats the baseline on structured data, promotes only when better."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import pytest
+from django.utils import timezone
+
+from apps.ai.models import ModelVersion
+from apps.batch.jobs import job_execute
+from apps.batch.synthetic import SyntheticConfig, action_sessions, training_data_generate
+
+# The margins this suite promises (held-out sessions, top-3 and top-1 accuracy).
+TOP3_MARGIN = 0.08
+TOP1_MARGIN = 0.15
+
+TRAIN = {"epochs": 8, "batch_size": 64, "eval_percent": 25, "seed": 0, "min_gain": TOP3_MARGIN, "device": "cpu"}
+
+
+def test_synthetic_sessions_are_deterministic_and_ambiguous_for_a_bigram():
+    config = SyntheticConfig(sessions=30, seed=3)
+    first, again = action_sessions(config), action_sessions(config)
+    assert first == again and len(first) == 30
+    assert all(config.min_actions <= len(s) <= config.max_actions for s in first)
+    followers: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    for seq in first:
+        for a, b in zip(seq, seq[1:], strict=False):
+            followers[a][b] += 1
+    # The hubs have many likely successors: the last action alone cannot pick one.
+    for hub in ("open_doc", "save", "comment"):
+        common = [a for a, n in followers[hub].items() if n >= 0.1 * sum(followers[hub].values())]
+        assert len(common) >= 3, (hub, followers[hub])
+
+
+@pytest.mark.slow
+def test_training_beats_the_baseline_and_only_a_better_model_is_promoted(db):
+    # Given structured sessions stored as user_action events
+    counts = training_data_generate(config=SyntheticConfig(sessions=60, min_actions=30, max_actions=40, seed=7),
+                                    users=3)
+    assert counts["sessions"] == 60
+
+    # When the training job runs
+    run = job_execute(name="train_next_action", params=TRAIN)
+
+    # Then a version is registered and promoted, beating the baseline by the stated margins
+    first = ModelVersion.objects.get(name="next_action")
+    m = first.metrics
+    assert run.result["promoted"] is True and first.promoted and first.version == 1
+    assert m["eval_pairs"] >= 100 and m["events"] == counts["events"]
+    assert m["candidate_topk"] >= m["baseline_topk"] + TOP3_MARGIN, m
+    assert m["candidate_top1"] >= m["baseline_top1"] + TOP1_MARGIN, m
+    assert "current_topk" not in m and first.artifact_bytes > 0
+
+    # When a worse model is trained (no epochs: untrained weights)
+    job_execute(name="train_next_action", params={**TRAIN, "epochs": 0})
+
+    # Then it is registered with its metrics but not promoted; the good one stays
+    worse = ModelVersion.objects.get(name="next_action", version=2)
+    assert worse.promoted is False
+    assert worse.metrics["current_version"] == "next_action@1"
+    assert worse.metrics["candidate_topk"] < worse.metrics["current_topk"]
+    assert worse.metrics["decision"].startswith("not promoted")
+    assert ModelVersion.objects.get(promoted=True).pk == first.pk
+
+    # And a model no better than the promoted one (same data, same seed) is not promoted either
+    job_execute(name="train_next_action", params=TRAIN)
+    same = ModelVersion.objects.get(name="next_action", version=3)
+    assert same.promoted is False and "does not beat next_action@1" in same.metrics["decision"]
+
+
+def test_too_little_data_is_registered_but_not_promoted(db):
+    training_data_generate(config=SyntheticConfig(sessions=4, min_actions=5, max_actions=6, seed=1), users=1)
+    run = job_execute(name="train_next_action", params={**TRAIN, "epochs": 1, "min_eval_pairs": 1000})
+    assert run.result["promoted"] is False
+    assert "held-out pairs" in run.result["metrics"]["decision"]
+    assert not ModelVersion.objects.filter(promoted=True).exists()
+
+
+def test_accepted_suggestions_become_training_examples(db, user, session_factory):
+    from apps.ai.models import InferenceRequest, Suggestion, SuggestionFeedback
+    from apps.batch.selectors import accepted_next_action_examples
+    from apps.context.services import EventInput, context_event_append
+
+    session = session_factory()
+    context_event_append(session=session, author=user, events=[
+        EventInput("user_action", {"action": a}) for a in ("open_doc", "edit", "save", "share")
+    ])
+    request = InferenceRequest.objects.create(session=session, queued_at=timezone.now(), status="done", trigger_seq=3)
+    accepted = Suggestion.objects.create(request=request, session=session, kind="next_action", rank=0, trigger_seq=3,
+                                         content={"action": "publish"})
+    rejected = Suggestion.objects.create(request=request, session=session, kind="next_action", rank=1, trigger_seq=3,
+                                         content={"action": "print"})
+    SuggestionFeedback.objects.create(suggestion=accepted, user=user, verdict="accept")
+    SuggestionFeedback.objects.create(suggestion=rejected, user=user, verdict="reject")
+
+    examples = accepted_next_action_examples(context=8)
+
+    assert examples == [(str(session.id), ["open_doc", "edit", "save"], "publish")]
+
+
+@pytest.mark.parametrize("params", [{"epochs": -1}, {"eval_percent": 100}, {"k": 0}, {"lr": 0}, {"bogus": 1}])
+def test_bad_training_parameters_are_rejected(db, params):
+    from apps.common.exceptions import ValidationFailed
+
+    with pytest.raises(ValidationFailed):
+        job_execute(name="train_next_action", params=params)
