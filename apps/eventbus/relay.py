@@ -63,6 +63,14 @@ def _backoff(attempt: int, *, base: float = 0.5, cap: float = 30.0) -> float:
     return random.uniform(0, min(cap, base * (2 ** max(attempt - 1, 0))))  # noqa: S311 - jitter, not crypto
 
 
+def _count_published(n: int) -> None:
+    try:
+        from apps.ops.metrics import OUTBOX_PUBLISHED
+    except ImportError:
+        return
+    OUTBOX_PUBLISHED.inc(n)
+
+
 @dataclass
 class _Claimed:
     id: int
@@ -335,6 +343,8 @@ class OutboxRelay:
             result.failed = len(failures)
             result.failures = failures
         self.published_total += result.published
+        if result.published:
+            _count_published(result.published)
         return result
 
     def run(self, *, once: bool = False) -> None:

@@ -8,6 +8,7 @@ the same ``transaction.atomic()`` as the domain change they describe.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,9 +25,10 @@ from apps.eventbus.models import OutboxMessage
 
 EVENTS_EXCHANGE_NAME = "events"
 TASKS_EXCHANGE_NAME = "tasks"
-# The AMQP header (on events and tasks) that carries the correlation id; for
-# tasks the AMQP ``correlation_id`` property is the task id, as Celery expects.
-CORRELATION_HEADER = "correlation_id"
+# The AMQP header (on events and tasks) that carries the correlation id, the
+# one workers.base reads; for tasks the AMQP ``correlation_id`` property is the
+# task id, as Celery expects.
+CORRELATION_HEADER = "ce_correlation_id"
 
 
 @dataclass(frozen=True)
@@ -103,36 +105,6 @@ def outbox_events_add_bulk(*, events: Sequence[OutboxEvent]) -> list[Event]:
     return built
 
 
-def _task_message(
-    *, task_name: str, task_id: str, kwargs: dict[str, Any], correlation_id: str, eta: datetime | None
-) -> tuple[dict[str, Any], list[Any]]:
-    """Headers and body of a Celery protocol-2 message (JSON), as ``apply_async`` would send it."""
-    kwargsrepr = repr(kwargs)
-    headers = {
-        "lang": "py",
-        "task": task_name,
-        "id": task_id,
-        "shadow": None,
-        "eta": eta.isoformat() if eta else None,
-        "expires": None,
-        "group": None,
-        "group_index": None,
-        "retries": 0,
-        "timelimit": [None, None],
-        "root_id": task_id,
-        "parent_id": None,
-        "argsrepr": "()",
-        "kwargsrepr": kwargsrepr[:1024],
-        "origin": "outbox-relay",
-        "ignore_result": False,
-        "stamped_headers": None,
-        "stamps": {},
-        CORRELATION_HEADER: correlation_id,
-    }
-    body = [[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
-    return headers, body
-
-
 def outbox_task_add(
     *,
     task_name: str,
@@ -144,35 +116,40 @@ def outbox_task_add(
 ) -> str:
     """Write a Celery task message to the outbox; the relay sends it to ``tasks`` with routing key ``queue``.
 
-    The task is sent if and only if the caller's transaction commits. Returns the task id.
+    The task is sent if and only if the caller's transaction commits. The
+    message is built by ``workers.base.build_task_message`` (Celery protocol 2,
+    JSON, correlation id and attempt headers), so it is exactly what
+    ``apply_async`` would send. ``countdown`` sets the protocol's ``eta``
+    header: the worker holds the task until then. Returns the task id.
     """
+    from workers.base import PayloadTooLarge, build_task_message
+
     if not isinstance(kwargs, dict):
         raise ValidationFailed("Task kwargs must be an object.", code="invalid_task")
+    cid = correlation_id if correlation_id is not None else get_correlation_id()
     try:
-        import json
-
-        json.dumps(kwargs)
+        message = build_task_message(task_name, kwargs, correlation_id=cid, task_id=task_id, queue=queue)
     except (TypeError, ValueError) as exc:
-        raise ValidationFailed("Task kwargs must be JSON-serialisable.", code="invalid_task",
-                               details={"error": str(exc)}) from exc
-    task_uuid = uuid.UUID(task_id) if task_id else uuid.uuid4()
-    cid = correlation_id if correlation_id is not None else (get_correlation_id() or "")
+        # ValueError: an unknown queue (the Queue enum) or kwargs that are not JSON.
+        raise ValidationFailed("Invalid task message.", code="invalid_task", details={"error": str(exc)}) from exc
+    except PayloadTooLarge as exc:
+        raise ValidationFailed(str(exc), code="task_too_large") from exc
     now = timezone.now()
-    eta = now + timedelta(seconds=countdown) if countdown else None
-    headers, body = _task_message(task_name=task_name, task_id=str(task_uuid), kwargs=kwargs, correlation_id=cid,
-                                  eta=eta)
+    headers = dict(message.headers)
+    if countdown:
+        headers["eta"] = (now + timedelta(seconds=countdown)).isoformat()
     OutboxMessage.objects.create(
-        message_id=task_uuid,
+        message_id=uuid.UUID(message.task_id),
         kind=OutboxMessage.Kind.TASK,
-        exchange=TASKS_EXCHANGE_NAME,
-        routing_key=queue,
-        headers=headers,
-        body=body,
-        correlation_id=cid,
+        exchange=message.exchange,
+        routing_key=message.routing_key,
+        headers=json.loads(json.dumps(headers, default=str)),
+        body=json.loads(message.body),
+        correlation_id=headers.get(CORRELATION_HEADER, "") or "",
         created_at=now,
         available_at=now,
     )
-    return str(task_uuid)
+    return message.task_id
 
 
 def outbox_purge_published(*, older_than: timedelta | datetime) -> int:

@@ -26,4 +26,12 @@ def registered_subscribers() -> list[type[Subscriber]]:
     return [import_string(path) for path in paths]
 
 
+def __getattr__(name: str) -> list[str]:
+    # ``SUBSCRIBERS``: the registered names, read lazily (settings may not be
+    # configured at import time); apps.ops lists their queues from it.
+    if name == "SUBSCRIBERS":
+        return [cls.name for cls in registered_subscribers()]
+    raise AttributeError(name)
+
+
 __all__ = ["DEFAULT_SUBSCRIBERS", "Subscriber", "registered_subscribers"]

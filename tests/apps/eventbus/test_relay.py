@@ -53,13 +53,14 @@ def test_relay_publishes_pending_rows_once_with_their_properties(relay, tap):
     got = tap()
     assert [m.properties["message_id"] for m in got] == [str(e.event_id) for e in events]
     assert got[0].delivery_info["routing_key"] == "session.closed"
-    assert got[0].headers["correlation_id"] == "c-9" and got[0].content_type == "application/json"
+    assert got[0].headers["ce_correlation_id"] == "c-9" and got[0].content_type == "application/json"
     assert event_parse(got[0].body).event_id == events[0].event_id
     assert set(OutboxMessage.objects.values_list("status", flat=True)) == {"published"}
 
 
 def test_unroutable_rows_back_off_then_park_without_blocking_others(relay, tap, caplog):
-    services.outbox_task_add(task_name="ops.nothing", kwargs={}, queue="no.such.queue")
+    # A task row for a queue nobody declared: the broker returns it (mandatory routing).
+    OutboxMessage.objects.create(kind="task", exchange="tasks", routing_key="no.such.queue", body=[[], {}, {}])
     services.outbox_event_add(event_type="session.closed", session_id=None, user_id=None, data={})
     result = relay.relay_batch()
     assert (result.published, result.failed, result.parked) == (1, 1, 0)

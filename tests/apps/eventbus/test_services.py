@@ -70,14 +70,16 @@ def test_task_add_builds_a_celery_protocol_2_message(db):
     row = OutboxMessage.objects.get(message_id=task_id)
     assert row.kind == "task" and row.exchange == "tasks" and row.routing_key == "ai.realtime"
     assert row.headers["task"] == "ai.generate_suggestions" and row.headers["id"] == task_id
-    assert row.headers["correlation_id"] == "c1" and row.headers["eta"]
+    assert row.headers["ce_correlation_id"] == "c1" and row.correlation_id == "c1" and row.headers["eta"]
     args, kwargs, embed = row.body
     assert args == [] and kwargs == {"request_id": "r1"} and embed["chain"] is None
 
 
-def test_task_add_refuses_non_json_kwargs(db):
+def test_task_add_refuses_non_json_kwargs_and_unknown_queues(db):
     with pytest.raises(ValidationFailed):
         services.outbox_task_add(task_name="x", kwargs={"when": object()}, queue="ai.batch")
+    with pytest.raises(ValidationFailed):
+        services.outbox_task_add(task_name="x", kwargs={}, queue="no.such.queue")
     assert not OutboxMessage.objects.exists()
 
 
