@@ -220,6 +220,16 @@ TYPING_TTL_S = env.get_float("TYPING_TTL_S", 5.0)
 # A worker that dies mid-request must not leave "generating" on forever.
 AI_STATE_TTL_S = env.get_int("AI_STATE_TTL_S", 120)
 
+# --- Operations (apps/ops) -------------------------------------------------
+# Per-check timeout of /readyz, seconds: short, so a hung dependency takes the
+# instance out of the load balancer quickly instead of hanging the probe.
+READINESS_TIMEOUT = env.get_float("READINESS_TIMEOUT", 2.0)
+# When set, /metrics requires "Authorization: Bearer <token>".
+METRICS_TOKEN = env.get_str("METRICS_TOKEN", "")
+# RabbitMQ management API base URL (e.g. http://rabbitmq:15672); when set the
+# fleet figures take head-message age and rates from it (docs: apps/ops/fleet.py).
+RABBITMQ_MANAGEMENT_URL = env.get_str("RABBITMQ_MANAGEMENT_URL", "")
+
 LOG_LEVEL = env.get_str("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
