@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -200,7 +201,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
     async def _heartbeat_loop(self) -> None:
         assert self.membership is not None
         while True:
-            await asyncio.sleep(settings.PRESENCE_HEARTBEAT_S)
+            # Jitter: connections opened together must not all beat together.
+            await asyncio.sleep(settings.PRESENCE_HEARTBEAT_S * random.uniform(0.8, 1.0))  # noqa: S311
             try:
                 existed = await presence.presence_refresh(
                     session_id=self.session_id, channel_name=self.channel_name, username=self.membership.username

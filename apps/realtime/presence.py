@@ -74,7 +74,12 @@ def async_client() -> aioredis.Redis:
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
-        client = aioredis.Redis.from_url(settings.REDIS_URL, **_client_kwargs())
+        # A blocking pool: under a burst (1,000 sockets connecting) commands wait
+        # up to 2 s for a free connection instead of failing at redis-py's cap.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL, max_connections=64, timeout=2.0, **_client_kwargs()
+        )
+        client = aioredis.Redis(connection_pool=pool)
         _async_clients[loop] = client
     return client
 
