@@ -171,9 +171,32 @@ def outbox_purge_published(*, older_than: timedelta | datetime) -> int:
             total += deleted
 
 
+def processed_events_purge(*, older_than: timedelta) -> int:
+    """Forget dedupe records older than any redelivery could be (the retention job). Returns rows deleted."""
+    from apps.eventbus.models import ProcessedEvent
+
+    cutoff = timezone.now() - older_than
+    total = 0
+    while True:
+        with transaction.atomic():
+            ids = list(ProcessedEvent.objects.filter(processed_at__lt=cutoff).values_list("id", flat=True)[:5000])
+            if not ids:
+                return total
+            deleted, _ = ProcessedEvent.objects.filter(id__in=ids).delete()
+            total += deleted
+
+
 def outbox_rows_requeue(*, ids: Iterable[int]) -> int:
     """Operator action: put parked rows back in line (attempts reset). Returns rows requeued."""
     now = timezone.now()
-    return OutboxMessage.objects.filter(id__in=list(ids), status=OutboxMessage.Status.PARKED).update(
-        status=OutboxMessage.Status.PENDING, attempts=0, available_at=now, last_error=""
-    )
+    with transaction.atomic():
+        count = OutboxMessage.objects.filter(id__in=list(ids), status=OutboxMessage.Status.PARKED).update(
+            status=OutboxMessage.Status.PENDING, attempts=0, available_at=now, last_error=""
+        )
+        if count:
+            # Wake the relays now rather than at their next poll.
+            from django.db import connection
+
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_notify('eventbus_outbox', '')")
+    return count

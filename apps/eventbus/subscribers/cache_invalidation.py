@@ -3,8 +3,9 @@
 Calls ``apps.caching.services.cache_invalidate_tags`` inside the subscriber's
 transaction: if the invalidation fails, the transaction rolls back and the
 event is retried; an invalidation whose transaction then fails only costs a
-cache miss. Tags: ``session:<id>`` (snapshot, detail, participants) and
-``user-sessions:<user id>`` (a user's session list).
+cache miss. The context services already invalidate after their own commit;
+this is the backstop for every process and every writer, at event lag.
+Tags: ``ctx.session:<id>`` and ``ctx.participants:<id>`` (apps.context.selectors).
 """
 
 from __future__ import annotations
@@ -19,22 +20,16 @@ from apps.eventbus.subscribers.base import Subscriber
 logger = logging.getLogger("apps.eventbus.subscribers")
 
 
-def session_tag(session_id: object) -> str:
-    return f"session:{session_id}"
-
-
-def user_sessions_tag(user_id: object) -> str:
-    return f"user-sessions:{user_id}"
-
-
 def tags_for(event: Event) -> set[str]:
+    """The context app's cache tags this event makes stale (its selectors own the tag names)."""
+    from apps.context.selectors import participants_cache_tag, session_cache_tag
+
     if event.session_id is None:
         return set()
-    tags = {session_tag(event.session_id)}
-    if event.event_type in (contracts.PARTICIPANT_JOINED, contracts.PARTICIPANT_LEFT):
-        tags.add(user_sessions_tag(event.data["participant_user_id"]))
-    elif event.event_type in (contracts.SESSION_CREATED, contracts.SESSION_CLOSED) and event.user_id is not None:
-        tags.add(user_sessions_tag(event.user_id))
+    tags = {session_cache_tag(event.session_id)}
+    if event.event_type in (contracts.PARTICIPANT_JOINED, contracts.PARTICIPANT_LEFT, contracts.SESSION_CREATED,
+                            contracts.SESSION_CLOSED):
+        tags.add(participants_cache_tag(event.session_id))
     return tags
 
 

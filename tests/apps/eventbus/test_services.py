@@ -111,3 +111,30 @@ def test_requeue_puts_parked_rows_back(db):
     assert services.outbox_rows_requeue(ids=OutboxMessage.objects.values_list("id", flat=True)) == 1
     row = OutboxMessage.objects.get()
     assert row.status == "pending" and row.attempts == 0
+
+
+def test_processed_events_purge_keeps_recent_records(db):
+    import uuid
+
+    from apps.eventbus.models import ProcessedEvent
+
+    old = ProcessedEvent.objects.create(subscriber="s", event_id=uuid.uuid4(), event_type="session.closed")
+    ProcessedEvent.objects.filter(pk=old.pk).update(processed_at=timezone.now() - timedelta(days=30))
+    ProcessedEvent.objects.create(subscriber="s", event_id=uuid.uuid4(), event_type="session.closed")
+    assert services.processed_events_purge(older_than=timedelta(days=14)) == 1
+    assert ProcessedEvent.objects.count() == 1
+
+
+def test_admin_lists_parked_rows_and_requeues_them(db, client, staff_user):
+    services.outbox_event_add(event_type="session.closed", session_id=None, user_id=None, data={})
+    OutboxMessage.objects.update(status="parked", attempts=5, last_error="unroutable: events/x")
+    client.force_login(staff_user)
+    page = client.get("/admin/eventbus/outboxmessage/?status__exact=parked")
+    assert page.status_code == 200 and b"unroutable" in page.content
+    row = OutboxMessage.objects.get()
+    response = client.post("/admin/eventbus/outboxmessage/",
+                           {"action": "requeue_parked", "_selected_action": [row.pk]})
+    assert response.status_code == 302
+    row.refresh_from_db()
+    assert row.status == "pending" and row.attempts == 0
+    assert client.get(f"/admin/eventbus/outboxmessage/{row.pk}/change/").status_code == 200
