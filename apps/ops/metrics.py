@@ -307,3 +307,20 @@ def metrics_render(*, include_scrape: bool = True) -> bytes:
     if include_scrape:
         registry.register(ScrapeCollector())
     return generate_latest(registry)
+
+
+def worker_metrics_serve(*, port: int) -> None:
+    """Serve this host's merged multi-process metrics on ``port`` (Celery workers in their own containers).
+
+    The web instances' ``/metrics`` covers processes sharing their directory;
+    a worker container has its own, so its main process serves it (``METRICS_PORT``).
+    """
+    from prometheus_client import start_http_server
+
+    registry = CollectorRegistry(auto_describe=False)
+    path = multiprocess_dir()
+    if path:
+        MultiProcessCollector(registry, path=path)
+    else:
+        registry.register(_DefaultRegistryCollector())
+    start_http_server(port, registry=registry)

@@ -67,3 +67,12 @@ def _postrun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
 @signals.worker_process_shutdown.connect(weak=False)
 def _child_exit(pid: int | None = None, **_: Any) -> None:
     mark_process_dead(pid or os.getpid())
+
+
+@signals.worker_ready.connect(weak=False)
+def _serve_metrics(**_: Any) -> None:
+    port = os.environ.get("METRICS_PORT")
+    if port:
+        from apps.ops.metrics import worker_metrics_serve
+
+        worker_metrics_serve(port=int(port))
