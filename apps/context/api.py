@@ -28,7 +28,7 @@ from apps.common.exceptions import NotFound, ValidationFailed
 from apps.common.pagination import PageNumberPaginationWithSize
 from apps.common.schema import error_responses
 from apps.common.serializers import JSONObjectField, StrictSerializer
-from apps.common.throttling import AnonThrottle, LoginThrottle
+from apps.common.throttling import DefaultThrottle, LoginThrottle
 from apps.context import idempotency, selectors, services
 from apps.context.models import ContextEvent, Participant, Session
 from apps.context.services import EventInput
@@ -92,7 +92,7 @@ class TokenObtainApi(APIView):
 
     authentication_classes: list = []  # a stale token header must not block logging in
     permission_classes = [AllowAny]
-    throttle_classes = [LoginThrottle, AnonThrottle]
+    throttle_classes = [LoginThrottle, DefaultThrottle]
 
     class InputSerializer(StrictSerializer):
         username = serializers.CharField(max_length=150)

@@ -148,10 +148,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_THROTTLE_CLASSES": [
-        # Per user, per anonymous IP, and per IP for everyone; fail open if Redis is down.
-        "apps.common.throttling.UserThrottle",
-        "apps.common.throttling.AnonThrottle",
-        "apps.common.throttling.IPThrottle",
+        # Per user (per IP when anonymous) and per IP for everyone, in one Redis
+        # round trip; fails open if Redis is down.
+        "apps.common.throttling.DefaultThrottle",
     ],
     # Throttle counters live in the Redis-backed default cache, so limits hold
     # across every web instance.

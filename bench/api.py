@@ -1,0 +1,425 @@
+"""REST API benchmark under the real ASGI server.
+
+Run (from the repository root, with PostgreSQL and Redis up):
+
+    .venv/bin/python bench/api.py            # ~2 minutes; writes bench/results/api.md
+    .venv/bin/python bench/api.py --quick    # shorter phases, for a smoke run
+
+What it does:
+
+1. Creates a dedicated database ``bench_api`` (dropped at the end) and migrates
+   it; uses the Redis key prefix ``bench_api`` (its keys deleted at the end).
+   Settings: ``bench/api_settings.py`` (production middleware, auth and
+   throttles; the bench-only URL conf ``bench/api_urls.py`` adds the bare view).
+2. Starts ``uvicorn project.asgi:application`` (one worker) as a subprocess.
+3. Drives it from a separate load-generator process: a minimal asyncio
+   HTTP/1.1 keep-alive client (far cheaper per request than httpx, so on two
+   cores the generator does not starve the server and cap the baseline).
+4. Measures, in one run:
+   - the baseline: ``GET /bench/bare/`` (Django ``JsonResponse``, same server
+     and middleware, no DRF/auth/DB): peak throughput over a concurrency sweep;
+   - ``GET /api/v1/sessions/{id}/context/`` (token auth, participant check,
+     throttles, multi-level cached snapshot): peak over the same sweep, then an
+     open-loop run at 70% of that peak for p50/p95/p99 (latency counted from
+     the scheduled send time, so queueing is not hidden);
+   - event appends: single events and batches of 100 (closed loop), in events/s.
+5. Prints the figures and writes ``bench/results/api.md``.
+
+Goals: snapshot p95 < 50 ms at 70% of its peak; snapshot peak >= 0.6x the bare
+view's; batch append >= 10x the events/s of single appends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+DB_NAME = "bench_api"
+PREFIX = "bench_api"
+RESULTS = REPO / "bench" / "results" / "api.md"
+
+
+# --- the load generator (runs in its own process) ------------------------------
+
+
+def build_request(method: str, path: str, token: str | None, body: bytes | None = None) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
+    if token:
+        lines.append(f"Authorization: Token {token}")
+    if body is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    lower = head.lower()
+    index = lower.find(b"content-length:")
+    if index >= 0:
+        end = lower.index(b"\r\n", index)
+        await reader.readexactly(int(lower[index + 15 : end]))
+    elif b"transfer-encoding: chunked" in lower:
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    return status
+
+
+async def _closed_loop(port: int, request: bytes, concurrency: int, duration: float, warmup: float) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    measure_from = start + warmup
+    stop = measure_from + duration
+
+    async def worker() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= stop:
+                    return
+                writer.write(request)
+                status = await _read_response(reader)
+                t1 = time.perf_counter()
+                if t0 >= measure_from:
+                    if status >= 400:
+                        errors += 1
+                    latencies.append(t1 - t0)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {"count": len(latencies), "errors": errors, "seconds": duration, "latencies": latencies}
+
+
+async def _open_loop(port: int, request: bytes, rate: float, duration: float, max_conns: int) -> dict:
+    """Send at a fixed rate; latency from the scheduled time (no coordinated omission)."""
+    pool: asyncio.Queue = asyncio.Queue()
+    opened = 0
+    latencies: list[float] = []
+    errors = 0
+
+    async def one(scheduled: float) -> None:
+        nonlocal opened, errors
+        if pool.empty() and opened < max_conns:
+            opened += 1
+            conn = await asyncio.open_connection("127.0.0.1", port)
+        else:
+            conn = await pool.get()
+        reader, writer = conn
+        writer.write(request)
+        status = await _read_response(reader)
+        latencies.append(time.perf_counter() - scheduled)
+        if status >= 400:
+            errors += 1
+        pool.put_nowait(conn)
+
+    total = int(rate * duration)
+    start = time.perf_counter() + 0.05
+    tasks = []
+    for i in range(total):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(scheduled)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    while not pool.empty():
+        pool.get_nowait()[1].close()
+    return {"count": len(latencies), "errors": errors, "seconds": elapsed, "latencies": latencies,
+            "target_rate": rate}
+
+
+def loadgen_main(spec: dict) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    request = build_request(spec["method"], spec["path"], spec.get("token"),
+                            spec["body"].encode() if spec.get("body") is not None else None)
+    if spec["mode"] == "closed":
+        result = asyncio.run(_closed_loop(spec["port"], request, spec["concurrency"], spec["duration"],
+                                          spec["warmup"]))
+    else:
+        result = asyncio.run(_open_loop(spec["port"], request, spec["rate"], spec["duration"], spec["max_conns"]))
+    print(json.dumps(result))
+
+
+def run_load(**spec: Any) -> dict:
+    proc = subprocess.run([PY, __file__, "--loadgen", json.dumps(spec)], capture_output=True, text=True,
+                          timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed: {proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    lat = sorted(result.pop("latencies"))
+    result["rps"] = result["count"] / result["seconds"] if result["seconds"] else 0.0
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
+
+    result.update(p50=pct(0.50), p95=pct(0.95), p99=pct(0.99), mean=(statistics.fmean(lat) * 1000 if lat else 0))
+    return result
+
+
+# --- orchestration -----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_env() -> dict[str, str]:
+    env = dict(os.environ)
+    base = env.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/context_engine")
+    env.update(
+        DJANGO_SETTINGS_MODULE="bench.api_settings",
+        DATABASE_URL=base.rsplit("/", 1)[0] + f"/{DB_NAME}",
+        REDIS_KEY_PREFIX=PREFIX,
+        CONTEXT_ENGINE_SKIP_DOTENV="1",
+        PYTHONPATH=str(REPO),
+    )
+    return env
+
+
+def psql(sql: str, env: dict[str, str]) -> None:
+    from urllib.parse import urlsplit
+
+    url = urlsplit(env["DATABASE_URL"])
+    admin = f"{url.scheme}://{url.netloc}/postgres"
+    subprocess.run(["psql", admin, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql], check=True, env=env,
+                   capture_output=True)
+
+
+def setup_data(env: dict[str, str]) -> dict[str, Any]:
+    """Users, tokens and sessions, written through the services like the API would."""
+    code = r"""
+import json, django
+django.setup()
+from rest_framework.authtoken.models import Token
+from django.contrib.auth import get_user_model
+from apps.context import services
+from apps.context.services import EventInput
+User = get_user_model()
+owner = User.objects.create_user("bench_owner", password="x")
+friends = [User.objects.create_user(f"bench_friend{i}", password="x") for i in range(3)]
+read = services.session_create(owner=owner, title="read bench", metadata={"app": "bench"})
+for i, f in enumerate(friends):
+    services.participant_add(session=read, actor=owner, username=f.username, role="editor" if i else "viewer")
+services.context_event_append(session=read, author=owner, events=[
+    EventInput("context_update", {"text": f"paragraph {i} of the shared design document"}) for i in range(60)])
+single = services.session_create(owner=owner, title="single appends")
+batch = services.session_create(owner=owner, title="batch appends")
+print(json.dumps({"token": Token.objects.create(user=owner).key, "read": str(read.pk),
+                  "single": str(single.pk), "batch": str(batch.pk)}))
+"""
+    out = subprocess.run([PY, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def wait_http(port: int, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"GET /bench/bare/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                if s.recv(12).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("uvicorn did not come up")
+
+
+def sweep(port: int, path: str, token: str | None, levels: list[int], seconds: float) -> tuple[dict, list[dict]]:
+    rows = []
+    for c in levels:
+        r = run_load(mode="closed", port=port, method="GET", path=path, token=token, concurrency=c,
+                     duration=seconds, warmup=0.5)
+        r["concurrency"] = c
+        rows.append(r)
+        print(f"  {path[:40]:40s} c={c:3d}  {r['rps']:8.1f} req/s  p50 {r['p50']:6.2f} ms  p95 {r['p95']:6.2f} ms"
+              f"  errors {r['errors']}")
+    return max(rows, key=lambda r: r["rps"]), rows
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--loadgen")
+    args = parser.parse_args()
+    if args.loadgen:
+        loadgen_main(json.loads(args.loadgen))
+        return
+
+    phase = 1.5 if args.quick else 4.0
+    levels = [1, 4, 8, 16, 32] if args.quick else [1, 2, 4, 8, 16, 32, 64]
+    env = bench_env()
+    load_before = os.getloadavg()
+    print(f"database {DB_NAME}, redis prefix {PREFIX}; loadavg before {load_before}")
+    psql(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)", env)
+    psql(f"CREATE DATABASE {DB_NAME}", env)
+    server = None
+    try:
+        subprocess.run([PY, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=REPO, env=env, check=True)
+        data = setup_data(env)
+        port = free_port()
+        server = subprocess.Popen(
+            [str(Path(PY).parent / "uvicorn"), "project.asgi:application", "--host", "127.0.0.1", "--port",
+             str(port), "--workers", "1", "--log-level", "warning", "--no-access-log", "--http", "httptools",
+             "--loop", "uvloop"],
+            cwd=REPO, env=env, start_new_session=True,
+        )
+        wait_http(port)
+        token = data["token"]
+        snapshot_path = f"/api/v1/sessions/{data['read']}/context/"
+
+        print("bare JsonResponse view (baseline):")
+        bare_peak, bare_rows = sweep(port, "/bench/bare/", None, levels, phase)
+        print("snapshot GET .../context/:")
+        snap_peak, snap_rows = sweep(port, snapshot_path, token, levels, phase)
+        target = 0.7 * snap_peak["rps"]
+        print(f"snapshot open loop at 70% of peak = {target:.0f} req/s:")
+        at70 = run_load(mode="open", port=port, method="GET", path=snapshot_path, token=token, rate=target,
+                        duration=phase * 2.5, max_conns=64)
+        print(f"  achieved {at70['rps']:.1f} req/s  p50 {at70['p50']:.2f}  p95 {at70['p95']:.2f}"
+              f"  p99 {at70['p99']:.2f} ms  errors {at70['errors']}")
+
+        single_body = json.dumps({"event_type": "context_update", "data": {"text": "one more line of context"}})
+        batch_body = json.dumps({"events": [{"event_type": "context_update", "data": {"text": f"line {i}"}}
+                                            for i in range(100)]})
+        print("appends:")
+        single = run_load(mode="closed", port=port, method="POST", path=f"/api/v1/sessions/{data['single']}/events/",
+                          token=token, body=single_body, concurrency=8, duration=phase * 1.5, warmup=0.5)
+        batch = run_load(mode="closed", port=port, method="POST", path=f"/api/v1/sessions/{data['batch']}/events/",
+                         token=token, body=batch_body, concurrency=4, duration=phase * 1.5, warmup=0.5)
+        single_eps, batch_eps = single["rps"], batch["rps"] * 100
+        print(f"  single: {single['rps']:.1f} req/s = {single_eps:.0f} events/s  p50 {single['p50']:.2f}"
+              f"  p95 {single['p95']:.2f}  p99 {single['p99']:.2f} ms  errors {single['errors']}")
+        print(f"  batch100: {batch['rps']:.1f} req/s = {batch_eps:.0f} events/s  p50 {batch['p50']:.2f}"
+              f"  p95 {batch['p95']:.2f}  p99 {batch['p99']:.2f} ms  errors {batch['errors']}")
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+        psql(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)", env)
+        try:
+            import redis
+
+            client = redis.Redis.from_url(env.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+            keys = list(client.scan_iter(f"*{PREFIX}*", count=1000))
+            if keys:
+                client.delete(*keys)
+            client.close()
+        except Exception as exc:  # cleanup is best effort; say so
+            print(f"redis cleanup failed: {exc}")
+
+    ratio = snap_peak["rps"] / bare_peak["rps"]
+    batch_ratio = batch_eps / single_eps if single_eps else float("inf")
+    goals = {
+        "snapshot p95 < 50 ms at 70% of peak": at70["p95"] < 50,
+        "snapshot peak >= 0.6x bare view": ratio >= 0.6,
+        "batch append >= 10x single events/s": batch_ratio >= 10,
+    }
+    print(f"\nsnapshot/bare throughput ratio {ratio:.2f}x; batch/single events/s {batch_ratio:.1f}x")
+    for goal, met in goals.items():
+        print(f"  {'MET ' if met else 'MISSED'}  {goal}")
+    write_results(locals())
+
+
+def write_results(v: dict[str, Any]) -> None:
+    def row(name: str, r: dict, extra: str = "") -> str:
+        return (f"| {name} | {r.get('concurrency', '-')} | {r['rps']:.1f} | {r['p50']:.2f} | {r['p95']:.2f} | "
+                f"{r['p99']:.2f} | {r['errors']} | {extra} |")
+
+    lines = [
+        "# REST API benchmark",
+        "",
+        f"Command: `.venv/bin/python bench/api.py{' --quick' if v['args'].quick else ''}`  ",
+        f"Date: {datetime.now(UTC).isoformat(timespec='seconds')}  ",
+        f"Machine: {cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"load average before the run {tuple(round(x, 2) for x in v['load_before'])} (the machine is shared "
+        "with other test runs, so absolute figures are noisy).  ",
+        "Server: `uvicorn project.asgi:application --workers 1 --http httptools --loop uvloop`, "
+        "settings `bench.api_settings` (production middleware, token auth, throttles on), dedicated database "
+        "`bench_api`. Load generator: a separate process, asyncio raw HTTP/1.1 keep-alive client.",
+        "",
+        "## Goals",
+        "",
+        "| goal | result | met |",
+        "|---|---|---|",
+        f"| snapshot p95 < 50 ms at 70% of peak | p95 {v['at70']['p95']:.2f} ms at {v['at70']['rps']:.0f} req/s "
+        f"(target {v['target']:.0f}) | {'yes' if v['goals']['snapshot p95 < 50 ms at 70% of peak'] else 'NO'} |",
+        f"| snapshot throughput >= 0.6x bare view | {v['snap_peak']['rps']:.0f} / {v['bare_peak']['rps']:.0f} "
+        f"req/s = {v['ratio']:.2f}x | {'yes' if v['goals']['snapshot peak >= 0.6x bare view'] else 'NO'} |",
+        f"| batch append >= 10x single events/s | {v['batch_eps']:.0f} / {v['single_eps']:.0f} events/s = "
+        f"{v['batch_ratio']:.1f}x | {'yes' if v['goals']['batch append >= 10x single events/s'] else 'NO'} |",
+        "",
+        "## Concurrency sweeps (closed loop, latency in ms)",
+        "",
+        "| endpoint | concurrency | req/s | p50 | p95 | p99 | errors | |",
+        "|---|---|---|---|---|---|---|---|",
+        *[row("bare `JsonResponse`", r, "peak" if r is v["bare_peak"] else "") for r in v["bare_rows"]],
+        *[row("`GET .../context/`", r, "peak" if r is v["snap_peak"] else "") for r in v["snap_rows"]],
+        "",
+        "## Snapshot at 70% of its peak (open loop, latency from scheduled send)",
+        "",
+        "| target req/s | achieved req/s | p50 | p95 | p99 | errors |",
+        "|---|---|---|---|---|---|",
+        f"| {v['target']:.0f} | {v['at70']['rps']:.1f} | {v['at70']['p50']:.2f} | {v['at70']['p95']:.2f} | "
+        f"{v['at70']['p99']:.2f} | {v['at70']['errors']} |",
+        "",
+        "## Event appends (closed loop, one session each)",
+        "",
+        "| kind | concurrency | req/s | events/s | p50 | p95 | p99 | errors |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| single event | 8 | {v['single']['rps']:.1f} | {v['single_eps']:.0f} | {v['single']['p50']:.2f} | "
+        f"{v['single']['p95']:.2f} | {v['single']['p99']:.2f} | {v['single']['errors']} |",
+        f"| batch of 100 | 4 | {v['batch']['rps']:.1f} | {v['batch_eps']:.0f} | {v['batch']['p50']:.2f} | "
+        f"{v['batch']['p95']:.2f} | {v['batch']['p99']:.2f} | {v['batch']['errors']} |",
+        "",
+    ]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text("\n".join(lines))
+    print(f"wrote {RESULTS.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()
