@@ -14,7 +14,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from apps.common.exceptions import Conflict, NotFound, ValidationFailed
+from apps.common.exceptions import ApplicationError, Conflict, NotFound, ValidationFailed
 from apps.ops.models import (
     CanaryMode,
     CanaryRun,
@@ -357,18 +357,28 @@ def dead_letter_purge(*, older_than: datetime) -> int:
 
 
 def canary_run_create(*, mode: str, user: Any | None) -> CanaryRun:
-    """Create the run and send ``ops.canary`` after commit."""
+    """Create the run and send ``ops.canary`` once the row is committed."""
     if mode not in CanaryMode.values:
         raise ValidationFailed("Unknown canary mode.", details={"mode": [f"one of {', '.join(CanaryMode.values)}"]})
     task_id = str(uuid.uuid4())
-    run = CanaryRun.objects.create(mode=mode, task_id=task_id, requested_by=user if getattr(user, "pk", None) else None)
+    with transaction.atomic():
+        run = CanaryRun.objects.create(mode=mode, task_id=task_id,
+                                       requested_by=user if getattr(user, "pk", None) else None)
 
     def send() -> None:
         from project.celery import app
 
         app.send_task(CANARY_TASK_NAME, kwargs={"canary_id": str(run.id), "mode": mode}, task_id=task_id)
 
-    transaction.on_commit(send)
+    if transaction.get_connection().in_atomic_block:
+        transaction.on_commit(send)
+        return run
+    try:
+        send()
+    except Exception as exc:  # noqa: BLE001 - a broker outage is the operator's answer, not a 500
+        logger.exception("canary publish failed", extra={"canary_id": str(run.id)})
+        raise ApplicationError("The broker did not accept the canary task.", code="publish_failed",
+                               status_code=503, details={"canary_id": str(run.id), "error": str(exc)}) from exc
     return run
 
 
