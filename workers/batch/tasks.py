@@ -13,6 +13,8 @@ its ``PeriodicTask`` rows, e.g. ``{"trigger": "beat", "params": {"idle_minutes":
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError
@@ -28,8 +30,9 @@ IGNORE = (JobAlreadyRunning,)
 
 
 def run_job_task(task_self: Any, job_name: str, params: dict[str, Any] | None, trigger: str) -> dict[str, Any]:
-    hostname = getattr(task_self.request, "hostname", None) or ""
-    run = job_execute(name=job_name, params=params or {}, trigger=trigger or "task", worker=hostname)
+    # hostname:pid names the pool process, the one an operator would kill.
+    worker = f"{getattr(task_self.request, 'hostname', None) or socket.gethostname()}:{os.getpid()}"
+    run = job_execute(name=job_name, params=params or {}, trigger=trigger or "task", worker=worker)
     return {"run_id": str(run.id), "status": run.status, "done": run.progress_done}
 
 

@@ -1,0 +1,86 @@
+"""Real ``celery beat`` processes against this run's vhost and database.
+
+Two beats run the same schedule; only the lock holder sends (all messages
+share one ``origin``), the other takes over when the first is killed, and an
+edit of the schedule in the database changes what beat sends, without restart.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+from tests.integration.batch.conftest import drain, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PROBE = "maintenance.beat_probe"  # never registered: nothing consumes it here, we count the messages
+
+
+def _probes(conn, seen: list[dict]) -> list[dict]:
+    seen.extend(m for m in drain(conn, "maintenance") if m["task"] == PROBE)
+    return seen
+
+
+def test_one_beat_sends_a_second_stands_by_and_takes_over(processes, broker):
+    every_second, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.create(name="probe", task=PROBE, interval=every_second, queue="maintenance",
+                                kwargs=json.dumps({"marker": "a"}))
+    first = processes.beat("beat-a")
+    seen: list[dict] = []
+    wait_for(lambda: _probes(broker, seen), message="the first beat's sends", timeout=90)
+    second = processes.beat("beat-b")
+    # Give the second beat time to start and try for the lock.
+    wait_for(lambda: "Scheduler: Sending" in first.log() and "beat: Starting" in second.log(), timeout=60,
+             message="both beats up")
+    time.sleep(6)
+    _probes(broker, seen)
+    origins = {m["origin"] for m in seen}
+    assert len(origins) == 1, f"two beats sent: {origins}"
+    leader_origin = origins.pop()
+    window = time.monotonic()
+    time.sleep(4)
+    during = [m for m in _probes(broker, []) if True]
+    elapsed = time.monotonic() - window
+    # One beat at one message per second: never the double rate of two senders.
+    assert len(during) <= elapsed + 2, (len(during), elapsed)
+    assert {m["origin"] for m in during} == {leader_origin}
+
+    # When the active beat is killed, the standby takes over and sends alone.
+    first.kill9()
+    after: list[dict] = []
+    wait_for(lambda: any(m["origin"] != leader_origin for m in _probes(broker, after)), timeout=30,
+             message="the standby taking over")
+    time.sleep(3)
+    _probes(broker, after)
+    assert {m["origin"] for m in after} - {leader_origin}, after
+    late = [m for m in after if m["origin"] == leader_origin]
+    assert len(late) <= 1  # at most one already in flight when it died
+    assert second.process.poll() is None
+
+
+def test_editing_the_schedule_in_the_database_changes_what_beat_sends(processes, broker):
+    every_second, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.SECONDS)
+    task = PeriodicTask.objects.create(name="probe", task=PROBE, interval=every_second, queue="maintenance",
+                                       kwargs=json.dumps({"marker": "a"}))
+    processes.beat("beat-a")
+    seen: list[dict] = []
+    wait_for(lambda: _probes(broker, seen), message="first send", timeout=90)
+    assert {m["kwargs"]["marker"] for m in seen} == {"a"}
+
+    # When an operator edits the kwargs (what admin does: a model save)
+    task.kwargs = json.dumps({"marker": "b"})
+    task.save()
+    wait_for(lambda: any(m["kwargs"].get("marker") == "b" for m in _probes(broker, seen)), timeout=30,
+             message="beat sending the edited kwargs")
+
+    # When the operator disables it, beat stops sending it
+    task.enabled = False
+    task.save()
+    time.sleep(4)  # the change is picked up within beat's max interval (1 s here) plus a send in flight
+    drain(broker, "maintenance")
+    time.sleep(4)
+    assert _probes(broker, []) == []

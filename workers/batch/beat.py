@@ -1,0 +1,110 @@
+"""Exactly one active beat: the database scheduler, sending only while it holds a PostgreSQL lock.
+
+Run it as ``celery -A project beat -S workers.batch.beat:SingleBeatScheduler``.
+Any number of beat processes may run (a standby for failover, or a deploy
+that briefly overlaps the old and new one); only the one holding the session
+advisory lock ``pg_try_advisory_lock(BEAT_LOCK)`` sends tasks. The others
+poll for the lock every ``STANDBY_POLL_S`` seconds and send nothing.
+
+The lock lives on a dedicated connection (not Django's, which the scheduler
+closes and reopens through ``close_old_connections``). PostgreSQL drops it
+when that connection ends: the active beat exiting, being killed, or losing
+its network. The active beat checks its connection on every tick and stops
+sending the moment the check fails, so two beats never send together; a
+standby takes over within ``STANDBY_POLL_S`` plus the backend's exit.
+
+On taking over, the new leader re-reads the schedule (``last_run_at``
+included) from the database. ``sync_every_tasks = 1`` makes the leader write
+``last_run_at`` right after each send, so a takeover does not re-send what the
+old leader already sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+from django.conf import settings
+from django_celery_beat.schedulers import DatabaseScheduler
+
+logger = logging.getLogger(__name__)
+
+# Two-int advisory key: ASCII "BEAT" and 1 (the job framework uses "JOBS").
+BEAT_LOCK = (0x42454154, 1)
+STANDBY_POLL_S = 2.0
+
+
+def _lock_connection() -> psycopg.Connection:
+    db = settings.DATABASES["default"]
+    return psycopg.connect(
+        host=db.get("HOST") or "127.0.0.1",
+        port=db.get("PORT") or 5432,
+        user=db.get("USER") or None,
+        password=db.get("PASSWORD") or None,
+        dbname=db["NAME"],
+        autocommit=True,
+        connect_timeout=int(db.get("OPTIONS", {}).get("connect_timeout", 5)),
+        application_name="celery-beat-lock",
+    )
+
+
+class SingleBeatScheduler(DatabaseScheduler):
+    # Persist last_run_at after every send (see the module docstring).
+    sync_every_tasks = 1
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._lock_conn: psycopg.Connection | None = None
+        self.is_leader = False
+        super().__init__(*args, **kwargs)
+
+    def _drop_lock_connection(self) -> None:
+        if self._lock_conn is not None:
+            try:
+                self._lock_conn.close()
+            except psycopg.Error:
+                pass
+        self._lock_conn = None
+
+    def hold_lock(self) -> bool:
+        """True while this process holds the beat lock (taking it if free)."""
+        try:
+            if self._lock_conn is None or self._lock_conn.closed:
+                self._lock_conn = _lock_connection()
+                self.is_leader = False
+            if self.is_leader:
+                # The lock lives as long as this connection; a failed round
+                # trip means it may be gone, so stop sending at once.
+                self._lock_conn.execute("SELECT 1")
+                return True
+            row = self._lock_conn.execute("SELECT pg_try_advisory_lock(%s, %s)", BEAT_LOCK).fetchone()
+            if row and row[0]:
+                self.is_leader = True
+                logger.info("beat: this instance holds the lock and sends the schedule")
+                self._reload_schedule()
+                return True
+            return False
+        except psycopg.Error:
+            if self.is_leader:
+                logger.warning("beat: lost the lock connection; standing by", exc_info=True)
+            self.is_leader = False
+            self._drop_lock_connection()
+            return False
+
+    def _reload_schedule(self) -> None:
+        # Another beat may have sent tasks since this one read the schedule.
+        self._schedule = self.all_as_schedule()
+        self._heap = []
+        self._heap_invalidated = True
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        if not self.hold_lock():
+            return STANDBY_POLL_S
+        return super().tick(*args, **kwargs)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._drop_lock_connection()
+            self.is_leader = False
