@@ -189,6 +189,7 @@ def action_sequences(*, limit_sessions: int = 1000, per_session: int = 200) -> l
     """``user_action`` name sequences of recent sessions (oldest first), for the frequency baseline."""
     session_ids = list(
         ContextEvent.objects.filter(event_type=ContextEvent.EventType.USER_ACTION)
+        .order_by()  # the model's default ordering would make DISTINCT per (session, seq)
         .values_list("session_id", flat=True)
         .distinct()[:limit_sessions]
     )

@@ -279,6 +279,11 @@ def inference_request_complete(
             )
         suggestions = Suggestion.objects.bulk_create(rows)
         now = timezone.now()
+        # One timestamp per request (auto_now_add stamps each row apart), so
+        # "newest first" lists keep a request's suggestions in kind/rank order.
+        Suggestion.objects.filter(request=request).update(created_at=now, updated_at=now)
+        for suggestion in suggestions:
+            suggestion.created_at = suggestion.updated_at = now
         request.status = InferenceRequest.Status.DONE
         request.finished_at = now
         request.model_version = model_version[:100]

@@ -38,7 +38,8 @@ class PredictorHolder:
     def __init__(self, *, name: str = ai_selectors.NEXT_ACTION_MODEL, device: str = "cpu"):
         self.name = name
         self.device = device
-        self._lock = threading.Lock()
+        # Re-entrant: the load path falls back to the baseline under the same lock.
+        self._lock = threading.RLock()
         self._loaded_id: Any = None
         self._loaded_label = ""
         self._loaded: Predictor | None = None

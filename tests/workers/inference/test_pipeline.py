@@ -1,0 +1,208 @@
+"""The real model behind the batcher, the embedding cache, the suggestion pipeline and hot reload.
+
+These load all-MiniLM-L6-v2 for real (once per test process); only the Celery
+transport is absent here (tests/integration/ai runs the real worker).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from apps.ai import selectors, services
+from apps.ai.models import Embedding, InferenceRequest, Suggestion
+from tests.workers.inference.conftest import CLOSEST, CONVERSATION, OTHER_SESSION, OTHER_SESSION_TRIGGER
+from workers.inference.runtime import PoisonInput
+
+pytestmark = pytest.mark.django_db
+
+
+def _append_texts(session, user, texts):
+    from apps.context import services as context_services
+    from apps.context.services import EventInput
+
+    return context_services.context_event_append(
+        session=session, author=user,
+        events=[EventInput(event_type="context_update", data={"text": t}) for t in texts],
+    )
+
+
+def _run(request) -> list[dict]:
+    from workers.inference.pipeline import generate_for_request
+
+    outcome = generate_for_request(request_id=str(request.pk), claim_token="test-task")
+    assert outcome.status == "done", outcome
+    request.refresh_from_db()
+    return selectors.inference_request_to_dict(request)["suggestions"]
+
+
+def test_real_model_batches_and_a_poison_text_fails_alone(real_runtime):
+    batcher = real_runtime.batcher
+    texts = [f"sentence number {i} about databases" for i in range(7)]
+    futures = [batcher.submit(t) for t in texts[:3]] + [batcher.submit("bad \ud800 text")] + [
+        batcher.submit(t) for t in texts[3:]
+    ]
+    results = []
+    for future in futures:
+        try:
+            results.append(future.result(timeout=60))
+        except PoisonInput as exc:
+            results.append(exc)
+    assert isinstance(results[3], PoisonInput)
+    good = [r for i, r in enumerate(results) if i != 3]
+    assert all(r.shape == (real_runtime.encoder.dim,) for r in good)
+    assert all(abs(float((r * r).sum()) - 1.0) < 1e-3 for r in good)
+
+
+def test_a_text_is_embedded_once_then_served_from_memory_or_postgres(real_runtime, fresh_caches):
+    from workers.inference import embeddings
+
+    before = dict(embeddings.counters)
+    first = embeddings.embed_texts(["the cache should remember this sentence"])
+    assert embeddings.counters["model"] == before["model"] + 1
+    assert Embedding.objects.count() == 1
+    again = embeddings.embed_texts(["  the cache should remember this sentence  "])
+    assert embeddings.counters["l1"] == before["l1"] + 1
+    embeddings.cache_clear()
+    from_db = embeddings.embed_texts(["the cache should remember this sentence"])
+    assert embeddings.counters["db"] == before["db"] + 1
+    assert embeddings.counters["model"] == before["model"] + 1
+    assert (first[0] == again[0]).all() and abs(float(first[0] @ from_db[0]) - 1.0) < 1e-5
+
+
+def test_concurrent_requests_for_one_new_text_embed_it_once(real_runtime, fresh_caches):
+    from workers.inference import embeddings
+
+    before = embeddings.counters["model"]
+    barrier = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        from django.db import connection
+
+        try:
+            barrier.wait()
+            embeddings.embed_texts(["one sentence wanted by six threads at once"])
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    # Single-flight: one forward pass; other threads found it in flight, in L1 or in PostgreSQL.
+    assert embeddings.counters["model"] - before == 1
+
+
+@pytest.mark.parametrize("trigger,expected_seq", sorted(CLOSEST.items()))
+def test_related_context_points_at_the_closest_earlier_event(real_runtime, fresh_caches, session_factory, user,
+                                                            trigger, expected_seq):
+    # Given a session with the hand-written conversation and a new update about one of its topics
+    session = session_factory()
+    _append_texts(session, user, CONVERSATION)
+    [event] = _append_texts(session, user, [trigger])
+    request = services.inference_request_trigger(session_id=session.pk, trigger_seq=event.seq, user_id=user.pk)
+
+    # When the pipeline runs
+    suggestions = _run(request)
+
+    # Then the best related-context suggestion is the event a person would pick
+    related = sorted((s for s in suggestions if s["kind"] == "related_context"), key=lambda s: -s["score"])
+    assert related, suggestions
+    assert related[0]["source_seqs"] == [expected_seq]
+    assert related[0]["content"]["same_session"] is True
+    assert related[0]["content"]["text"] == CONVERSATION[expected_seq - 1]
+    assert all(s["source_seqs"] != [event.seq] for s in related)  # never the trigger itself
+    assert related[0]["model_version"] == real_runtime.model_name
+
+
+def test_related_context_reaches_the_users_other_sessions(real_runtime, fresh_caches, session_factory, user):
+    other = session_factory(title="Office notes")
+    _append_texts(other, user, OTHER_SESSION)
+    session = session_factory()
+    _append_texts(session, user, CONVERSATION)
+    [event] = _append_texts(session, user, [OTHER_SESSION_TRIGGER])
+    request = services.inference_request_trigger(session_id=session.pk, trigger_seq=event.seq, user_id=user.pk)
+
+    related = [s for s in _run(request) if s["kind"] == "related_context"]
+
+    best = max(related, key=lambda s: s["score"])
+    assert best["content"]["same_session"] is False
+    assert best["content"]["session_id"] == str(other.pk)
+    assert best["source_seqs"] == [1]
+
+
+def test_query_answers_from_the_session(real_runtime, fresh_caches, session_factory, user):
+    session = session_factory()
+    _append_texts(session, user, CONVERSATION)
+    request = services.inference_request_create_query(session_id=session.pk, user=user,
+                                                      query="who is arranging the dinner?")
+    suggestions = _run(request)
+    assert suggestions and {s["kind"] for s in suggestions} == {"query"}
+    assert max(suggestions, key=lambda s: s["score"])["source_seqs"] == [3]
+
+
+def test_next_action_uses_the_baseline_then_a_promoted_model_then_the_rollback(
+    real_runtime, fresh_caches, session_factory, user
+):
+    from apps.context import services as context_services
+    from apps.context.services import EventInput
+    from workers.inference.next_action import save_artifact, train_model
+
+    session = session_factory()
+    actions = ["search", "open_doc", "edit", "save", "search", "open_doc", "edit"]
+    context_services.context_event_append(
+        session=session, author=user,
+        events=[EventInput(event_type="user_action", data={"action": a}) for a in actions],
+    )
+    [event] = _append_texts(session, user, ["let us keep editing"])
+
+    def run() -> list[dict]:
+        request = services.inference_request_trigger(session_id=session.pk, trigger_seq=event.seq, user_id=user.pk)
+        return [s for s in _run(request) if s["kind"] == "next_action"]
+
+    # No promoted version: the frequency baseline answers ("edit" was followed by "save")
+    baseline = run()
+    assert baseline[0]["content"] == {"action": "save", "after": "edit"}
+    assert baseline[0]["model_version"] == "next_action-baseline"
+    assert baseline[0]["source_seqs"] == [5, 6, 7]
+
+    # A promoted version is used by the very next request, without a restart
+    model, vocab = train_model([actions * 3], epochs=1)
+    v1 = services.model_version_register(artifact=save_artifact(model, vocab), metrics={}, promote=True)
+    assert {s["model_version"] for s in run()} == {"next_action@1"}
+    v2 = services.model_version_register(artifact=save_artifact(model, vocab), metrics={}, promote=True)
+    assert {s["model_version"] for s in run()} == {"next_action@2"}
+
+    # Rolled back in admin: the previous version again
+    services.model_version_rollback()
+    assert {s["model_version"] for s in run()} == {v1.label}
+    assert v2.label == "next_action@2"
+
+
+def test_a_corrupt_promoted_artifact_falls_back_to_the_baseline(real_runtime, fresh_caches):
+    from workers.inference.predictors import BASELINE_LABEL, PredictorHolder
+
+    services.model_version_register(artifact=b"garbage", metrics={}, promote=True)
+    predictor, label = PredictorHolder().current()
+    assert label == BASELINE_LABEL
+    assert predictor.predict(["x"], 1) == []
+
+
+def test_a_second_delivery_of_a_done_request_adds_nothing(real_runtime, fresh_caches, session_factory, user):
+    from workers.inference.pipeline import generate_for_request
+
+    session = session_factory()
+    [event] = _append_texts(session, user, CONVERSATION[:1])
+    request = services.inference_request_trigger(session_id=session.pk, trigger_seq=event.seq, user_id=user.pk)
+    _run(request)
+    count = Suggestion.objects.count()
+    assert generate_for_request(request_id=str(request.pk), claim_token="another-delivery").status == "skipped"
+    assert generate_for_request(request_id=str(request.pk), claim_token="test-task").status == "skipped"
+    assert Suggestion.objects.count() == count
+    assert InferenceRequest.objects.get().status == "done"
