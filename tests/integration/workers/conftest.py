@@ -145,7 +145,8 @@ def fleet(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[dict
     """One prefork worker on ai.batch and maintenance (2 processes) and the archiver, shared by a module."""
     starter = Starter(tmp_path_factory.mktemp("fleet"))
     with django_db_blocker.unblock():
-        worker = starter("worker", name="fleet", queues="ai.batch,maintenance", concurrency=2)
+        worker = starter("worker", name="fleet", queues="ai.batch,maintenance", concurrency=2,
+                         env={"CANARY_SLOW_SECONDS": "1"})
         archiver = starter("archiver", name="fleet-archiver")
     yield {"worker": worker, "archiver": archiver}
     starter.stop_all()

@@ -102,3 +102,34 @@ def test_a_task_that_crashes_its_worker_every_time_dead_letters_at_the_delivery_
     assert dead.exception_class == "DeliveryLimitExceeded"
     # and the worker survived its children's deaths
     assert worker.process.poll() is None
+
+
+def test_canary_modes_end_to_end_through_the_api(fleet, api_client_for, staff_user):
+    from apps.ops.models import CanaryRun
+
+    client = api_client_for(staff_user)
+    # when an operator sends one canary of each mode
+    ids = {}
+    for mode in ("ok", "slow", "fail", "crash"):
+        response = client.post("/api/v1/ops/canary/", {"mode": mode}, format="json")
+        assert response.status_code == 201, response.json()
+        assert response.json()["status"] == "pending"
+        ids[mode] = response.json()["id"]
+
+    def status(mode: str) -> dict:
+        return client.get(f"/api/v1/ops/canary/{ids[mode]}/").json()
+
+    final = {"succeeded", "dead_lettered"}
+    wait_for(lambda: all(CanaryRun.objects.get(id=i).status in final for i in ids.values()), timeout=120,
+             message="every canary finished")
+    # then ok and slow succeed, fail dead-letters as rejected, crash at the delivery limit
+    assert status("ok")["status"] == "succeeded" and status("ok")["dead_letter"] is None
+    assert status("slow")["status"] == "succeeded"
+    assert status("fail")["status"] == "dead_lettered"
+    assert status("fail")["dead_letter"]["reason"] == "rejected"
+    assert status("fail")["dead_letter"]["exception_class"] == "CanaryFailure"
+    assert status("crash")["status"] == "dead_lettered"
+    assert status("crash")["dead_letter"]["reason"] == "delivery_limit"
+    # and both are in the operators' dead-letter list
+    listed = client.get("/api/v1/dead-letters/", {"task_name": "ops.canary"}).json()["results"]
+    assert {d["reason"] for d in listed} == {"rejected", "delivery_limit"}
