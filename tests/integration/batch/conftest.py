@@ -90,9 +90,9 @@ class Starter:
                            "workers.batch.beat:SingleBeatScheduler", "--max-interval", "1", "--loglevel", "INFO",
                            "-s", str(self.log_dir / f"{name}-schedule")])
 
-    def worker(self, name: str, queues: str) -> Proc:
+    def worker(self, name: str, queues: str, *, pool: str = "prefork") -> Proc:
         return self(name, [sys.executable, "-m", "celery", "-A", "project", "worker", "-Q", queues, "-n",
-                           f"{name}@%h", "--pool", "prefork", "--concurrency", "1", "--without-mingle",
+                           f"{name}@%h", "--pool", pool, "--concurrency", "1", "--without-mingle",
                            "--without-gossip", "--loglevel", "INFO"])
 
     def run_job(self, name: str, job: str, **params: Any) -> Proc:
