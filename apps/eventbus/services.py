@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from apps.common.exceptions import ValidationFailed
@@ -89,8 +89,18 @@ def outbox_event_add(
     return event
 
 
+_COPY_COLUMNS = ("message_id", "kind", "exchange", "routing_key", "headers", "body", "correlation_id", "status",
+                 "attempts", "last_error", "created_at", "available_at")
+
+
 def outbox_events_add_bulk(*, events: Sequence[OutboxEvent]) -> list[Event]:
-    """Validate and write many events with one multi-row INSERT (all or none)."""
+    """Validate and write many events in the caller's transaction (all or none).
+
+    Rows go in with ``COPY ... FROM STDIN``: measured on a 500-event batch it
+    is several times cheaper than ``bulk_create`` (which spends most of its
+    time quoting JSON arrays client-side). COPY fires the insert trigger, so
+    the relay is notified at commit as for any insert.
+    """
     if not events:
         return []
     now = timezone.now()
@@ -99,9 +109,18 @@ def outbox_events_add_bulk(*, events: Sequence[OutboxEvent]) -> list[Event]:
                correlation_id=e.correlation_id, occurred_at=now)
         for e in events
     ]
-    # 1000 rows per INSERT keeps each statement well under PostgreSQL's
-    # 65535-parameter limit (13 columns a row).
-    OutboxMessage.objects.bulk_create([_event_row(e) for e in built], batch_size=1000)
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    with connection.cursor() as cursor:
+        with cursor.cursor.copy(
+            f"COPY eventbus_outboxmessage ({', '.join(_COPY_COLUMNS)}) FROM STDIN"
+        ) as copy:
+            for event in built:
+                cid = event.correlation_id or ""
+                copy.write_row((
+                    event.event_id, OutboxMessage.Kind.EVENT.value, EVENTS_EXCHANGE_NAME, event.event_type,
+                    dumps({"event_type": event.event_type, "version": event.version, CORRELATION_HEADER: cid}),
+                    dumps(event.to_wire()), cid, OutboxMessage.Status.PENDING.value, 0, "", now, now,
+                ))
     return built
 
 

@@ -4,10 +4,12 @@ A subscriber is a ``Subscriber`` subclass with a ``name``, ``patterns`` and
 ``handle(event)`` (``runner.py`` runs it: dedupe by ``event_id``, the handler
 inside a transaction, ack after commit, a failing event dead-lettered alone).
 The platform's subscribers are listed in ``DEFAULT_SUBSCRIBERS``; a deployment
-may replace the list with the ``EVENTBUS_SUBSCRIBERS`` setting (dotted paths).
+may replace the list with the ``EVENTBUS_SUBSCRIBERS`` setting or env var (dotted paths).
 """
 
 from __future__ import annotations
+
+import os
 
 from django.conf import settings
 from django.utils.module_loading import import_string
@@ -22,7 +24,12 @@ DEFAULT_SUBSCRIBERS: tuple[str, ...] = (
 
 
 def registered_subscribers() -> list[type[Subscriber]]:
-    paths = getattr(settings, "EVENTBUS_SUBSCRIBERS", DEFAULT_SUBSCRIBERS)
+    # The env var (comma-separated dotted paths) lets a benchmark or a
+    # deployment run a subset without a settings change.
+    override = os.environ.get("EVENTBUS_SUBSCRIBERS", "").strip()
+    paths = [p.strip() for p in override.split(",") if p.strip()] if override else getattr(
+        settings, "EVENTBUS_SUBSCRIBERS", DEFAULT_SUBSCRIBERS
+    )
     return [import_string(path) for path in paths]
 
 

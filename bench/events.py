@@ -1,0 +1,416 @@
+"""Benchmark of the event bus: appends -> outbox -> relay -> RabbitMQ -> subscriber commit.
+
+Run from the repository root:
+
+    .venv/bin/python bench/events.py
+
+What it does, all in one run:
+
+1. Creates its own PostgreSQL database ``bench_events`` (migrated) and
+   RabbitMQ vhost ``bench_events``; drops both at the end.
+2. Baseline: raw kombu, the same JSON payloads published (persistent, to a
+   durable quorum queue, publisher confirms pipelined per batch exactly as the
+   relay does) and consumed with acks, no database at all.
+3. Throughput: the real relay (``run_outbox_relay``) and the real
+   ``activity`` subscriber (``run_event_subscribers activity``) run as
+   processes; this process appends ``--events`` context events as fast as it
+   can, in batches of ``--batch`` through ``context_event_append`` (each batch:
+   ContextEvent rows + outbox rows in one transaction). Sustained events/s is
+   committed events divided by the time from the first append to the last
+   subscriber commit. Zero lost: every committed event has a ``ProcessedEvent``
+   row and the activity counters add up to the number appended.
+4. Lag: appends paced at ``--rate`` events/s for ``--seconds``; the end-to-end
+   lag of each event is its subscriber commit (``ProcessedEvent.processed_at``,
+   clock_timestamp just before commit) minus its ``occurred_at`` (set at
+   append), p50/p99/max from PostgreSQL.
+5. Prints the figures and writes ``bench/results/events.md``.
+
+Options: ``--events N`` (default 100000), ``--batch B`` (default 500),
+``--rate R`` (default 5000), ``--seconds S`` (default 10), ``--relays K``
+(default 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+NAME = "bench_events"
+RESULTS = REPO / "bench" / "results" / "events.md"
+PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
+AMQP = os.environ.get("BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672")
+SUBSCRIBER = "apps.eventbus.subscribers.activity.ActivitySubscriber"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="project.settings.dev",
+        DEBUG="0",
+        CONTEXT_ENGINE_SKIP_DOTENV="1",
+        DATABASE_URL=f"{PG}/{NAME}",
+        BROKER_URL=f"{AMQP}/{NAME}",
+        REDIS_KEY_PREFIX=NAME,
+        EVENTBUS_SUBSCRIBERS=SUBSCRIBER,
+        LOG_LEVEL="WARNING",
+        PYTHONPATH=str(REPO),
+    )
+    env.update(extra)
+    return env
+
+
+def _rabbitmqctl(*args: str, check: bool = True) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=check, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   timeout=120)
+
+
+def _admin_sql(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def setup_resources() -> None:
+    _admin_sql(f"DROP DATABASE IF EXISTS {NAME} WITH (FORCE)")
+    _admin_sql(f"CREATE DATABASE {NAME}")
+    _rabbitmqctl("delete_vhost", NAME, check=False)
+    _rabbitmqctl("add_vhost", NAME)
+    _rabbitmqctl("set_permissions", "-p", NAME, "guest", ".*", ".*", ".*")
+
+
+def teardown_resources() -> None:
+    from django.db import connections
+
+    connections.close_all()
+    _admin_sql(f"DROP DATABASE IF EXISTS {NAME} WITH (FORCE)")
+    _rabbitmqctl("delete_vhost", NAME, check=False)
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+# --- baseline: raw kombu ------------------------------------------------------
+
+
+def raw_kombu(payloads: list[bytes], *, batch: int) -> dict[str, float]:
+    """Publish (pipelined confirms per batch, as the relay) and consume (ack each) the same payloads."""
+    import amqp
+    from kombu import Connection
+    from kombu import Queue as KQueue
+
+    url = f"{AMQP}/{NAME}"
+    queue_name = "bench.raw"
+    with Connection(url) as conn:
+        channel = conn.channel()
+        queue = KQueue(queue_name, durable=True, queue_arguments={"x-queue-type": "quorum"})(channel)
+        queue.declare()
+        channel.confirm_select()
+        acked = {"upto": 0}
+        channel.events["basic_ack"].add(lambda tag, multiple: acked.__setitem__("upto", max(acked["upto"], tag)))
+        t0 = time.perf_counter()
+        tag = 0
+        for start in range(0, len(payloads), batch):
+            for body in payloads[start:start + batch]:
+                channel.basic_publish(
+                    amqp.Message(body, content_type="application/json", delivery_mode=2,
+                                 message_id=str(uuid.uuid4())),
+                    exchange="", routing_key=queue_name, mandatory=True,
+                )
+                tag += 1
+            while acked["upto"] < tag:
+                conn.drain_events(timeout=30)
+        publish_s = time.perf_counter() - t0
+
+        consumer_channel = conn.channel()
+        consumer_channel.basic_qos(0, batch * 2, False)
+        got = {"n": 0}
+
+        def on_message(message: Any) -> None:
+            json.loads(message.body)
+            got["n"] += 1
+            consumer_channel.basic_ack(message.delivery_tag)
+
+        consumer_channel.basic_consume(queue=queue_name, callback=on_message)
+        t1 = time.perf_counter()
+        while got["n"] < len(payloads):
+            conn.drain_events(timeout=30)
+        consume_s = time.perf_counter() - t1
+        queue.delete()
+    n = len(payloads)
+    return {"n": n, "publish_per_s": n / publish_s, "consume_per_s": n / consume_s,
+            "end_to_end_per_s": n / (publish_s + consume_s)}
+
+
+# --- the real pipeline --------------------------------------------------------
+
+
+class Procs:
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, *args: str, ready: str) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "manage.py", *args], cwd=REPO, env=_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        for line in proc.stdout:
+            if ready in line:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{args} not ready")
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs = []
+
+
+def _wait_processed(target: int, *, timeout: float) -> float:
+    from apps.eventbus.models import ProcessedEvent
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ProcessedEvent.objects.filter(subscriber="activity").count() >= target:
+            return time.perf_counter()
+        time.sleep(0.05)
+    raise RuntimeError(f"only {ProcessedEvent.objects.filter(subscriber='activity').count()} of {target} applied")
+
+
+def _sessions(owner: Any, n: int) -> list[Any]:
+    from apps.context.services import session_create
+
+    return [session_create(owner=owner, title=f"bench {i}") for i in range(n)]
+
+
+def _append(session: Any, owner: Any, batch: int, counter: int) -> None:
+    from apps.context.services import EventInput, context_event_append
+
+    events = [EventInput("context_update", {"text": f"event {counter + i} " + "x" * 120}) for i in range(batch)]
+    context_event_append(session=session, author=owner, events=events)
+
+
+def _reset_tables() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE eventbus_processedevent, eventbus_outboxmessage, eventbus_sessionactivity,"
+                       " context_contextevent")
+
+
+def throughput(owner: Any, *, events: int, batch: int) -> dict[str, float]:
+    from apps.eventbus.models import SessionActivity
+
+    sessions = _sessions(owner, 4)
+    created_events = len(sessions)
+    _wait_processed(created_events, timeout=60)
+    t0 = time.perf_counter()
+    appended = 0
+    i = 0
+    while appended < events:
+        n = min(batch, events - appended)
+        _append(sessions[i % len(sessions)], owner, n, appended)
+        appended += n
+        i += 1
+    append_s = time.perf_counter() - t0
+    t_end = _wait_processed(created_events + events, timeout=600)
+    elapsed = t_end - t0
+    time.sleep(1.0)
+    from apps.eventbus.models import ProcessedEvent
+
+    processed = ProcessedEvent.objects.filter(subscriber="activity").count()
+    counted = sum(SessionActivity.objects.values_list("events_total", flat=True))
+    committed = created_events + events
+    return {"events": events, "append_per_s": events / append_s, "end_to_end_per_s": events / elapsed,
+            "elapsed_s": elapsed, "committed": committed, "processed": processed, "counted": counted,
+            "lost": committed - counted}
+
+
+def lag(owner: Any, *, rate: int, seconds: float) -> dict[str, float]:
+    from django.db import connection
+
+    sessions = _sessions(owner, 4)
+    start_count = len(sessions)  # the tables were emptied before this phase
+    _wait_processed(start_count, timeout=60)
+    # 50 batches a second: each batch is rate/50 events, appended on a fixed schedule.
+    ticks_per_s = 50
+    per_tick = max(1, rate // ticks_per_s)
+    ticks = int(seconds * ticks_per_s)
+    t0 = time.perf_counter()
+    behind = 0
+    for tick in range(ticks):
+        due = t0 + tick / ticks_per_s
+        now = time.perf_counter()
+        if now < due:
+            time.sleep(due - now)
+        elif now - due > 0.1:
+            behind += 1
+        _append(sessions[tick % len(sessions)], owner, per_tick, tick * per_tick)
+    produce_s = time.perf_counter() - t0
+    total = ticks * per_tick
+    _wait_processed(start_count + total, timeout=300)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT EXTRACT(EPOCH FROM p.processed_at - o.created_at)
+            FROM eventbus_processedevent p JOIN eventbus_outboxmessage o ON o.message_id = p.event_id
+            WHERE p.subscriber = 'activity' AND p.event_type = 'context.updated'
+            """
+        )
+        lags = sorted(float(r[0]) for r in cursor.fetchall())
+    return {"rate": rate, "achieved_rate": total / produce_s, "events": total, "measured": len(lags),
+            "p50_ms": _percentile(lags, 0.5) * 1000, "p99_ms": _percentile(lags, 0.99) * 1000,
+            "max_ms": lags[-1] * 1000 if lags else float("nan"), "late_ticks": behind}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--rate", type=int, default=5000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--relays", type=int, default=1)
+    args = parser.parse_args()
+
+    os.environ.update(_env())
+    setup_resources()
+    procs = Procs()
+    try:
+        import django
+
+        django.setup()
+        from django.contrib.auth import get_user_model
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        owner = get_user_model().objects.create_user(username="bench", password="x")
+
+        # The payloads the pipeline will carry, for the baseline.
+        from django.utils import timezone
+
+        from apps.eventbus.contracts import event_build
+
+        sid = uuid.uuid4()
+        payloads = [
+            json.dumps(event_build(event_type="context.updated", session_id=sid, user_id=owner.pk,
+                                   data={"seq": i + 1, "event_type": "context_update",
+                                         "data": {"text": f"event {i} " + "x" * 120}},
+                                   occurred_at=timezone.now()).to_wire()).encode()
+            for i in range(min(args.events, 50_000))
+        ]
+        print(f"baseline: raw kombu, {len(payloads)} payloads of {len(payloads[0])} bytes ...", flush=True)
+        raw = raw_kombu(payloads, batch=args.batch)
+        print(f"  publish {raw['publish_per_s']:.0f}/s, consume {raw['consume_per_s']:.0f}/s, "
+              f"publish+consume {raw['end_to_end_per_s']:.0f}/s", flush=True)
+
+        procs.start("run_event_subscribers", "activity", ready="subscribers ready")
+        for _ in range(args.relays):
+            procs.start("run_outbox_relay", "--batch-size", str(args.batch), ready="outbox relay started")
+
+        print(f"throughput: {args.events} events in batches of {args.batch}, {args.relays} relay(s) ...", flush=True)
+        thr = throughput(owner, events=args.events, batch=args.batch)
+        print(f"  appends {thr['append_per_s']:.0f}/s; end to end {thr['end_to_end_per_s']:.0f}/s over "
+              f"{thr['elapsed_s']:.1f}s; committed {thr['committed']}, applied {thr['processed']}, "
+              f"counted {thr['counted']}, lost {thr['lost']}", flush=True)
+        _reset_tables()
+
+        print(f"lag: {args.rate} events/s for {args.seconds:.0f}s ...", flush=True)
+        lg = lag(owner, rate=args.rate, seconds=args.seconds)
+        print(f"  achieved {lg['achieved_rate']:.0f}/s; lag p50 {lg['p50_ms']:.0f} ms, p99 {lg['p99_ms']:.0f} ms, "
+              f"max {lg['max_ms']:.0f} ms over {lg['measured']} events", flush=True)
+    finally:
+        procs.stop()
+        try:
+            teardown_resources()
+        except Exception as exc:  # noqa: BLE001 - report, keep the figures
+            print(f"teardown: {exc}", file=sys.stderr)
+
+    write_results(args, raw, thr, lg)
+
+
+def write_results(args: argparse.Namespace, raw: dict, thr: dict, lg: dict) -> None:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    lines = [
+        "# Event bus benchmark",
+        "",
+        f"Command: `.venv/bin/python bench/events.py --events {args.events} --batch {args.batch} --rate {args.rate}"
+        f" --seconds {args.seconds:g} --relays {args.relays}`",
+        "",
+        f"Machine: {os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}, Python "
+        f"{platform.python_version()}; PostgreSQL, RabbitMQ 3.10 and Redis shared with other work on the machine.",
+        "Own database `bench_events` and vhost `bench_events`, dropped afterwards.",
+        "",
+        "## Baseline: raw kombu, same payloads, no database",
+        "",
+        f"- {raw['n']} messages of the same JSON, persistent, durable quorum queue, confirms per batch of "
+        f"{args.batch}",
+        f"- publish: **{raw['publish_per_s']:.0f} msg/s**; consume + ack: **{raw['consume_per_s']:.0f} msg/s**; "
+        f"publish then consume: {raw['end_to_end_per_s']:.0f} msg/s",
+        "",
+        "## Outbox end to end (append -> outbox -> relay -> broker -> subscriber commit)",
+        "",
+        f"- {thr['events']} context events appended in batches of {args.batch} via `context_event_append` "
+        f"(ContextEvent + outbox rows per transaction), {args.relays} relay process(es), the `activity` subscriber",
+        f"- appends alone: {thr['append_per_s']:.0f} events/s",
+        f"- **sustained end to end: {thr['end_to_end_per_s']:.0f} events/s** (first append to last subscriber "
+        f"commit: {thr['elapsed_s']:.1f} s); ratio to raw kombu publish+consume: "
+        f"{thr['end_to_end_per_s'] / raw['end_to_end_per_s']:.2f}",
+        f"- committed {thr['committed']}, applied {thr['processed']}, counted by the subscriber {thr['counted']}: "
+        f"**lost {thr['lost']}**",
+        "",
+        f"## Lag at {lg['rate']} events/s",
+        "",
+        f"- {lg['events']} events paced over {args.seconds:g} s (achieved {lg['achieved_rate']:.0f} events/s; "
+        f"{lg['late_ticks']} append ticks ran >100 ms late)",
+        f"- end-to-end lag (subscriber commit minus occurred_at): **p50 {lg['p50_ms']:.0f} ms, p99 "
+        f"{lg['p99_ms']:.0f} ms**, max {lg['max_ms']:.0f} ms over {lg['measured']} events",
+        "",
+        "## Goals",
+        "",
+        f"- 10,000 events/s end to end with zero lost: "
+        f"{'met' if thr['end_to_end_per_s'] >= 10_000 and thr['lost'] == 0 else 'not met'} "
+        f"({thr['end_to_end_per_s']:.0f} events/s, {thr['lost']} lost)",
+        f"- lag p99 < 1 s at 5,000 events/s: {'met' if lg['p99_ms'] < 1000 and lg['rate'] >= 5000 else 'not met'} "
+        f"(p99 {lg['p99_ms']:.0f} ms at {lg['achieved_rate']:.0f} events/s achieved)",
+        "",
+    ]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text("\n".join(lines))
+    print(f"wrote {RESULTS.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()
