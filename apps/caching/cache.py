@@ -225,22 +225,39 @@ class MultiLevelCache:
         self.counters = _Counters()
         self.loader_seconds = _Histogram(LOADER_BUCKETS)
         self.invalidation_lag = _Histogram(LAG_BUCKETS)
-        self._pid = os.getpid()
-        self._start_lock = threading.Lock()
-        self._flights: dict[str, _Flight] = {}
-        self._flights_lock = threading.Lock()
         self._down_until = 0.0
         self._pending: deque[dict[str, Any]] = deque()
         self._pending_overflow = False
-        self._pending_lock = threading.Lock()
-        self._bus_ready = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._process_state()
         self._redis = self._client(socket_timeout=redis_timeout)
         self._fill = self._redis.register_script(_FILL_LUA)
         self._inv_keys = self._redis.register_script(_INVALIDATE_KEYS_LUA)
         self._inv_tags = self._redis.register_script(_INVALIDATE_TAGS_LUA)
         self._release = self._redis.register_script(_RELEASE_LUA)
+
+    def _process_state(self) -> None:
+        """Locks, events and the listener: everything a forked child must not inherit.
+
+        A lock another thread held at fork time stays held forever in the child,
+        and the listener thread does not exist there; so the child gets fresh ones,
+        a new origin and an empty L1 (nobody invalidated the parent's copy for it).
+        """
+        self._pid = os.getpid()
+        self._start_lock = threading.Lock()
+        self._flights: dict[str, _Flight] = {}
+        self._flights_lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._bus_ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _after_fork(self) -> None:
+        self._process_state()
+        self.origin = uuid.uuid4().hex
+        self.local = LocalCache(max_entries=self.local.max_entries)
+        self.counters = _Counters()
+        self.loader_seconds = _Histogram(LOADER_BUCKETS)
+        self.invalidation_lag = _Histogram(LAG_BUCKETS)
 
     # -- plumbing ----------------------------------------------------------
     def _client(self, *, socket_timeout: float | None, health_check_interval: int = 0) -> redis.Redis:
@@ -284,15 +301,9 @@ class MultiLevelCache:
         """Start the bus listener (lazily, and again in a forked child)."""
         if self._thread is not None and self._pid == os.getpid():
             return
+        if self._pid != os.getpid():
+            self._after_fork()  # forked without the at-fork hook (it is registered below)
         with self._start_lock:
-            if self._pid != os.getpid():
-                # A forked child (prefork worker) inherits an L1 nobody invalidates.
-                self._pid = os.getpid()
-                self.origin = uuid.uuid4().hex
-                self.local.clear()
-                self._bus_ready.clear()
-                self._flights = {}
-                self._thread = None
             if self._thread is None:
                 self._stop.clear()
                 self._thread = threading.Thread(target=self._listen, name="cache-invalidation-bus", daemon=True)
@@ -386,14 +397,14 @@ class MultiLevelCache:
                 blob, raw_gens = pipe.execute()
                 gens = [g.decode() if g is not None else "0" for g in raw_gens]
                 if blob is not None:
-                    return self._l2_hit(key, blob, l1_ttl, tags, token, copy, use_l1)
+                    return self._l2_hit(key, blob, l1_ttl, negative_ttl, tags, token, copy, use_l1)
                 self.counters.incr("l2_misses")
                 lock_token = uuid.uuid4().hex
                 if not self._redis.set(self._lkey(key), lock_token, nx=True, px=int(self.lock_ttl * 1000)):
                     lock_token = None
                     blob = self._wait_for_holder(key, vkey)
                     if blob is not None:
-                        return self._l2_hit(key, blob, l1_ttl, tags, token, copy, use_l1)
+                        return self._l2_hit(key, blob, l1_ttl, negative_ttl, tags, token, copy, use_l1)
             except redis.RedisError as exc:
                 self._l2_failed(exc)
                 gens = None
@@ -440,11 +451,12 @@ class MultiLevelCache:
         except redis.RedisError:
             pass  # it expires by itself within lock_ttl
 
-    def _l2_hit(self, key, blob, l1_ttl, tags, token, copy, use_l1):  # noqa: ANN001, ANN202
+    def _l2_hit(self, key, blob, l1_ttl, negative_ttl, tags, token, copy, use_l1):  # noqa: ANN001, ANN202
         self.counters.incr("l2_hits")
         value = _decode(blob)
         if value is None:
             self.counters.incr("negative_hits")
+            l1_ttl = min(l1_ttl, negative_ttl)
         if use_l1:
             # Promotion: the token was taken before the L2 read, so an invalidation
             # that arrived meanwhile refuses this fill.
@@ -655,6 +667,16 @@ def _glob_escape(text: str) -> str:
 # -- the process-wide instance ------------------------------------------------
 _instance: MultiLevelCache | None = None
 _instance_lock = threading.Lock()
+
+
+def _reset_in_child() -> None:
+    global _instance_lock
+    _instance_lock = threading.Lock()
+    if _instance is not None:
+        _instance._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_in_child)
 
 
 def get_cache() -> MultiLevelCache:

@@ -271,3 +271,44 @@ def test_l1_hit_is_fast(make_cache):
     per_hit = (time.perf_counter() - started) / n
     # The goal is < 10 us; 50 us here leaves room for a loaded CI machine.
     assert per_hit < 50e-6
+
+
+def test_a_forked_child_gets_its_own_l1_and_listener(make_cache):
+    """Prefork workers: the child must not serve the parent's L1 nor hang on a lock held at fork."""
+    import multiprocessing
+
+    cache = make_cache()
+    cache.get_or_load("k", Loader("parent value"), ttl=30)
+    other = make_cache()
+    ctx = multiprocessing.get_context("fork")
+    parent_end, child_end = ctx.Pipe()
+
+    def child() -> None:
+        fresh = Loader("child value")
+        ok = cache.wait_ready(5)
+        size_at_start = len(cache.local)
+        first = cache.get_or_load("k", fresh, ttl=30)  # L2 still holds the parent's fill
+        other.invalidate(keys=["k"])  # another "process" invalidates
+        _wait(lambda: cache.local.get("k") is None)
+        second = cache.get_or_load("k", fresh, ttl=30)
+        child_end.send((ok, size_at_start, first, second, fresh.calls, cache.origin))
+
+    with cache.local._lock:  # a lock held by some thread at fork time
+        process = ctx.Process(target=child)
+        process.start()
+    assert parent_end.poll(20), "child hung"
+    ok, size_at_start, first, second, calls, origin = parent_end.recv()
+    process.join(10)
+    assert ok
+    assert size_at_start == 0
+    assert first == "parent value"
+    assert second == "child value" and calls == 1
+    assert origin != cache.origin
+
+
+def test_a_negative_entry_promoted_from_l2_keeps_the_negative_ttl(make_cache):
+    first, second = make_cache(), make_cache()
+    first.get_or_load("gone", Loader(None), ttl=30, negative_ttl=0.3)
+    assert second.get_or_load("gone", Loader("unused"), ttl=30, negative_ttl=0.3) is None  # L2 hit, promoted
+    time.sleep(0.35)
+    assert second.get_or_load("gone", Loader("back"), ttl=30, negative_ttl=0.3) == "back"
