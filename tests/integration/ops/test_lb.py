@@ -56,7 +56,8 @@ class Load:
             worker.join(timeout=30)
 
 
-def test_requests_spread_evenly_across_instances(haproxy):
+def test_requests_spread_evenly_across_instances(lb):
+    haproxy = lb
     served: Counter[str] = Counter()
     with httpx.Client(base_url=haproxy.url, timeout=10) as client:
         for _ in range(400):
@@ -69,7 +70,8 @@ def test_requests_spread_evenly_across_instances(haproxy):
         assert abs(share - 0.5) <= 0.05, served
 
 
-def test_restarting_one_instance_under_load_fails_no_request(haproxy, web_pair, make_user):
+def test_restarting_one_instance_under_load_fails_no_request(lb, web_pair, transactional_db, make_user):
+    haproxy = lb
     from rest_framework.authtoken.models import Token
 
     token = Token.objects.create(user=make_user("lb-user"))
@@ -92,7 +94,8 @@ def test_restarting_one_instance_under_load_fails_no_request(haproxy, web_pair, 
     assert after > before, "web1 takes traffic again once HAProxy sees it healthy"
 
 
-def test_draining_an_instance_moves_new_requests_away(haproxy):
+def test_draining_an_instance_moves_new_requests_away(lb):
+    haproxy = lb
     haproxy.command("set server web/web1 state drain")
     try:
         with httpx.Client(base_url=haproxy.url, timeout=10) as client:
@@ -103,15 +106,23 @@ def test_draining_an_instance_moves_new_requests_away(haproxy):
     assert who == Counter({"web2": 40})
 
 
-def test_an_instance_that_is_not_ready_leaves_rotation(haproxy, web_pair):
+def test_an_instance_that_is_not_ready_leaves_rotation(lb, web_pair):
     # /readyz is HAProxy's health check: web2 answering 503 is taken out although its port is open.
+    haproxy = lb
     web2 = web_pair[1]
+    healthy_env = web2.env
     web2.stop()
-    web2.env = {**web2.env, "REDIS_URL": "redis://127.0.0.1:1/0"}
-    web2.start()
-    haproxy.wait_status("web2", "DOWN", timeout=15)
+    web2.env = {**healthy_env, "REDIS_URL": "redis://127.0.0.1:1/0"}
+    try:
+        web2.start()
+        haproxy.wait_status("web2", "DOWN", timeout=15)
 
-    with httpx.Client(base_url=haproxy.url, timeout=10) as client:
-        who = Counter(client.get("/healthz").json()["instance"] for _ in range(20))
+        with httpx.Client(base_url=haproxy.url, timeout=10) as client:
+            who = Counter(client.get("/healthz").json()["instance"] for _ in range(20))
+    finally:
+        web2.stop()
+        web2.env = healthy_env
+        web2.start()
+        haproxy.wait_status("web2", "UP", timeout=30)
 
     assert who == Counter({"web1": 20})

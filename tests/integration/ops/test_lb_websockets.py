@@ -68,8 +68,9 @@ class Client(threading.Thread):
                     self.seqs.append(frame["seq"])
 
 
-def test_websocket_clients_reconnect_and_resume_without_missing_an_event(haproxy, web_pair, user,
+def test_websocket_clients_reconnect_and_resume_without_missing_an_event(lb, web_pair, transactional_db, user,
                                                                          session_factory):
+    haproxy = lb
     from rest_framework.authtoken.models import Token
 
     token = Token.objects.create(user=user).key

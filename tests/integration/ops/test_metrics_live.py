@@ -92,7 +92,7 @@ def test_metrics_move_with_requests_tasks_and_dead_letters(live_fleet, staff_use
     httpx.get(f"{url}/api/v1/ops/queues/", headers=auth, timeout=30)  # first sample for the rates
 
     ok = canary_run_create(mode="ok", user=None)
-    failing = canary_run_create(mode="fail", user=None)
+    canary_run_create(mode="fail", user=None)
     _wait(lambda: CanaryRun.objects.get(pk=ok.pk).status == "succeeded", what="canary ok to succeed")
     _wait(lambda: DeadLetter.objects.filter(queue="maintenance").exists(), what="the failing canary's dead letter")
     for _ in range(3):
