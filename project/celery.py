@@ -29,6 +29,9 @@ from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.dev")
 
+# Imported for its before_task_publish hook: every message published by this
+# process (web, relay, beat) carries the correlation id and attempt headers.
+import workers.base  # noqa: E402, F401
 from workers.queues import (  # noqa: E402 - after the settings module is chosen
     PREFETCH_MULTIPLIER,
     TASKS_EXCHANGE,
