@@ -42,13 +42,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def asgi_server(transactional_db, subprocess_env):
+@pytest.fixture(scope="module")
+def asgi_server(django_db_setup, django_db_blocker, tmp_path_factory):
+    """One uvicorn for the module, on this run's test database, vhost and Redis prefix."""
+    import os
+
+    from django.conf import settings
+    from django.db import connection
+
+    db = connection.settings_dict
+    env = dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="project.settings.test",
+        TEST_RUN_ID=settings.TEST_RUN_ID,
+        DATABASE_URL=f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        CONTEXT_ENGINE_SKIP_DOTENV="1",
+        PYTHONPATH=str(REPO_ROOT),
+    )
     port = _free_port()
+    log = (tmp_path_factory.mktemp("uvicorn") / "server.log").open("w+b")
     uvicorn = str(Path(sys.executable).parent / "uvicorn")
     proc = subprocess.Popen(
         [uvicorn, "project.asgi:application", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
@@ -60,7 +76,8 @@ def asgi_server(transactional_db, subprocess_env):
             time.sleep(0.3)
     else:
         proc.kill()
-        pytest.fail(f"uvicorn did not start: {proc.stderr.read().decode()[-2000:]}")
+        log.seek(0)
+        pytest.fail(f"uvicorn did not start: {log.read().decode()[-2000:]}")
     yield base
     proc.terminate()
     try:
@@ -68,10 +85,11 @@ def asgi_server(transactional_db, subprocess_env):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    log.close()
 
 
 @pytest.mark.integration
-def test_client_processes_appending_at_once_get_gap_free_seq(asgi_server, make_user, api_client_for, user):
+def test_client_processes_appending_at_once_get_gap_free_seq(asgi_server, transactional_db, make_user, api_client_for, user):
     session = services.session_create(owner=user, title="processes")
     writers = [user]
     for i in range(3):
@@ -105,7 +123,7 @@ def test_client_processes_appending_at_once_get_gap_free_seq(asgi_server, make_u
 
 
 @pytest.mark.integration
-def test_errors_under_the_real_server(asgi_server, api_client_for, user):
+def test_errors_under_the_real_server(asgi_server, transactional_db, api_client_for, user):
     token = api_client_for(user)._credentials["HTTP_AUTHORIZATION"]
     session = services.session_create(owner=user, title="errors")
     with httpx.Client(base_url=asgi_server, headers={"Authorization": token}, timeout=10) as c:
