@@ -199,3 +199,61 @@ def test_admin_fleet_page_is_staff_only(client, user):
     client.force_login(user)
 
     assert client.get("/admin/ops/fleet/").status_code == 302
+
+
+@pytest.fixture
+def management_api(settings):
+    """A stand-in for RabbitMQ's management API (the shared broker has the plugin off)."""
+    import json as jsonlib
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen: list[tuple[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            seen.append((self.path, self.headers.get("Authorization", "")))
+            body = jsonlib.dumps({"name": "ai.batch", "messages_ready": 4,
+                                  "head_message_timestamp": int(time.time()) - 42,
+                                  "message_stats": {"publish_details": {"rate": 3.5},
+                                                    "deliver_get_details": {"rate": 1.25}}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    settings.RABBITMQ_MANAGEMENT_URL = f"http://127.0.0.1:{server.server_port}"
+    yield seen
+    server.shutdown()
+
+
+def test_management_api_gives_head_age_and_rates_when_configured(management_api, settings):
+    stat = fleet.QueueStat(name="ai.batch", kind="work", depth=4, consumers=0)
+
+    fleet._apply_management(stat, now=time.time())
+
+    assert stat.oldest_age_source == "management_api"
+    assert stat.oldest_age_seconds == pytest.approx(42, abs=2)
+    assert (stat.rate_in, stat.rate_out) == (3.5, 1.25)
+    path, auth = management_api[0]
+    vhost = settings.BROKER_URL.rsplit("/", 1)[1]
+    assert path == f"/api/queues/{vhost}/ai.batch"
+    assert auth.startswith("Basic ")
+
+
+def test_management_api_down_falls_back_to_own_figures(settings):
+    from tests.support.services import free_port
+
+    settings.RABBITMQ_MANAGEMENT_URL = f"http://127.0.0.1:{free_port()}"
+    stat = fleet.QueueStat(name="ai.batch", kind="work", depth=4, consumers=0, oldest_age_seconds=7.0,
+                           oldest_age_source="stalled_since")
+
+    fleet._apply_management(stat, now=time.time())
+
+    assert (stat.oldest_age_seconds, stat.oldest_age_source) == (7.0, "stalled_since")

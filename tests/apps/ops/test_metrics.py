@@ -116,3 +116,13 @@ def test_metrics_with_token(client, settings):
     settings.METRICS_TOKEN = "s3cret"
 
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret").status_code == 200
+
+
+@pytest.mark.django_db
+def test_outbox_lag_moves_when_events_wait_for_the_relay(client, session_factory):
+    before = _sample(client.get("/metrics").content.decode(), "ce_outbox_pending")
+
+    session_factory()  # writes session.created (and more) to the outbox; no relay runs here
+
+    after = _sample(client.get("/metrics").content.decode(), "ce_outbox_pending")
+    assert after > before
