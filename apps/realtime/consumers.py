@@ -130,9 +130,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
             joined = await presence.presence_join(
                 session_id=self.session_id, channel_name=self.channel_name, username=membership.username
             )
-            online = await presence.presence_online(session_id=self.session_id)
-            typing = await presence.typing_users(session_id=self.session_id)
-            ai_state = await presence.ai_state_get(session_id=self.session_id)
+            online, typing, ai_state = await presence.presence_hello(session_id=self.session_id)
         except Exception:
             logger.warning("websocket connect: Redis unavailable", exc_info=True)
             await self._cleanup()

@@ -74,10 +74,12 @@ def async_client() -> aioredis.Redis:
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
-        # A blocking pool: under a burst (1,000 sockets connecting) commands wait
-        # up to 2 s for a free connection instead of failing at redis-py's cap.
+        # A blocking pool: under a burst (1,000 sockets connecting on a busy
+        # loop, every command holding its connection until the loop reads the
+        # reply) commands wait up to 5 s for a connection instead of failing
+        # at redis-py's cap of 100.
         pool = aioredis.BlockingConnectionPool.from_url(
-            settings.REDIS_URL, max_connections=64, timeout=2.0, **_client_kwargs()
+            settings.REDIS_URL, max_connections=256, timeout=5.0, **_client_kwargs()
         )
         client = aioredis.Redis(connection_pool=pool)
         _async_clients[loop] = client
@@ -121,23 +123,37 @@ def _aggregate(conns: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{"user": user, "state": best[user]} for user in sorted(best)]
 
 
+async def _live_conns(*, session_id: Any, exclude: str | None = None) -> list[dict[str, str]]:
+    """The live connections' ``{"user", "state"}``, in one round trip."""
+    async with async_client().pipeline(transaction=False) as pipe:
+        pipe.zrangebyscore(presence_key(session_id), time.time(), "+inf")
+        pipe.hgetall(conns_key(session_id))
+        members, conns = await pipe.execute()
+    live = [m for m in members if m.decode() != exclude]
+    return _decode_conns(conns, live)
+
+
 async def presence_online(*, session_id: Any) -> list[dict[str, str]]:
     """Users with at least one live connection, each with their most present state."""
-    client = async_client()
-    members = await client.zrangebyscore(presence_key(session_id), time.time(), "+inf")
-    if not members:
-        return []
-    values = await client.hmget(conns_key(session_id), members)
-    return _aggregate(_decode_conns(values, members))
+    return _aggregate(await _live_conns(session_id=session_id))
+
+
+async def presence_hello(*, session_id: Any) -> tuple[list[dict[str, str]], list[str], str | None]:
+    """Online users, typing users and the AI state for a ``hello``, in one round trip."""
+    now = time.time()
+    async with async_client().pipeline(transaction=False) as pipe:
+        pipe.zrangebyscore(presence_key(session_id), now, "+inf")
+        pipe.hgetall(conns_key(session_id))
+        pipe.zrangebyscore(typing_key(session_id), now, "+inf")
+        pipe.get(ai_state_key(session_id))
+        members, conns, typing, ai_state = await pipe.execute()
+    online = _aggregate(_decode_conns(conns, members))
+    return online, sorted(m.decode() for m in typing), ai_state.decode() if ai_state else None
 
 
 async def _user_is_online(*, session_id: Any, username: str, exclude: str | None = None) -> bool:
-    online_conns = await async_client().zrangebyscore(presence_key(session_id), time.time(), "+inf")
-    members = [m for m in online_conns if m.decode() != exclude]
-    if not members:
-        return False
-    values = await async_client().hmget(conns_key(session_id), members)
-    return any(c.get("user") == username for c in _decode_conns(values, members))
+    conns = await _live_conns(session_id=session_id, exclude=exclude)
+    return any(c.get("user") == username for c in conns)
 
 
 async def presence_join(*, session_id: Any, channel_name: str, username: str, state: str = "active") -> bool:

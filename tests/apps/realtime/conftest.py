@@ -30,14 +30,14 @@ class Client:
     async def send(self, frame: dict[str, Any] | str) -> None:
         await self.comm.send_to(text_data=frame if isinstance(frame, str) else json.dumps(frame))
 
-    async def recv(self, timeout: float = 5) -> dict[str, Any]:
+    async def recv(self, timeout: float = 10) -> dict[str, Any]:
         if self.pending:
             return self.pending.pop(0)
         frame = json.loads(await self.comm.receive_from(timeout=timeout))
         self.seen.append(frame)
         return frame
 
-    async def recv_type(self, kind: str, timeout: float = 5, **match: Any) -> dict[str, Any]:
+    async def recv_type(self, kind: str, timeout: float = 10, **match: Any) -> dict[str, Any]:
         """The next frame of ``kind`` (and matching fields); other frames are kept for later."""
         skipped = []
         try:
@@ -49,7 +49,7 @@ class Client:
         finally:
             self.pending = skipped + self.pending
 
-    async def events(self, count: int, timeout: float = 5) -> list[dict[str, Any]]:
+    async def events(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
         return [await self.recv_type("event", timeout=timeout) for _ in range(count)]
 
     async def nothing(self, timeout: float = 0.3) -> bool:
@@ -65,7 +65,7 @@ class Client:
                 return False
         return True
 
-    async def closed_with(self, timeout: float = 5) -> int:
+    async def closed_with(self, timeout: float = 10) -> int:
         while True:
             output = await self.comm.receive_output(timeout=timeout)
             if output["type"] == "websocket.close":
@@ -89,7 +89,7 @@ async def open_client(
         target += f"?token={token}"
     headers = [(b"origin", origin.encode())] if origin else []
     comm = WebsocketCommunicator(websocket_application, target, headers=headers, subprotocols=subprotocols)
-    connected, subprotocol = await comm.connect(timeout=5)
+    connected, subprotocol = await comm.connect(timeout=10)
     assert connected, subprotocol
     client = Client(comm)
     client.subprotocol = subprotocol

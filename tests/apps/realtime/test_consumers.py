@@ -386,7 +386,7 @@ def test_vanished_connection_is_swept_and_announced(room, settings):
     async def scenario():
         alice = await open_client(room["sid"], room["alice_token"])
         assert alice.hello["online"] == [{"user": "alice", "state": "active"}]  # expired entries are not online
-        left = await alice.recv_type("presence", event="leave", user="bob", timeout=3)
+        left = await alice.recv_type("presence", event="leave", user="bob", timeout=10)
         assert left["online"] == [{"user": "alice", "state": "active"}]
         await alice.close()
 
@@ -499,7 +499,7 @@ def test_connection_recovers_when_redis_loses_group_membership(room, settings):
                       presence.conns_key(room["sid"]))
         client.close()
         await append_events(room["session"], room["alice"], "while-lost-1", "while-lost-2")
-        events = await bob.events(2, timeout=3)
+        events = await bob.events(2, timeout=10)
         assert [e["seq"] for e in events] == [1, 2]
         # Subscribed again: live delivery continues.
         await append_events(room["session"], room["alice"], "live")
