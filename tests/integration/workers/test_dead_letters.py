@@ -6,6 +6,7 @@ run's RabbitMQ vhost and PostgreSQL database.
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -63,8 +64,14 @@ def test_permanent_failure_is_dead_lettered_with_traceback_and_replay_records_th
 def test_transient_failure_is_retried_with_backoff_and_succeeds_without_a_dead_letter(fleet, rds):
     from apps.ops.models import DeadLetter
 
+    from apps.common.logging import set_correlation_id
+
     # when a task fails twice with a transient error (countdown retries on a quorum queue)
-    _send("test.flaky", tag="flaky", fail_times=2)
+    set_correlation_id("cid-flaky-1")
+    try:
+        task_id = _send("test.flaky", tag="flaky", fail_times=2)
+    finally:
+        set_correlation_id(None)
     wait_for(lambda: rds.sismember(probe_key("flaky", "done"), "ok"), timeout=60, message="flaky task done")
     # then it succeeded on the third attempt, each retry delayed by the backoff
     assert rds.get(probe_key("flaky", "attempts")) == "3"
@@ -72,6 +79,12 @@ def test_transient_failure_is_retried_with_backoff_and_succeeds_without_a_dead_l
     assert all(later - earlier >= 0.9 for earlier, later in zip(times, times[1:], strict=False)), times
     time.sleep(1.0)
     assert not DeadLetter.objects.exists()
+    # and the worker's structured log lines carry the task id and the publisher's correlation id
+    retries = [json.loads(line) for line in fleet["worker"].log().splitlines()
+               if line.startswith("{") and '"task retry' in line and task_id in line]
+    assert len(retries) == 2, retries
+    assert all(r["correlation_id"] == "cid-flaky-1" and r["task_id"] == task_id for r in retries)
+    assert [r["attempt"] for r in retries] == [1, 2]
     # and native delayed delivery was set up on every queue (quorum queues, topic exchange)
     log = fleet["worker"].log()
     assert "delayed delivery" not in log.lower() or "Failed" not in log, log[-3000:]
