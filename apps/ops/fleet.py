@@ -360,6 +360,9 @@ def queue_stat_compute(
                 delivered = max(0, archived_delta)
             else:
                 stat.notes.append("DLQ drain rate unknown (no archived count); rate_in is the net change")
+        elif kind == "events":
+            stat.notes.append("drained by the subscriber runner, which keeps no delivery counter: "
+                              "rate_out is unknown (0) and rate_in is the net change")
         stat.rate_out = delivered / dt
         stat.rate_in = max(0.0, (current.depth - base.depth) + delivered) / dt
         done = current.finished - base.finished
