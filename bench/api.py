@@ -146,8 +146,7 @@ async def _open_loop(port: int, request: bytes, rate: float, duration: float, ma
     elapsed = time.perf_counter() - start
     while not pool.empty():
         pool.get_nowait()[1].close()
-    return {"count": len(latencies), "errors": errors, "seconds": elapsed, "latencies": latencies,
-            "target_rate": rate}
+    return {"count": len(latencies), "errors": errors, "seconds": elapsed, "latencies": latencies, "target_rate": rate}
 
 
 def loadgen_main(spec: dict) -> None:
@@ -157,19 +156,18 @@ def loadgen_main(spec: dict) -> None:
         uvloop.install()
     except ImportError:
         pass
-    request = build_request(spec["method"], spec["path"], spec.get("token"),
-                            spec["body"].encode() if spec.get("body") is not None else None)
+    request = build_request(
+        spec["method"], spec["path"], spec.get("token"), spec["body"].encode() if spec.get("body") is not None else None
+    )
     if spec["mode"] == "closed":
-        result = asyncio.run(_closed_loop(spec["port"], request, spec["concurrency"], spec["duration"],
-                                          spec["warmup"]))
+        result = asyncio.run(_closed_loop(spec["port"], request, spec["concurrency"], spec["duration"], spec["warmup"]))
     else:
         result = asyncio.run(_open_loop(spec["port"], request, spec["rate"], spec["duration"], spec["max_conns"]))
     print(json.dumps(result))
 
 
 def run_load(**spec: Any) -> dict:
-    proc = subprocess.run([PY, __file__, "--loadgen", json.dumps(spec)], capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([PY, __file__, "--loadgen", json.dumps(spec)], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed: {proc.stderr[-2000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -210,8 +208,7 @@ def psql(sql: str, env: dict[str, str]) -> None:
 
     url = urlsplit(env["DATABASE_URL"])
     admin = f"{url.scheme}://{url.netloc}/postgres"
-    subprocess.run(["psql", admin, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql], check=True, env=env,
-                   capture_output=True)
+    subprocess.run(["psql", admin, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql], check=True, env=env, capture_output=True)
 
 
 def setup_data(env: dict[str, str]) -> dict[str, Any]:
@@ -257,12 +254,15 @@ def wait_http(port: int, timeout: float = 60) -> None:
 def sweep(port: int, path: str, token: str | None, levels: list[int], seconds: float) -> tuple[dict, list[dict]]:
     rows = []
     for c in levels:
-        r = run_load(mode="closed", port=port, method="GET", path=path, token=token, concurrency=c,
-                     duration=seconds, warmup=0.5)
+        r = run_load(
+            mode="closed", port=port, method="GET", path=path, token=token, concurrency=c, duration=seconds, warmup=0.5
+        )
         r["concurrency"] = c
         rows.append(r)
-        print(f"  {path[:40]:40s} c={c:3d}  {r['rps']:8.1f} req/s  p50 {r['p50']:6.2f} ms  p95 {r['p95']:6.2f} ms"
-              f"  errors {r['errors']}")
+        print(
+            f"  {path[:40]:40s} c={c:3d}  {r['rps']:8.1f} req/s  p50 {r['p50']:6.2f} ms  p95 {r['p95']:6.2f} ms"
+            f"  errors {r['errors']}"
+        )
     return max(rows, key=lambda r: r["rps"]), rows
 
 
@@ -298,10 +298,26 @@ def main() -> None:
         data = setup_data(env)
         port = free_port()
         server = subprocess.Popen(
-            [str(Path(PY).parent / "uvicorn"), "project.asgi:application", "--host", "127.0.0.1", "--port",
-             str(port), "--workers", "1", "--log-level", "warning", "--no-access-log", "--http", "httptools",
-             "--loop", "uvloop"],
-            cwd=REPO, env=env, start_new_session=True,
+            [
+                str(Path(PY).parent / "uvicorn"),
+                "project.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--log-level",
+                "warning",
+                "--no-access-log",
+                "--http",
+                "httptools",
+                "--loop",
+                "uvloop",
+            ],
+            cwd=REPO,
+            env=env,
+            start_new_session=True,
         )
         wait_http(port)
         token = data["token"]
@@ -313,24 +329,57 @@ def main() -> None:
         snap_peak, snap_rows = sweep(port, snapshot_path, token, levels, phase)
         target = 0.7 * snap_peak["rps"]
         print(f"snapshot open loop at 70% of peak = {target:.0f} req/s:")
-        at70 = run_load(mode="open", port=port, method="GET", path=snapshot_path, token=token, rate=target,
-                        duration=phase * 2.5, max_conns=64)
-        print(f"  achieved {at70['rps']:.1f} req/s  p50 {at70['p50']:.2f}  p95 {at70['p95']:.2f}"
-              f"  p99 {at70['p99']:.2f} ms  errors {at70['errors']}")
+        at70 = run_load(
+            mode="open",
+            port=port,
+            method="GET",
+            path=snapshot_path,
+            token=token,
+            rate=target,
+            duration=phase * 2.5,
+            max_conns=64,
+        )
+        print(
+            f"  achieved {at70['rps']:.1f} req/s  p50 {at70['p50']:.2f}  p95 {at70['p95']:.2f}"
+            f"  p99 {at70['p99']:.2f} ms  errors {at70['errors']}"
+        )
 
         single_body = json.dumps({"event_type": "context_update", "data": {"text": "one more line of context"}})
-        batch_body = json.dumps({"events": [{"event_type": "context_update", "data": {"text": f"line {i}"}}
-                                            for i in range(100)]})
+        batch_body = json.dumps(
+            {"events": [{"event_type": "context_update", "data": {"text": f"line {i}"}} for i in range(100)]}
+        )
         print("appends:")
-        single = run_load(mode="closed", port=port, method="POST", path=f"/api/v1/sessions/{data['single']}/events/",
-                          token=token, body=single_body, concurrency=8, duration=phase * 1.5, warmup=0.5)
-        batch = run_load(mode="closed", port=port, method="POST", path=f"/api/v1/sessions/{data['batch']}/events/",
-                         token=token, body=batch_body, concurrency=4, duration=phase * 1.5, warmup=0.5)
+        single = run_load(
+            mode="closed",
+            port=port,
+            method="POST",
+            path=f"/api/v1/sessions/{data['single']}/events/",
+            token=token,
+            body=single_body,
+            concurrency=8,
+            duration=phase * 1.5,
+            warmup=0.5,
+        )
+        batch = run_load(
+            mode="closed",
+            port=port,
+            method="POST",
+            path=f"/api/v1/sessions/{data['batch']}/events/",
+            token=token,
+            body=batch_body,
+            concurrency=4,
+            duration=phase * 1.5,
+            warmup=0.5,
+        )
         single_eps, batch_eps = single["rps"], batch["rps"] * 100
-        print(f"  single: {single['rps']:.1f} req/s = {single_eps:.0f} events/s  p50 {single['p50']:.2f}"
-              f"  p95 {single['p95']:.2f}  p99 {single['p99']:.2f} ms  errors {single['errors']}")
-        print(f"  batch100: {batch['rps']:.1f} req/s = {batch_eps:.0f} events/s  p50 {batch['p50']:.2f}"
-              f"  p95 {batch['p95']:.2f}  p99 {batch['p99']:.2f} ms  errors {batch['errors']}")
+        print(
+            f"  single: {single['rps']:.1f} req/s = {single_eps:.0f} events/s  p50 {single['p50']:.2f}"
+            f"  p95 {single['p95']:.2f}  p99 {single['p99']:.2f} ms  errors {single['errors']}"
+        )
+        print(
+            f"  batch100: {batch['rps']:.1f} req/s = {batch_eps:.0f} events/s  p50 {batch['p50']:.2f}"
+            f"  p95 {batch['p95']:.2f}  p99 {batch['p99']:.2f} ms  errors {batch['errors']}"
+        )
     finally:
         if server is not None:
             os.killpg(server.pid, signal.SIGTERM)
@@ -366,8 +415,10 @@ def main() -> None:
 
 def write_results(v: dict[str, Any]) -> None:
     def row(name: str, r: dict, extra: str = "") -> str:
-        return (f"| {name} | {r.get('concurrency', '-')} | {r['rps']:.1f} | {r['p50']:.2f} | {r['p95']:.2f} | "
-                f"{r['p99']:.2f} | {r['errors']} | {extra} |")
+        return (
+            f"| {name} | {r.get('concurrency', '-')} | {r['rps']:.1f} | {r['p50']:.2f} | {r['p95']:.2f} | "
+            f"{r['p99']:.2f} | {r['errors']} | {extra} |"
+        )
 
     lines = [
         "# REST API benchmark",

@@ -4,7 +4,8 @@ same middleware stack, no DRF, no auth, no database."""
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
-from project.urls import handler400, handler404, handler500, urlpatterns as project_urlpatterns  # noqa: F401
+from project.urls import handler400, handler404, handler500  # noqa: F401
+from project.urls import urlpatterns as project_urlpatterns
 
 
 def bare(request: HttpRequest) -> JsonResponse:

@@ -23,15 +23,23 @@ def run_manage(*args: str, **variables: str) -> subprocess.CompletedProcess:
         **variables,
     }
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=REPO_ROOT, env=environment, capture_output=True, text=True,
+        [sys.executable, "manage.py", *args],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
 
 
 def test_prod_passes_check_deploy_with_no_warnings():
     result = run_manage(
-        "check", "--deploy", "--fail-level", "WARNING",
-        SECRET_KEY=secrets.token_urlsafe(64), ALLOWED_HOSTS="api.example.com",
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        SECRET_KEY=secrets.token_urlsafe(64),
+        ALLOWED_HOSTS="api.example.com",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout

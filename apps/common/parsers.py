@@ -65,15 +65,15 @@ class JSONParser(BaseParser):
             # which imports this parser through the DRF settings.
             from apps.common.exceptions import PayloadTooLarge
 
-            raise PayloadTooLarge(
-                "Request body is too large.", details={"max_bytes": limit}
-            )
+            raise PayloadTooLarge("Request body is too large.", details={"max_bytes": limit})
         encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
         try:
             text = codecs.decode(raw, encoding)
             data = json.loads(text, parse_constant=_reject_constant)
         except (ValueError, RecursionError) as exc:
             # RecursionError: a body of nothing but '[' is valid UTF-8 and 1 MB deep.
-            raise ParseError(f"JSON parse error - {exc}" if isinstance(exc, ValueError) else "JSON nests too deep.") from exc
+            raise ParseError(
+                f"JSON parse error - {exc}" if isinstance(exc, ValueError) else "JSON nests too deep."
+            ) from exc
         check_storable(data)
         return data

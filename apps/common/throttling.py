@@ -68,7 +68,9 @@ class _RedisThrottle(BaseThrottle):
 
     def allow_request(self, request: Request, view: Any) -> bool:
         rates = api_settings.DEFAULT_THROTTLE_RATES
-        checks = [(scope, ident, *parse_rate(rates[scope])) for scope, ident in self.limits(request) if rates.get(scope)]
+        checks = [
+            (scope, ident, *parse_rate(rates[scope])) for scope, ident in self.limits(request) if rates.get(scope)
+        ]
         if not checks:
             return True
         now = time.time()

@@ -101,8 +101,17 @@ class IdempotencyKeyAdmin(admin.ModelAdmin):
     list_display = ("key", "user", "scope", "status", "response_status", "created_at")
     list_filter = ("status", "created_at")
     search_fields = ("key", "user__username", "scope")
-    readonly_fields = ("key", "user", "scope", "request_hash", "status", "response_status", "response_body",
-                       "created_at", "updated_at")
+    readonly_fields = (
+        "key",
+        "user",
+        "scope",
+        "request_hash",
+        "status",
+        "response_status",
+        "response_body",
+        "created_at",
+        "updated_at",
+    )
     list_select_related = ("user",)
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -33,6 +33,7 @@ from apps.context import idempotency, selectors, services
 from apps.context.models import ContextEvent, Participant, Session
 from apps.context.services import EventInput
 
+
 def _errors(*codes: int) -> dict:
     # Any request may be rate limited (429).
     return error_responses(*sorted({*codes, 429}))
@@ -345,7 +346,7 @@ class EventAppendApi(APIView):
             ),
             **_errors(400, 401, 403, 404, 409, 413, 422),
         },
-        description="One event `{event_type, data, client_msg_id?}` or a batch `{\"events\": [...]}` "
+        description='One event `{event_type, data, client_msg_id?}` or a batch `{"events": [...]}` '
         "(at most EVENT_BATCH_MAX, default 500), all or nothing. Events whose `client_msg_id` "
         "is already stored come back as stored instead of being written again.",
     )
@@ -457,4 +458,3 @@ class EventCollectionApi(EventListApi, EventAppendApi):
 
 class PreferencesApi(PreferencesGetApi, PreferencesPutApi):
     pass
-

@@ -85,7 +85,9 @@ def _claim(*, user: AbstractBaseUser, key: str, scope: str, fingerprint: str) ->
                 details={"header": HEADER},
             )
         if existing.status == IdempotencyKey.Status.COMPLETED:
-            return IdempotentResponse(status=existing.response_status or 200, body=existing.response_body, replayed=True)
+            return IdempotentResponse(
+                status=existing.response_status or 200, body=existing.response_body, replayed=True
+            )
         if existing.updated_at < now - _lock_timeout():
             # Abandoned by a crashed request: take it over, but only one taker wins.
             taken = IdempotencyKey.objects.filter(pk=existing.pk, updated_at=existing.updated_at).update(updated_at=now)

@@ -31,8 +31,11 @@ def test_wrong_method_is_405(api_client, session_factory):
 
 
 def test_non_json_body_is_415(api_client):
-    assert_error(raw(api_client, "/api/v1/sessions/", "title=x", "application/x-www-form-urlencoded"), 415,
-                 "unsupported_media_type")
+    assert_error(
+        raw(api_client, "/api/v1/sessions/", "title=x", "application/x-www-form-urlencoded"),
+        415,
+        "unsupported_media_type",
+    )
     assert Session.objects.count() == 0
 
 
@@ -60,8 +63,11 @@ def test_deep_but_parseable_json_is_400(roles):
     for _ in range(100):
         cursor["a"] = {}
         cursor = cursor["a"]
-    assert_error(r["clients"]["owner"].post(url(r["session"], "events/"), {"event_type": "note", "data": nested},
-                                            format="json"), 400, "malformed_request")
+    assert_error(
+        r["clients"]["owner"].post(url(r["session"], "events/"), {"event_type": "note", "data": nested}, format="json"),
+        400,
+        "malformed_request",
+    )
     assert ContextEvent.objects.count() == 0
 
 
@@ -69,8 +75,9 @@ def test_deep_but_parseable_json_is_400(roles):
 def test_oversized_body_is_413(roles):
     r = roles()
     body = {"event_type": "note", "data": {"t": "x" * 2000}}
-    assert_error(r["clients"]["owner"].post(url(r["session"], "events/"), body, format="json"), 413,
-                 "payload_too_large")
+    assert_error(
+        r["clients"]["owner"].post(url(r["session"], "events/"), body, format="json"), 413, "payload_too_large"
+    )
     assert ContextEvent.objects.count() == 0
 
 

@@ -56,8 +56,10 @@ def test_repeated_client_msg_id_returns_the_stored_event(roles):
         ({"events": [{"event_type": "note"}], "also": 1}, "invalid"),
         ([{"event_type": "note"}], "invalid"),
         ({"events": [{"event_type": "note"}, {"event_type": "note", "data": 3}]}, "invalid"),
-        ({"events": [{"event_type": "note", "client_msg_id": "a"}, {"event_type": "note", "client_msg_id": "a"}]},
-         "invalid"),
+        (
+            {"events": [{"event_type": "note", "client_msg_id": "a"}, {"event_type": "note", "client_msg_id": "a"}]},
+            "invalid",
+        ),
     ],
 )
 def test_bad_events_get_400_and_nothing_is_written(roles, body, code):
@@ -89,8 +91,11 @@ def test_batch_over_the_limit_is_refused(roles):
 @override_settings(EVENT_DATA_MAX_BYTES=100)
 def test_oversized_event_data_is_refused(roles):
     r = roles()
-    assert_error(post(r["clients"]["owner"], r["session"], {"event_type": "note", "data": {"t": "x" * 200}}), 400,
-                 "event_too_large")
+    assert_error(
+        post(r["clients"]["owner"], r["session"], {"event_type": "note", "data": {"t": "x" * 200}}),
+        400,
+        "event_too_large",
+    )
 
 
 def test_roles_for_append(roles):
@@ -142,8 +147,11 @@ def test_idempotency_other_body_gets_422(roles):
     r = roles()
     c, s = r["clients"]["owner"], r["session"]
     post(c, s, {"event_type": "note", "data": {"i": 1}}, **{"Idempotency-Key": "k-2"})
-    assert_error(post(c, s, {"event_type": "note", "data": {"i": 2}}, **{"Idempotency-Key": "k-2"}), 422,
-                 "idempotency_key_reused")
+    assert_error(
+        post(c, s, {"event_type": "note", "data": {"i": 2}}, **{"Idempotency-Key": "k-2"}),
+        422,
+        "idempotency_key_reused",
+    )
     assert ContextEvent.objects.filter(session=s).count() == 1
 
 
@@ -155,7 +163,9 @@ def test_idempotency_key_in_progress_gets_409(roles):
     from apps.context.idempotency import request_fingerprint
 
     IdempotencyKey.objects.create(
-        user=r["users"]["owner"], key="k-3", scope=f"POST {url(s, 'events/')}",
+        user=r["users"]["owner"],
+        key="k-3",
+        scope=f"POST {url(s, 'events/')}",
         request_hash=request_fingerprint(scope=f"POST {url(s, 'events/')}", payload=body),
     )
     assert_error(post(c, s, body, **{"Idempotency-Key": "k-3"}), 409, "idempotency_key_in_progress")
@@ -181,5 +191,8 @@ def test_idempotency_keys_are_per_user(roles):
 
 def test_invalid_idempotency_key_is_refused(roles):
     r = roles()
-    assert_error(post(r["clients"]["owner"], r["session"], {"event_type": "note"}, **{"Idempotency-Key": "x" * 256}),
-                 400, "invalid_idempotency_key")
+    assert_error(
+        post(r["clients"]["owner"], r["session"], {"event_type": "note"}, **{"Idempotency-Key": "x" * 256}),
+        400,
+        "invalid_idempotency_key",
+    )

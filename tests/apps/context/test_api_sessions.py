@@ -146,9 +146,10 @@ def test_participants_list_add_change_remove_and_leave(roles, make_user):
     carol = make_user("carol")
     added = c["owner"].post(url(s, "participants/"), {"username": "carol", "role": "viewer"}, format="json")
     assert added.status_code == 201 and added.json()["role"] == "viewer"
-    assert c["owner"].post(url(s, "participants/"), {"username": "carol", "role": "editor"}, format="json").json()[
-        "role"
-    ] == "editor"
+    assert (
+        c["owner"].post(url(s, "participants/"), {"username": "carol", "role": "editor"}, format="json").json()["role"]
+        == "editor"
+    )
     assert_error(c["editor"].post(url(s, "participants/"), {"username": "carol", "role": "viewer"}, format="json"), 403)
     assert_error(c["owner"].post(url(s, "participants/"), {"username": "carol", "role": "owner"}, format="json"), 400)
     assert_error(c["owner"].post(url(s, "participants/"), {"username": "ghost", "role": "viewer"}, format="json"), 400)
@@ -182,7 +183,8 @@ def test_preferences_get_defaults_and_put_replaces(api_client):
     defaults = api_client.get("/api/v1/preferences/").json()
     assert defaults["ai_enabled"] is True and defaults["suggestion_kinds"] == [] and defaults["data"] == {}
     put = api_client.put(
-        "/api/v1/preferences/", {"ai_enabled": False, "suggestion_kinds": ["next_action"], "data": {"x": 1}},
+        "/api/v1/preferences/",
+        {"ai_enabled": False, "suggestion_kinds": ["next_action"], "data": {"x": 1}},
         format="json",
     )
     assert put.status_code == 200 and put.json()["ai_enabled"] is False

@@ -55,7 +55,9 @@ def asgi_server(django_db_setup, django_db_blocker, tmp_path_factory):
         os.environ,
         DJANGO_SETTINGS_MODULE="project.settings.test",
         TEST_RUN_ID=settings.TEST_RUN_ID,
-        DATABASE_URL=f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        DATABASE_URL=(
+            f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+        ),
         CONTEXT_ENGINE_SKIP_DOTENV="1",
         PYTHONPATH=str(REPO_ROOT),
     )
@@ -64,7 +66,10 @@ def asgi_server(django_db_setup, django_db_blocker, tmp_path_factory):
     uvicorn = str(Path(sys.executable).parent / "uvicorn")
     proc = subprocess.Popen(
         [uvicorn, "project.asgi:application", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
@@ -89,7 +94,9 @@ def asgi_server(django_db_setup, django_db_blocker, tmp_path_factory):
 
 
 @pytest.mark.integration
-def test_client_processes_appending_at_once_get_gap_free_seq(asgi_server, transactional_db, make_user, api_client_for, user):
+def test_client_processes_appending_at_once_get_gap_free_seq(
+    asgi_server, transactional_db, make_user, api_client_for, user
+):
     session = services.session_create(owner=user, title="processes")
     writers = [user]
     for i in range(3):
@@ -100,9 +107,20 @@ def test_client_processes_appending_at_once_get_gap_free_seq(asgi_server, transa
     rounds = 10
     clients = [
         subprocess.Popen(
-            [sys.executable, "-c", CLIENT, asgi_server, token, str(session.pk), str(n), str(rounds),
-             "same-key" if n == 0 else "-"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-c",
+                CLIENT,
+                asgi_server,
+                token,
+                str(session.pk),
+                str(n),
+                str(rounds),
+                "same-key" if n == 0 else "-",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for n, token in enumerate(tokens)
     ]
@@ -131,8 +149,11 @@ def test_errors_under_the_real_server(asgi_server, transactional_db, api_client_
         assert c.get("/api/v1/unknown/").json()["code"] == "not_found"
         bad = c.post(events, content=b"{oops", headers={"Content-Type": "application/json"})
         assert bad.status_code == 400 and bad.json()["code"] == "malformed_request"
-        big = c.post(events, content=b'{"event_type":"note","data":{"t":"' + b"x" * 1_100_000 + b'"}}',
-                     headers={"Content-Type": "application/json"})
+        big = c.post(
+            events,
+            content=b'{"event_type":"note","data":{"t":"' + b"x" * 1_100_000 + b'"}}',
+            headers={"Content-Type": "application/json"},
+        )
         assert big.status_code == 413 and big.json()["code"] == "payload_too_large"
         first = c.post(events, json={"event_type": "note"}, headers={"Idempotency-Key": "k"})
         again = c.post(events, json={"event_type": "note"}, headers={"Idempotency-Key": "k"})

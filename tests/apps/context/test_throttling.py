@@ -58,9 +58,13 @@ def test_login_attempts_are_limited_per_ip(user):
     with override_settings(REST_FRAMEWORK=rates(login="2/min")):
         client = APIClient()
         for _ in range(2):
-            assert client.post("/api/v1/auth/token/", {"username": "alice", "password": "x"}, format="json").status_code == 400
-        assert_error(client.post("/api/v1/auth/token/", {"username": "alice", "password": "pw-Secret-123"},
-                                 format="json"), 429)
+            assert (
+                client.post("/api/v1/auth/token/", {"username": "alice", "password": "x"}, format="json").status_code
+                == 400
+            )
+        assert_error(
+            client.post("/api/v1/auth/token/", {"username": "alice", "password": "pw-Secret-123"}, format="json"), 429
+        )
 
 
 def test_redis_down_lets_requests_through(api_client):

@@ -28,7 +28,9 @@ class Command(BaseCommand):
         try:
             username = field.clean(username, None)
         except Exception as exc:  # ValidationError: say which rule failed
-            raise CommandError(f"Invalid username {username!r}: {' '.join(getattr(exc, 'messages', [str(exc)]))}") from exc
+            raise CommandError(
+                f"Invalid username {username!r}: {' '.join(getattr(exc, 'messages', [str(exc)]))}"
+            ) from exc
         with transaction.atomic():
             user, created = user_model.objects.get_or_create(**{user_model.USERNAME_FIELD: username})
             if created:
@@ -39,5 +41,7 @@ class Command(BaseCommand):
             if created or staff:
                 user.save()
             token, _ = Token.objects.get_or_create(user=user)
-        self.stdout.write(f"{'Created' if created else 'Found'} user {username!r}{' (staff)' if user.is_staff else ''}.")
+        self.stdout.write(
+            f"{'Created' if created else 'Found'} user {username!r}{' (staff)' if user.is_staff else ''}."
+        )
         self.stdout.write(token.key)
