@@ -362,8 +362,8 @@ def queue_stat_compute(
                 stat.notes.append("DLQ drain rate unknown (no archived count); rate_in is the net change")
         elif kind == "events":
             stat.notes.append("drained by the subscriber runner, which keeps no delivery counter: "
-                              "rate_out is unknown (0) and rate_in is the net change")
-        stat.rate_out = delivered / dt
+                              "rate_out is unknown and rate_in is the net change")
+        stat.rate_out = delivered / dt if kind != "events" else None
         stat.rate_in = max(0.0, (current.depth - base.depth) + delivered) / dt
         done = current.finished - base.finished
         if done > 0:
