@@ -41,8 +41,11 @@ up: setup
 	@echo "    admin        http://$(WEB_HOST):$(WEB_PORT)/admin/"
 	@echo "    WebSocket    ws://$(WEB_HOST):$(WEB_PORT)/ws/sessions/<id>/?token=<token>"
 	@echo "    health       http://$(WEB_HOST):$(WEB_PORT)/readyz  metrics http://$(WEB_HOST):$(WEB_PORT)/metrics"
+	@echo "    fleet        http://$(WEB_HOST):$(WEB_PORT)/admin/ops/fleet/  (API: /api/v1/ops/queues/, /api/v1/ops/report/)"
 	@echo ""
-	exec $(BIN)/honcho start -f Procfile
+	@# Every process writes its metrics here and /metrics merges them (apps/ops/metrics.py); stale files go first.
+	@rm -rf run/prometheus && mkdir -p run/prometheus
+	PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/run/prometheus exec $(BIN)/honcho start -f Procfile
 
 test: install
 	$(BIN)/python -m project.bootstrap --for-tests
