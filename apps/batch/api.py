@@ -29,9 +29,23 @@ class JobRunOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = JobRun
         fields = (
-            "id", "job_name", "parameters", "status", "trigger", "progress_done", "progress_total", "checkpoint",
-            "result", "resume_count", "resumed_from", "started_at", "heartbeat_at", "finished_at", "duration_s",
-            "error", "worker",
+            "id",
+            "job_name",
+            "parameters",
+            "status",
+            "trigger",
+            "progress_done",
+            "progress_total",
+            "checkpoint",
+            "result",
+            "resume_count",
+            "resumed_from",
+            "started_at",
+            "heartbeat_at",
+            "finished_at",
+            "duration_s",
+            "error",
+            "worker",
         )
 
 

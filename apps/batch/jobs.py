@@ -236,8 +236,9 @@ def job_execute(
             while True:
                 with transaction.atomic():
                     step = job.step(params=cleaned, checkpoint=dict(run.checkpoint), run=run)
-                    run = services.job_run_progress(run=run, step_done=step.done, checkpoint=step.checkpoint,
-                                                    result=step.result)
+                    run = services.job_run_progress(
+                        run=run, step_done=step.done, checkpoint=step.checkpoint, result=step.result
+                    )
                 if on_progress:
                     on_progress(run)
                 if step.finished:

@@ -138,7 +138,9 @@ def user_activity(*, day: date, user_ids: list[int]) -> dict[int, dict[str, int]
         for uid in memberships[row["session_id"]]:
             rows[uid]["suggestions_shown"] += row["n"]
     for row in (
-        SuggestionFeedback.objects.filter(user_id__in=user_ids, verdict="accept", created_at__gte=start, created_at__lt=end)
+        SuggestionFeedback.objects.filter(
+            user_id__in=user_ids, verdict="accept", created_at__gte=start, created_at__lt=end
+        )
         .values("user_id")
         .annotate(n=Count("id"))
         .order_by()
@@ -181,9 +183,9 @@ def activity_stats(
     if user_id is None and session_id is None:
         result["top_sessions"] = [
             {"session_id": str(row["session_id"]), **{f: row[f] or 0 for f in fields}}
-            for row in qs.values("session_id").annotate(**{f: Sum(f) for f in fields}).order_by("-events", "session_id")[
-                :top
-            ]
+            for row in qs.values("session_id")
+            .annotate(**{f: Sum(f) for f in fields})
+            .order_by("-events", "session_id")[:top]
         ]
     return result
 
@@ -228,9 +230,9 @@ def action_sequences_by_session(*, max_sessions: int) -> list[tuple[str, list[st
 
     with_actions = ContextEvent.objects.filter(event_type=ContextEvent.EventType.USER_ACTION).values("session_id")
     session_ids = list(
-        Session.objects.filter(pk__in=with_actions).order_by("-last_activity_at", "pk").values_list("pk", flat=True)[
-            :max_sessions
-        ]
+        Session.objects.filter(pk__in=with_actions)
+        .order_by("-last_activity_at", "pk")
+        .values_list("pk", flat=True)[:max_sessions]
     )
     sequences: dict[str, list[str]] = {}
     rows = (
@@ -265,12 +267,15 @@ def accepted_next_action_examples(*, context: int) -> list[tuple[str, list[str],
         if not isinstance(action, str) or not action:
             continue
         recent = (
-            ContextEvent.objects.filter(session_id=session_id, event_type=ContextEvent.EventType.USER_ACTION,
-                                        seq__lte=trigger_seq)
+            ContextEvent.objects.filter(
+                session_id=session_id, event_type=ContextEvent.EventType.USER_ACTION, seq__lte=trigger_seq
+            )
             .order_by("-seq")
             .values_list("data", flat=True)[:context]
         )
-        prefix = [d["action"] for d in reversed(list(recent)) if isinstance(d, dict) and isinstance(d.get("action"), str)]
+        prefix = [
+            d["action"] for d in reversed(list(recent)) if isinstance(d, dict) and isinstance(d.get("action"), str)
+        ]
         if prefix:
             examples.append((str(session_id), prefix, action))
     return examples

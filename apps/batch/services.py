@@ -75,7 +75,10 @@ def job_run_progress(
             merged[key] = value
     now = timezone.now()
     JobRun.objects.filter(pk=run.pk).update(
-        progress_done=F("progress_done") + step_done, checkpoint=checkpoint, result=merged, heartbeat_at=now,
+        progress_done=F("progress_done") + step_done,
+        checkpoint=checkpoint,
+        result=merged,
+        heartbeat_at=now,
         updated_at=now,
     )
     run.progress_done += step_done

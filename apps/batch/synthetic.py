@@ -111,8 +111,9 @@ def training_data_generate(
     sequences = action_sessions(config)
     for index, actions in enumerate(sequences):
         owner = people[index % len(people)]
-        session = session_create(owner=owner, title=f"synthetic session {index}",
-                                 metadata={"synthetic": True, "seed": config.seed})
+        session = session_create(
+            owner=owner, title=f"synthetic session {index}", metadata={"synthetic": True, "seed": config.seed}
+        )
         events: list[EventInput] = []
         for n, action in enumerate(actions, start=1):
             events.append(EventInput("user_action", {"action": action, "target": f"doc-{rng.randrange(50)}"}))

@@ -42,8 +42,9 @@ class SessionExpiryJob(Job):
         # a resumed run closes exactly the sessions the first attempt would have.
         cutoff = checkpoint.get("cutoff") or (timezone.now() - timedelta(minutes=idle)).isoformat()
         idle_before = datetime.fromisoformat(cutoff)
-        ids = context_selectors.session_idle_ids(idle_before=idle_before, after=checkpoint.get("after"),
-                                                 limit=params["chunk_size"])
+        ids = context_selectors.session_idle_ids(
+            idle_before=idle_before, after=checkpoint.get("after"), limit=params["chunk_size"]
+        )
         closed = sum(1 for sid in ids if context_services.session_expire_idle(session_id=sid, idle_before=idle_before))
         return Step(
             done=len(ids),
@@ -86,13 +87,15 @@ class RetentionPurgeJob(Job):
         if target == "dead_letters":
             from apps.ops.services import dead_letter_purge
 
-            deleted = dead_letter_purge(older_than=now - timedelta(days=days("dead_letter_days",
-                                                                             "RETENTION_DEAD_LETTER_DAYS")))
+            deleted = dead_letter_purge(
+                older_than=now - timedelta(days=days("dead_letter_days", "RETENTION_DEAD_LETTER_DAYS"))
+            )
         elif target == "outbox":
             from apps.eventbus.services import outbox_purge_published
 
-            deleted = outbox_purge_published(older_than=now - timedelta(days=days("outbox_days",
-                                                                                  "RETENTION_OUTBOX_DAYS")))
+            deleted = outbox_purge_published(
+                older_than=now - timedelta(days=days("outbox_days", "RETENTION_OUTBOX_DAYS"))
+            )
         else:
             deleted = batch_services.job_run_purge(
                 older_than=now - timedelta(days=days("job_run_days", "RETENTION_JOB_RUN_DAYS"))

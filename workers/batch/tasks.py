@@ -36,28 +36,45 @@ def run_job_task(task_self: Any, job_name: str, params: dict[str, Any] | None, t
     return {"run_id": str(run.id), "status": run.status, "done": run.progress_done}
 
 
-@task(name="maintenance.session_expiry", queue=Queue.MAINTENANCE, retry_on=RETRY_ON, fail_on=FAIL_ON, ignore=IGNORE,
-      bind=True)
-def session_expiry(self: Any, *, params: dict[str, Any] | None = None, trigger: str = "task",
-                   **kwargs: Any) -> dict[str, Any]:
+@task(
+    name="maintenance.session_expiry",
+    queue=Queue.MAINTENANCE,
+    retry_on=RETRY_ON,
+    fail_on=FAIL_ON,
+    ignore=IGNORE,
+    bind=True,
+)
+def session_expiry(
+    self: Any, *, params: dict[str, Any] | None = None, trigger: str = "task", **kwargs: Any
+) -> dict[str, Any]:
     return run_job_task(self, "session_expiry", params, trigger)
 
 
-@task(name="maintenance.retention_purge", queue=Queue.MAINTENANCE, retry_on=RETRY_ON, fail_on=FAIL_ON,
-      ignore=IGNORE, bind=True)
-def retention_purge(self: Any, *, params: dict[str, Any] | None = None, trigger: str = "task",
-                    **kwargs: Any) -> dict[str, Any]:
+@task(
+    name="maintenance.retention_purge",
+    queue=Queue.MAINTENANCE,
+    retry_on=RETRY_ON,
+    fail_on=FAIL_ON,
+    ignore=IGNORE,
+    bind=True,
+)
+def retention_purge(
+    self: Any, *, params: dict[str, Any] | None = None, trigger: str = "task", **kwargs: Any
+) -> dict[str, Any]:
     return run_job_task(self, "retention_purge", params, trigger)
 
 
 @task(name="batch.daily_rollup", queue=Queue.AI_BATCH, retry_on=RETRY_ON, fail_on=FAIL_ON, ignore=IGNORE, bind=True)
-def daily_rollup(self: Any, *, params: dict[str, Any] | None = None, trigger: str = "task",
-                 **kwargs: Any) -> dict[str, Any]:
+def daily_rollup(
+    self: Any, *, params: dict[str, Any] | None = None, trigger: str = "task", **kwargs: Any
+) -> dict[str, Any]:
     return run_job_task(self, "daily_rollup", params, trigger)
 
 
-@task(name="batch.embedding_backfill", queue=Queue.AI_BATCH, retry_on=RETRY_ON, fail_on=FAIL_ON, ignore=IGNORE,
-      bind=True)
-def embedding_backfill(self: Any, *, params: dict[str, Any] | None = None, trigger: str = "task",
-                       **kwargs: Any) -> dict[str, Any]:
+@task(
+    name="batch.embedding_backfill", queue=Queue.AI_BATCH, retry_on=RETRY_ON, fail_on=FAIL_ON, ignore=IGNORE, bind=True
+)
+def embedding_backfill(
+    self: Any, *, params: dict[str, Any] | None = None, trigger: str = "task", **kwargs: Any
+) -> dict[str, Any]:
     return run_job_task(self, "embedding_backfill", params, trigger)

@@ -20,8 +20,10 @@ class TrainNextActionJob(Job):
     queue = Queue.AI_TRAINING.value
     description = "Train the next-action model, evaluate it, register a ModelVersion, promote it only if better."
     params = {
-        f.name: Param(f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type],
-                      getattr(_DEFAULTS, f.name))
+        f.name: Param(
+            f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type],
+            getattr(_DEFAULTS, f.name),
+        )
         for f in fields(TrainingConfig)
         if f.name != "device"
     } | {"device": Param(str, None, "cpu, cuda or auto (default: settings.AI_DEVICE)")}

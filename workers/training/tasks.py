@@ -11,8 +11,16 @@ from workers.queues import Queue
 
 # One attempt at a time and few retries: a training round is minutes of CPU,
 # and beat starts a fresh one tomorrow anyway.
-@task(name="training.train_next_action", queue=Queue.AI_TRAINING, retry_on=RETRY_ON, fail_on=FAIL_ON,
-      ignore=IGNORE, max_attempts=2, bind=True)
-def train_next_action(self: Any, *, params: dict[str, Any] | None = None, trigger: str = "task",
-                      **kwargs: Any) -> dict[str, Any]:
+@task(
+    name="training.train_next_action",
+    queue=Queue.AI_TRAINING,
+    retry_on=RETRY_ON,
+    fail_on=FAIL_ON,
+    ignore=IGNORE,
+    max_attempts=2,
+    bind=True,
+)
+def train_next_action(
+    self: Any, *, params: dict[str, Any] | None = None, trigger: str = "task", **kwargs: Any
+) -> dict[str, Any]:
     return run_job_task(self, "train_next_action", params, trigger)

@@ -114,8 +114,14 @@ def train_next_action(*, config: TrainingConfig) -> dict[str, Any]:
 
     fit_started = time.perf_counter()
     model, vocab = train_model(
-        train_seqs + feedback_seqs, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
-        seed=config.seed, device=config.device, embed_dim=config.embed_dim, hidden_dim=config.hidden_dim,
+        train_seqs + feedback_seqs,
+        epochs=config.epochs,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        device=config.device,
+        embed_dim=config.embed_dim,
+        hidden_dim=config.hidden_dim,
     )
     metrics["train_seconds"] = round(time.perf_counter() - fit_started, 3)
     artifact = save_artifact(model, vocab)
@@ -144,8 +150,10 @@ def train_next_action(*, config: TrainingConfig) -> dict[str, Any]:
             f"{metrics['baseline_topk']:.4f} by {config.min_gain}"
         )
     current_topk = metrics.get("current_topk")
-    if current is not None and current_topk is not None and (
-        metrics["candidate_topk"] <= current_topk + config.min_gain_over_current
+    if (
+        current is not None
+        and current_topk is not None
+        and (metrics["candidate_topk"] <= current_topk + config.min_gain_over_current)
     ):
         reasons.append(
             f"top-{config.k} {metrics['candidate_topk']:.4f} does not beat {current.label} {current_topk:.4f}"
@@ -158,5 +166,9 @@ def train_next_action(*, config: TrainingConfig) -> dict[str, Any]:
         artifact=artifact, metrics=metrics, promote=promote, notes=metrics["decision"]
     )
     logger.info("next-action model trained", extra={"version": version.label, "decision": metrics["decision"]})
-    return {"metrics": metrics, "model_version": version.label, "model_version_id": str(version.pk),
-            "promoted": promote}
+    return {
+        "metrics": metrics,
+        "model_version": version.label,
+        "model_version_id": str(version.pk),
+        "promoted": promote,
+    }

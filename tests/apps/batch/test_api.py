@@ -17,8 +17,14 @@ def staff_client(api_client_for, staff_user):
 
 def _run(name: str, status: str = JobRun.Status.SUCCEEDED) -> JobRun:
     now = timezone.now()
-    return JobRun.objects.create(job_name=name, status=status, started_at=now, progress_done=5, progress_total=5,
-                                 finished_at=None if status == JobRun.Status.RUNNING else now)
+    return JobRun.objects.create(
+        job_name=name,
+        status=status,
+        started_at=now,
+        progress_done=5,
+        progress_total=5,
+        finished_at=None if status == JobRun.Status.RUNNING else now,
+    )
 
 
 def test_jobs_list_is_staff_only(db, api_client, staff_client):
@@ -27,8 +33,18 @@ def test_jobs_list_is_staff_only(db, api_client, staff_client):
     assert denied.status_code == 403 and denied.json()["code"] == "permission_denied"
     body = staff_client.get("/api/v1/ops/jobs/").json()
     assert [r["job_name"] for r in body["results"]] == ["session_expiry"]
-    assert {"progress_done", "progress_total", "checkpoint", "status", "started_at", "finished_at", "error",
-            "worker", "parameters", "resume_count"} <= set(body["results"][0])
+    assert {
+        "progress_done",
+        "progress_total",
+        "checkpoint",
+        "status",
+        "started_at",
+        "finished_at",
+        "error",
+        "worker",
+        "parameters",
+        "resume_count",
+    } <= set(body["results"][0])
 
 
 def test_jobs_list_filters_and_detail(db, staff_client):
@@ -36,12 +52,16 @@ def test_jobs_list_filters_and_detail(db, staff_client):
     _run("session_expiry")
     body = staff_client.get("/api/v1/ops/jobs/", {"status": "running"}).json()
     assert [r["id"] for r in body["results"]] == [str(running.id)]
-    assert staff_client.get("/api/v1/ops/jobs/", {"job_name": "session_expiry"}).json()["results"][0][
-        "job_name"] == "session_expiry"
+    assert (
+        staff_client.get("/api/v1/ops/jobs/", {"job_name": "session_expiry"}).json()["results"][0]["job_name"]
+        == "session_expiry"
+    )
     assert staff_client.get(f"/api/v1/ops/jobs/{running.id}/").json()["status"] == "running"
 
 
-@pytest.mark.parametrize("path", ["/api/v1/ops/jobs/not-a-uuid/", "/api/v1/ops/jobs/00000000-0000-0000-0000-000000000000/"])
+@pytest.mark.parametrize(
+    "path", ["/api/v1/ops/jobs/not-a-uuid/", "/api/v1/ops/jobs/00000000-0000-0000-0000-000000000000/"]
+)
 def test_unknown_job_run_is_404(db, staff_client, path):
     response = staff_client.get(path)
     assert response.status_code == 404 and response.json()["code"] == "not_found"
@@ -56,14 +76,24 @@ def test_stats_sum_the_rollups(db, staff_client, session_factory, user, other_us
     s1, s2 = session_factory(), session_factory(owner=other_user)
     day = date(2026, 1, 10)
     now = timezone.now()
-    DailySessionRollup.objects.create(day=day, session=s1, events=10, participants=2, suggestions_shown=4,
-                                      suggestions_accepted=1, computed_at=now)
-    DailySessionRollup.objects.create(day=day + timedelta(days=1), session=s1, events=3, participants=1,
-                                      suggestions_shown=0, suggestions_accepted=0, computed_at=now)
-    DailySessionRollup.objects.create(day=day, session=s2, events=5, participants=1, suggestions_shown=4,
-                                      suggestions_accepted=3, computed_at=now)
-    DailyUserRollup.objects.create(day=day, user=user, events=8, sessions=1, suggestions_shown=4,
-                                   suggestions_accepted=1, computed_at=now)
+    DailySessionRollup.objects.create(
+        day=day, session=s1, events=10, participants=2, suggestions_shown=4, suggestions_accepted=1, computed_at=now
+    )
+    DailySessionRollup.objects.create(
+        day=day + timedelta(days=1),
+        session=s1,
+        events=3,
+        participants=1,
+        suggestions_shown=0,
+        suggestions_accepted=0,
+        computed_at=now,
+    )
+    DailySessionRollup.objects.create(
+        day=day, session=s2, events=5, participants=1, suggestions_shown=4, suggestions_accepted=3, computed_at=now
+    )
+    DailyUserRollup.objects.create(
+        day=day, user=user, events=8, sessions=1, suggestions_shown=4, suggestions_accepted=1, computed_at=now
+    )
 
     body = staff_client.get("/api/v1/ops/stats/", {"start": "2026-01-10", "end": "2026-01-11"}).json()
 
@@ -73,18 +103,25 @@ def test_stats_sum_the_rollups(db, staff_client, session_factory, user, other_us
     assert [d["day"] for d in body["days"]] == ["2026-01-10", "2026-01-11"]
     assert body["days"][0]["events"] == 15
     assert body["top_sessions"][0]["session_id"] == str(s1.id)
-    one = staff_client.get("/api/v1/ops/stats/", {"start": "2026-01-10", "end": "2026-01-10",
-                                                   "session_id": str(s2.id)}).json()
+    one = staff_client.get(
+        "/api/v1/ops/stats/", {"start": "2026-01-10", "end": "2026-01-10", "session_id": str(s2.id)}
+    ).json()
     assert one["totals"]["events"] == 5
-    mine = staff_client.get("/api/v1/ops/stats/", {"start": "2026-01-10", "end": "2026-01-10",
-                                                    "user": user.username}).json()
+    mine = staff_client.get(
+        "/api/v1/ops/stats/", {"start": "2026-01-10", "end": "2026-01-10", "user": user.username}
+    ).json()
     assert mine["totals"]["events"] == 8 and mine["totals"]["sessions"] == 1
 
 
 @pytest.mark.parametrize(
     "params",
-    [{"start": "2026-02-01", "end": "2026-01-01"}, {"start": "yesterday"}, {"start": "2020-01-01", "end": "2026-01-01"},
-     {"user": "nobody-like-this"}, {"session_id": "nope"}],
+    [
+        {"start": "2026-02-01", "end": "2026-01-01"},
+        {"start": "yesterday"},
+        {"start": "2020-01-01", "end": "2026-01-01"},
+        {"user": "nobody-like-this"},
+        {"session_id": "nope"},
+    ],
 )
 def test_stats_bad_input_is_400(db, staff_client, params):
     response = staff_client.get("/api/v1/ops/stats/", params)

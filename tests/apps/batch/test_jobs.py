@@ -35,8 +35,12 @@ class CountingJob(Job):
         CALLS.append({"start": start, "end": end})
         if start <= params["explode_at"] < end:
             raise RuntimeError("boom")
-        return Step(done=end - start, checkpoint={"next": end}, finished=end >= params["upto"],
-                    result={"sum": sum(range(start, end))})
+        return Step(
+            done=end - start,
+            checkpoint={"next": end},
+            finished=end >= params["upto"],
+            result={"sum": sum(range(start, end))},
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -47,8 +51,9 @@ def _reset_calls():
 def test_job_runs_in_chunks_and_records_progress(db):
     seen: list[int] = []
 
-    run = job_execute(name="test_counting", params={"upto": "10", "chunk": 3}, on_progress=lambda r: seen.append(
-        r.progress_done))
+    run = job_execute(
+        name="test_counting", params={"upto": "10", "chunk": 3}, on_progress=lambda r: seen.append(r.progress_done)
+    )
 
     run.refresh_from_db()
     assert run.status == JobRun.Status.SUCCEEDED
@@ -64,8 +69,15 @@ def test_job_runs_in_chunks_and_records_progress(db):
 def test_dead_run_is_resumed_from_its_checkpoint(db):
     # Given a run left "running" by a process that died after 2 chunks (nobody holds the lock)
     params = batch_jobs.job_get(name="test_counting").clean_params({"upto": 10, "chunk": 3})
-    dead = JobRun.objects.create(job_name="test_counting", parameters=params, started_at=timezone.now(),
-                                 progress_done=6, progress_total=10, checkpoint={"next": 6}, result={"sum": 15})
+    dead = JobRun.objects.create(
+        job_name="test_counting",
+        parameters=params,
+        started_at=timezone.now(),
+        progress_done=6,
+        progress_total=10,
+        checkpoint={"next": 6},
+        result={"sum": 15},
+    )
 
     run = job_execute(name="test_counting", params={"upto": 10, "chunk": 3})
 
@@ -78,8 +90,9 @@ def test_dead_run_is_resumed_from_its_checkpoint(db):
 
 
 def test_dead_run_with_other_parameters_is_closed_not_resumed(db):
-    dead = JobRun.objects.create(job_name="test_counting", parameters={"upto": 99}, started_at=timezone.now(),
-                                 checkpoint={"next": 50})
+    dead = JobRun.objects.create(
+        job_name="test_counting", parameters={"upto": 99}, started_at=timezone.now(), checkpoint={"next": 50}
+    )
 
     run = job_execute(name="test_counting", params={"upto": 4, "chunk": 4})
 
@@ -91,8 +104,13 @@ def test_dead_run_with_other_parameters_is_closed_not_resumed(db):
 
 def _lock_from_another_connection(name: str) -> psycopg.Connection:
     settings = connection.settings_dict
-    other = psycopg.connect(host=settings["HOST"] or "127.0.0.1", port=settings["PORT"] or 5432,
-                            user=settings["USER"] or "postgres", dbname=settings["NAME"], autocommit=True)
+    other = psycopg.connect(
+        host=settings["HOST"] or "127.0.0.1",
+        port=settings["PORT"] or 5432,
+        user=settings["USER"] or "postgres",
+        dbname=settings["NAME"],
+        autocommit=True,
+    )
     other.execute("SELECT pg_advisory_lock(%s, %s)", (batch_jobs.ADVISORY_NAMESPACE, batch_jobs._lock_key(name)))
     return other
 

@@ -28,7 +28,9 @@ def test_default_schedule_exists_after_migrate(db):
         assert json.loads(row.kwargs) == {"trigger": "beat", "params": {}}
     assert rows["batch: session expiry"].interval.every == 5
     assert (rows["training: next-action model"].crontab.hour, rows["training: next-action model"].crontab.minute) == (
-        "2", "0")
+        "2",
+        "0",
+    )
 
 
 def test_scheduled_tasks_are_registered_on_their_queues(db):

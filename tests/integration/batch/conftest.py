@@ -20,8 +20,9 @@ from kombu import Connection
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float = 60.0, interval: float = 0.2,
-             message: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], *, timeout: float = 60.0, interval: float = 0.2, message: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -79,21 +80,58 @@ class Starter:
     def __call__(self, name: str, cmd: list[str], **env: str) -> Proc:
         log_path = self.log_dir / f"{name}-{len(self.started)}.log"
         with log_path.open("wb") as log:
-            process = subprocess.Popen(cmd, cwd=REPO_ROOT, env=self.env_factory(**env), stdout=log,
-                                       stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                cmd, cwd=REPO_ROOT, env=self.env_factory(**env), stdout=log, stderr=subprocess.STDOUT
+            )
         proc = Proc(name=name, process=process, log_path=log_path)
         self.started.append(proc)
         return proc
 
     def beat(self, name: str) -> Proc:
-        return self(name, [sys.executable, "-m", "celery", "-A", "project", "beat", "-S",
-                           "workers.batch.beat:SingleBeatScheduler", "--max-interval", "1", "--loglevel", "INFO",
-                           "-s", str(self.log_dir / f"{name}-schedule")])
+        return self(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "project",
+                "beat",
+                "-S",
+                "workers.batch.beat:SingleBeatScheduler",
+                "--max-interval",
+                "1",
+                "--loglevel",
+                "INFO",
+                "-s",
+                str(self.log_dir / f"{name}-schedule"),
+            ],
+        )
 
     def worker(self, name: str, queues: str, *, pool: str = "prefork") -> Proc:
-        return self(name, [sys.executable, "-m", "celery", "-A", "project", "worker", "-Q", queues, "-n",
-                           f"{name}@%h", "--pool", pool, "--concurrency", "1", "--without-mingle",
-                           "--without-gossip", "--loglevel", "INFO"])
+        return self(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "project",
+                "worker",
+                "-Q",
+                queues,
+                "-n",
+                f"{name}@%h",
+                "--pool",
+                pool,
+                "--concurrency",
+                "1",
+                "--without-mingle",
+                "--without-gossip",
+                "--loglevel",
+                "INFO",
+            ],
+        )
 
     def run_job(self, name: str, job: str, **params: Any) -> Proc:
         cmd = [sys.executable, "manage.py", "run_job", job, "--no-progress"]
@@ -137,5 +175,6 @@ def drain(conn: Connection, queue: str) -> list[dict[str, Any]]:
             return out
         headers = dict(message.headers or {})
         body = json.loads(message.body)
-        out.append({"task": headers.get("task"), "kwargs": body[1], "origin": headers.get("origin"),
-                    "headers": headers})
+        out.append(
+            {"task": headers.get("task"), "kwargs": body[1], "origin": headers.get("origin"), "headers": headers}
+        )

@@ -27,15 +27,19 @@ def _probes(conn, seen: list[dict]) -> list[dict]:
 
 def test_one_beat_sends_a_second_stands_by_takes_over_and_follows_edits(processes, broker):
     every_second, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.SECONDS)
-    task = PeriodicTask.objects.create(name="probe", task=PROBE, interval=every_second, queue="maintenance",
-                                       kwargs=json.dumps({"marker": "a"}))
+    task = PeriodicTask.objects.create(
+        name="probe", task=PROBE, interval=every_second, queue="maintenance", kwargs=json.dumps({"marker": "a"})
+    )
     first = processes.beat("beat-a")
     seen: list[dict] = []
     wait_for(lambda: _probes(broker, seen), message="the first beat's sends", timeout=90)
     second = processes.beat("beat-b")
     # Give the second beat time to start and try for the lock.
-    wait_for(lambda: "Scheduler: Sending" in first.log() and "beat: Starting" in second.log(), timeout=60,
-             message="both beats up")
+    wait_for(
+        lambda: "Scheduler: Sending" in first.log() and "beat: Starting" in second.log(),
+        timeout=60,
+        message="both beats up",
+    )
     time.sleep(6)
     _probes(broker, seen)
     origins = {m["origin"] for m in seen}
@@ -52,8 +56,11 @@ def test_one_beat_sends_a_second_stands_by_takes_over_and_follows_edits(processe
     # When the active beat is killed, the standby takes over and sends alone.
     first.kill9()
     after: list[dict] = []
-    wait_for(lambda: any(m["origin"] != leader_origin for m in _probes(broker, after)), timeout=30,
-             message="the standby taking over")
+    wait_for(
+        lambda: any(m["origin"] != leader_origin for m in _probes(broker, after)),
+        timeout=30,
+        message="the standby taking over",
+    )
     time.sleep(3)
     _probes(broker, after)
     assert {m["origin"] for m in after} - {leader_origin}, after
@@ -65,8 +72,11 @@ def test_one_beat_sends_a_second_stands_by_takes_over_and_follows_edits(processe
     # When an operator edits the kwargs (what admin does: a model save), the running beat sends the new ones
     task.kwargs = json.dumps({"marker": "b"})
     task.save()
-    wait_for(lambda: any(m["kwargs"].get("marker") == "b" for m in _probes(broker, after)), timeout=30,
-             message="beat sending the edited kwargs")
+    wait_for(
+        lambda: any(m["kwargs"].get("marker") == "b" for m in _probes(broker, after)),
+        timeout=30,
+        message="beat sending the edited kwargs",
+    )
 
     # When the operator disables it, beat stops sending it
     task.enabled = False

@@ -26,7 +26,9 @@ def _ask(session, user, action: str) -> str:
     from apps.ai import services as ai_services
     from project.celery import app
 
-    event = context_event_append(session=session, author=user, events=[EventInput("user_action", {"action": action})])[0]
+    event = context_event_append(session=session, author=user, events=[EventInput("user_action", {"action": action})])[
+        0
+    ]
     request = ai_services.inference_request_trigger(session_id=session.id, trigger_seq=event.seq, user_id=user.pk)
     assert request is not None
     app.send_task("ai.generate_suggestions", kwargs={"request_id": str(request.id)}, queue="ai.realtime")
@@ -37,8 +39,7 @@ def _ask(session, user, action: str) -> str:
 
     finished = wait_for(done, timeout=180, message="the suggestion request")
     assert finished.status == "done", finished.error
-    labels = set(Suggestion.objects.filter(request=request, kind="next_action").values_list("model_version",
-                                                                                             flat=True))
+    labels = set(Suggestion.objects.filter(request=request, kind="next_action").values_list("model_version", flat=True))
     assert len(labels) == 1, labels
     return labels.pop()
 
@@ -51,8 +52,9 @@ def test_promoted_version_is_used_by_the_running_worker_without_restart(processe
     training_data_generate(config=SyntheticConfig(sessions=30, min_actions=30, max_actions=40, seed=11), users=2)
     user = django_user_model.objects.create_user(username="hot")
     session = session_create(owner=user, title="hot reload")
-    context_event_append(session=session, author=user,
-                         events=[EventInput("user_action", {"action": a}) for a in ("search", "open_doc")])
+    context_event_append(
+        session=session, author=user, events=[EventInput("user_action", {"action": a}) for a in ("search", "open_doc")]
+    )
     pids = (worker.process.pid, tuple(worker.children()))
 
     assert _ask(session, user, "edit") == "next_action-baseline"

@@ -32,16 +32,23 @@ def _activity() -> None:
     for i in range(SESSIONS):
         owner = users[i % USERS]
         session = session_create(owner=owner, title=f"s{i}")
-        context_event_append(session=session, author=owner,
-                             events=[EventInput("note", {"text": f"n{j}"}) for j in range(i + 1)])
+        context_event_append(
+            session=session, author=owner, events=[EventInput("note", {"text": f"n{j}"}) for j in range(i + 1)]
+        )
     ContextEvent.objects.update(created_at=datetime(DAY.year, DAY.month, DAY.day, 9, tzinfo=UTC))
 
 
 def _rollups() -> tuple[list[tuple], list[tuple]]:
-    sessions = sorted(DailySessionRollup.objects.filter(day=DAY).values_list(
-        "session_id", "events", "participants", "suggestions_shown", "suggestions_accepted"))
-    users = sorted(DailyUserRollup.objects.filter(day=DAY).values_list(
-        "user_id", "events", "sessions", "suggestions_shown", "suggestions_accepted"))
+    sessions = sorted(
+        DailySessionRollup.objects.filter(day=DAY).values_list(
+            "session_id", "events", "participants", "suggestions_shown", "suggestions_accepted"
+        )
+    )
+    users = sorted(
+        DailyUserRollup.objects.filter(day=DAY).values_list(
+            "user_id", "events", "sessions", "suggestions_shown", "suggestions_accepted"
+        )
+    )
     return sessions, users
 
 

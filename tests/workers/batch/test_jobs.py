@@ -70,20 +70,30 @@ def test_session_expiry_default_comes_from_settings(db, session_factory, setting
 def _dead_letter(created_at: datetime) -> uuid.UUID:
     from apps.ops.models import DeadLetter
 
-    row = DeadLetter.objects.create(message_key=str(uuid.uuid4()), queue="ai.batch", dead_letter_queue="ai.batch.dlq",
-                                    reason="rejected", fingerprint="f" * 64)
+    row = DeadLetter.objects.create(
+        message_key=str(uuid.uuid4()),
+        queue="ai.batch",
+        dead_letter_queue="ai.batch.dlq",
+        reason="rejected",
+        fingerprint="f" * 64,
+    )
     DeadLetter.objects.filter(pk=row.pk).update(created_at=created_at)
     return row.pk
 
 
 def _outbox(*, status: str, published_at: datetime | None) -> int:
-    return OutboxMessage.objects.create(kind="event", exchange="events", routing_key="test.retention", body={},
-                                        status=status, published_at=published_at).pk
+    return OutboxMessage.objects.create(
+        kind="event", exchange="events", routing_key="test.retention", body={}, status=status, published_at=published_at
+    ).pk
 
 
 def _job_run(*, status: str, finished_at: datetime | None) -> uuid.UUID:
-    return JobRun.objects.create(job_name=f"old-{uuid.uuid4()}", status=status, started_at=timezone.now() - timedelta(
-        days=100), finished_at=finished_at).pk
+    return JobRun.objects.create(
+        job_name=f"old-{uuid.uuid4()}",
+        status=status,
+        started_at=timezone.now() - timedelta(days=100),
+        finished_at=finished_at,
+    ).pk
 
 
 def test_retention_deletes_exactly_the_old_rows(db):
@@ -139,8 +149,10 @@ def test_daily_rollup_counts_one_day(db, session_factory, user, other_user, make
     late = context_event_append(session=s2, author=other_user, events=[EventInput("note", {"text": "y"})])[0]
     ContextEvent.objects.filter(pk=late.pk).update(created_at=_at(day + timedelta(days=1), 0))
     request = InferenceRequest.objects.create(session=s1, queued_at=timezone.now(), status="done")
-    suggestions = [Suggestion.objects.create(request=request, session=s1, kind="next_action", rank=i,
-                                             content={"action": "share"}) for i in range(3)]
+    suggestions = [
+        Suggestion.objects.create(request=request, session=s1, kind="next_action", rank=i, content={"action": "share"})
+        for i in range(3)
+    ]
     SuggestionFeedback.objects.create(suggestion=suggestions[0], user=user, verdict="accept")
     SuggestionFeedback.objects.create(suggestion=suggestions[1], user=other_user, verdict="accept")
     SuggestionFeedback.objects.create(suggestion=suggestions[2], user=user, verdict="reject")
@@ -151,14 +163,26 @@ def test_daily_rollup_counts_one_day(db, session_factory, user, other_user, make
 
     rows = {r.session_id: r for r in DailySessionRollup.objects.filter(day=day)}
     assert set(rows) == {s1.id, s2.id}
-    assert (rows[s1.id].events, rows[s1.id].participants, rows[s1.id].suggestions_shown,
-            rows[s1.id].suggestions_accepted) == (3, 2, 3, 2)
+    assert (
+        rows[s1.id].events,
+        rows[s1.id].participants,
+        rows[s1.id].suggestions_shown,
+        rows[s1.id].suggestions_accepted,
+    ) == (3, 2, 3, 2)
     assert (rows[s2.id].events, rows[s2.id].participants, rows[s2.id].suggestions_shown) == (1, 1, 0)
     users = {r.user_id: r for r in DailyUserRollup.objects.filter(day=day)}
-    assert (users[user.pk].events, users[user.pk].sessions, users[user.pk].suggestions_shown,
-            users[user.pk].suggestions_accepted) == (2, 1, 3, 1)
-    assert (users[other_user.pk].events, users[other_user.pk].sessions, users[other_user.pk].suggestions_shown,
-            users[other_user.pk].suggestions_accepted) == (2, 2, 3, 1)
+    assert (
+        users[user.pk].events,
+        users[user.pk].sessions,
+        users[user.pk].suggestions_shown,
+        users[user.pk].suggestions_accepted,
+    ) == (2, 1, 3, 1)
+    assert (
+        users[other_user.pk].events,
+        users[other_user.pk].sessions,
+        users[other_user.pk].suggestions_shown,
+        users[other_user.pk].suggestions_accepted,
+    ) == (2, 2, 3, 1)
     assert run.result == {"sessions": 2, "users": 2}
 
     # Running it again recomputes the same rows instead of adding to them.

@@ -36,8 +36,9 @@ def test_synthetic_sessions_are_deterministic_and_ambiguous_for_a_bigram():
 @pytest.mark.slow
 def test_training_beats_the_baseline_and_only_a_better_model_is_promoted(db):
     # Given structured sessions stored as user_action events
-    counts = training_data_generate(config=SyntheticConfig(sessions=60, min_actions=30, max_actions=40, seed=7),
-                                    users=3)
+    counts = training_data_generate(
+        config=SyntheticConfig(sessions=60, min_actions=30, max_actions=40, seed=7), users=3
+    )
     assert counts["sessions"] == 60
 
     # When the training job runs
@@ -83,14 +84,18 @@ def test_accepted_suggestions_become_training_examples(db, user, session_factory
     from apps.context.services import EventInput, context_event_append
 
     session = session_factory()
-    context_event_append(session=session, author=user, events=[
-        EventInput("user_action", {"action": a}) for a in ("open_doc", "edit", "save", "share")
-    ])
+    context_event_append(
+        session=session,
+        author=user,
+        events=[EventInput("user_action", {"action": a}) for a in ("open_doc", "edit", "save", "share")],
+    )
     request = InferenceRequest.objects.create(session=session, queued_at=timezone.now(), status="done", trigger_seq=3)
-    accepted = Suggestion.objects.create(request=request, session=session, kind="next_action", rank=0, trigger_seq=3,
-                                         content={"action": "publish"})
-    rejected = Suggestion.objects.create(request=request, session=session, kind="next_action", rank=1, trigger_seq=3,
-                                         content={"action": "print"})
+    accepted = Suggestion.objects.create(
+        request=request, session=session, kind="next_action", rank=0, trigger_seq=3, content={"action": "publish"}
+    )
+    rejected = Suggestion.objects.create(
+        request=request, session=session, kind="next_action", rank=1, trigger_seq=3, content={"action": "print"}
+    )
     SuggestionFeedback.objects.create(suggestion=accepted, user=user, verdict="accept")
     SuggestionFeedback.objects.create(suggestion=rejected, user=user, verdict="reject")
 

@@ -25,15 +25,21 @@ class Command(BaseCommand):
         parser.add_argument("--noise", type=float, default=0.05, help="probability of a random extra action")
         parser.add_argument("--seed", type=int, default=7)
         parser.add_argument("--users", type=int, default=5)
-        parser.add_argument("--text-every", type=int, default=0,
-                            help="also add a context_update text after every N actions (0: none)")
+        parser.add_argument(
+            "--text-every", type=int, default=0, help="also add a context_update text after every N actions (0: none)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["sessions"] < 1 or options["min_actions"] < 2 or options["max_actions"] < options["min_actions"]:
             raise CommandError("Need --sessions >= 1 and 2 <= --min-actions <= --max-actions.")
         if not 0 <= options["noise"] < 1:
             raise CommandError("--noise must be in [0, 1).")
-        config = SyntheticConfig(sessions=options["sessions"], min_actions=options["min_actions"],
-                                 max_actions=options["max_actions"], noise=options["noise"], seed=options["seed"])
+        config = SyntheticConfig(
+            sessions=options["sessions"],
+            min_actions=options["min_actions"],
+            max_actions=options["max_actions"],
+            noise=options["noise"],
+            seed=options["seed"],
+        )
         counts = training_data_generate(config=config, users=options["users"], text_every=options["text_every"])
         self.stdout.write(json.dumps(counts))

@@ -25,8 +25,14 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("name", nargs="?", help="job name (see --list)")
-        parser.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
-                            help="a job parameter; repeat for several")
+        parser.add_argument(
+            "--param",
+            "-p",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="a job parameter; repeat for several",
+        )
         parser.add_argument("--list", action="store_true", help="list the jobs and their parameters")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -55,8 +61,14 @@ class Command(BaseCommand):
             if bar is None:
                 from tqdm import tqdm
 
-                bar = tqdm(total=run.progress_total, initial=run.progress_done, desc=run.job_name, unit="item",
-                           file=sys.stderr, dynamic_ncols=True)
+                bar = tqdm(
+                    total=run.progress_total,
+                    initial=run.progress_done,
+                    desc=run.job_name,
+                    unit="item",
+                    file=sys.stderr,
+                    dynamic_ncols=True,
+                )
             bar.total = run.progress_total
             bar.n = run.progress_done
             bar.refresh()
@@ -68,7 +80,17 @@ class Command(BaseCommand):
         finally:
             if bar is not None:
                 bar.close()
-        self.stdout.write(json.dumps({
-            "id": str(run.id), "job_name": run.job_name, "status": run.status, "done": run.progress_done,
-            "total": run.progress_total, "resume_count": run.resume_count, "result": run.result,
-        }, default=str))
+        self.stdout.write(
+            json.dumps(
+                {
+                    "id": str(run.id),
+                    "job_name": run.job_name,
+                    "status": run.status,
+                    "done": run.progress_done,
+                    "total": run.progress_total,
+                    "resume_count": run.resume_count,
+                    "result": run.result,
+                },
+                default=str,
+            )
+        )
