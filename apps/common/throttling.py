@@ -1,8 +1,9 @@
 """Rate limits: per user, per client IP, and a tight one on password login.
 
-A fixed-window counter in Redis (``SET NX EX`` + ``INCR`` in one pipelined
-round trip), reached through Django's default cache connection and its key
-prefix, so a limit holds across every web instance. DRF's own
+Fixed-window counters in Redis (``SET NX EX`` + ``INCRBY``, pipelined),
+reached through Django's default cache connection and its key prefix, so a
+limit holds across every web instance; each process reports its counts in
+small batches (see ``_RedisThrottle``). DRF's own
 ``SimpleRateThrottle`` stores a list of every request timestamp in the window
 and rewrites it on each request: at 6000/min that is a 6000-entry pickle per
 call, which costs more than the request it guards. A fixed window may let up
@@ -18,7 +19,9 @@ through: a rate limiter must not turn a cache outage into an API outage.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.cache import cache
@@ -57,8 +60,43 @@ def _user_id(request: Request) -> str | None:
     return str(user.pk) if user is not None and user.is_authenticated else None
 
 
+@dataclass
+class _Window:
+    shared: int = 0  # the Redis count at the last sync (all instances, ours included)
+    pending: int = 0  # requests this process admitted since then
+    synced_at: float = 0.0
+
+
+# (scope, ident, window index) -> local view of that counter; one per process.
+_windows: dict[tuple[str, str, int], _Window] = {}
+_windows_lock = threading.Lock()
+# A process reports to Redis at least this often, and after 1% of the limit.
+SYNC_INTERVAL_S = 1.0
+_MAX_WINDOWS = 50_000
+
+
+def reset_local_counts() -> None:
+    """Forget this process's unreported counts (tests that change rates call it)."""
+    with _windows_lock:
+        _windows.clear()
+
+
+def _prune(now: float) -> None:
+    stale = [key for key, w in _windows.items() if now - w.synced_at > 2 * SYNC_INTERVAL_S and not w.pending]
+    for key in stale[: len(_windows) - _MAX_WINDOWS // 2] if len(_windows) > _MAX_WINDOWS else stale:
+        del _windows[key]
+
+
 class _RedisThrottle(BaseThrottle):
-    """Checks every (scope, ident) it names in one pipelined Redis round trip."""
+    """Fixed-window counters shared through Redis, reported in batches.
+
+    Each process counts locally and adds its count to Redis (``INCRBY``, one
+    pipelined round trip for every counter due) once it has admitted 1% of
+    the limit or ``SYNC_INTERVAL_S`` has passed, and always before it refuses
+    a request. With small limits that is every request (exact); with large
+    ones most requests cost no Redis round trip, and N instances may overshoot
+    by at most N x 1% of the limit plus one interval's traffic.
+    """
 
     def __init__(self) -> None:
         self._wait: float | None = None
@@ -74,26 +112,48 @@ class _RedisThrottle(BaseThrottle):
         if not checks:
             return True
         now = time.time()
-        keys = []
+        due: list[tuple[tuple[str, str, int], int, int, int]] = []  # (key, increment, limit, period)
+        refused_waits: list[float] = []
+        with _windows_lock:
+            if len(_windows) > _MAX_WINDOWS:
+                _prune(now)
+            for scope, ident, limit, period in checks:
+                key = (scope, ident, int(now // period))
+                window = _windows.get(key)
+                if window is None:
+                    window = _windows[key] = _Window()
+                window.pending += 1
+                estimate = window.shared + window.pending
+                if (
+                    estimate > limit
+                    or window.pending >= max(1, limit // 100)
+                    or now - window.synced_at >= SYNC_INTERVAL_S
+                ):
+                    due.append((key, window.pending, limit, period))
+                    window.pending = 0
+                    window.synced_at = now
+        if not due:
+            return True
         try:
             pipe = _client(cache._cache).pipeline(transaction=False)
-            for scope, ident, _limit, period in checks:
-                key = cache.make_key(f"throttle:{scope}:{ident}:{int(now // period)}")
-                keys.append(key)
-                pipe.set(key, 0, ex=period + 1, nx=True)
-                pipe.incr(key)
-            counts = pipe.execute()[1::2]
+            for (scope, ident, index), increment, _limit, period in due:
+                redis_key = cache.make_key(f"throttle:{scope}:{ident}:{index}")
+                pipe.set(redis_key, 0, ex=period + 1, nx=True)
+                pipe.incrby(redis_key, increment)
+            totals = pipe.execute()[1::2]
         except (RedisError, OSError):
             logger.warning("throttle cache unavailable; request allowed")
             return True
-        waits = [
-            (int(now // period) + 1) * period - now
-            for (_scope, _ident, limit, period), count in zip(checks, counts, strict=True)
-            if count > limit
-        ]
-        if not waits:
+        with _windows_lock:
+            for (key, _increment, limit, period), total in zip(due, totals, strict=True):
+                window = _windows.get(key)
+                if window is not None:
+                    window.shared = max(window.shared, total)
+                if total > limit:
+                    refused_waits.append((key[2] + 1) * period - now)
+        if not refused_waits:
             return True
-        self._wait = max(waits)
+        self._wait = max(refused_waits)
         return False
 
     def wait(self) -> float | None:

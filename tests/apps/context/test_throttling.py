@@ -9,9 +9,19 @@ from django.conf import settings
 from django.test import override_settings
 from rest_framework.test import APIClient
 
+from apps.common.throttling import reset_local_counts
 from tests.apps.context.test_api_sessions import assert_error
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _fresh_counts():
+    # Earlier tests' requests (at the test suite's huge rates) may still be
+    # counted locally, unreported; these tests measure from zero.
+    reset_local_counts()
+    yield
+    reset_local_counts()
 
 
 def rates(**changes: str) -> dict:
@@ -73,3 +83,34 @@ def test_redis_down_lets_requests_through(api_client):
     with override_settings(CACHES=dead, REST_FRAMEWORK=rates(user="1/min")):
         assert api_client.get("/api/v1/preferences/").status_code == 200
         assert api_client.get("/api/v1/preferences/").status_code == 200
+
+
+def test_large_limits_report_to_redis_in_batches(api_client):
+    import redis
+
+    with override_settings(REST_FRAMEWORK=rates(user="1000/min")):
+        for _ in range(6):
+            assert api_client.get("/api/v1/preferences/").status_code == 200
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        (key,) = list(client.scan_iter(f"{settings.REDIS_KEY_PREFIX}:*throttle:user:*"))
+        # The first request reported itself; the next five wait for 1% of the limit (10) or 1 s.
+        assert int(client.get(key)) == 1
+    finally:
+        client.close()
+
+
+def test_a_refusal_is_always_confirmed_by_redis(api_client):
+    import redis
+
+    with override_settings(REST_FRAMEWORK=rates(user="200/min")):
+        assert api_client.get("/api/v1/preferences/").status_code == 200
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        try:
+            (key,) = list(client.scan_iter(f"{settings.REDIS_KEY_PREFIX}:*throttle:user:*"))
+            # Another instance used up the budget: the next report sees it and refuses.
+            client.incrby(key, 300)
+        finally:
+            client.close()
+        statuses = [api_client.get("/api/v1/preferences/").status_code for _ in range(3)]
+        assert 429 in statuses
