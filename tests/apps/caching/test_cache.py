@@ -312,3 +312,22 @@ def test_a_negative_entry_promoted_from_l2_keeps_the_negative_ttl(make_cache):
     assert second.get_or_load("gone", Loader("unused"), ttl=30, negative_ttl=0.3) is None  # L2 hit, promoted
     time.sleep(0.35)
     assert second.get_or_load("gone", Loader("back"), ttl=30, negative_ttl=0.3) == "back"
+
+
+def test_async_callers_read_through_and_hit_l1_on_the_loop():
+    import asyncio
+    import uuid
+
+    from apps.caching.cache import aget_or_load, get_cache
+
+    assert get_cache().wait_ready(5)
+    key = f"async:{uuid.uuid4().hex}"
+    loader = Loader({"v": 1})
+
+    async def read_many() -> list[object]:
+        return await asyncio.gather(*(aget_or_load(key, loader, ttl=10) for _ in range(20)))
+
+    results = asyncio.run(read_many())
+    assert results == [{"v": 1}] * 20
+    assert loader.calls == 1
+    assert get_cache().local.get(key) is not None
