@@ -331,3 +331,15 @@ def test_async_callers_read_through_and_hit_l1_on_the_loop():
     assert results == [{"v": 1}] * 20
     assert loader.calls == 1
     assert get_cache().local.get(key) is not None
+
+
+@pytest.mark.slow
+def test_the_bus_survives_a_quiet_spell_longer_than_redis_py_idle_timeouts(make_cache):
+    """redis-py 8 drops sockets idle past socket_timeout (5 s here); health-check pings keep the bus alive."""
+    listener, writer = make_cache(), make_cache()
+    listener.get_or_load("k", Loader("old"), ttl=60)
+    time.sleep(7)
+    writer.invalidate(keys=["k"])
+    assert _wait(lambda: listener.local.get("k") is None, timeout=2)
+    assert listener.stats()["bus"]["reconnects"] == 0
+    assert listener.stats()["invalidations"]["received"] == 1
