@@ -97,9 +97,9 @@ class SessionActivity(models.Model):
     class Meta:
         verbose_name_plural = "session activity"
 
+    def __str__(self) -> str:
+        return f"activity of {self.session_id}"
+
     @property
     def participants_active(self) -> int:
         return self.participants_joined - self.participants_left
-
-    def __str__(self) -> str:
-        return f"activity of {self.session_id}"

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import random
-import socket
 import threading
 import time
 import uuid
@@ -211,11 +210,12 @@ class SubscriberRunner:
             timeout = idle_timeout
         try:
             self._conn.drain_events(timeout=timeout)
-        except socket.timeout:
+        except TimeoutError:
             pass
         now = time.monotonic()
         for slot in self.slots.values():
-            if slot.messages and (len(slot.messages) >= slot.subscriber.batch_size or now - slot.first_at >= self.max_wait):
+            full = len(slot.messages) >= slot.subscriber.batch_size
+            if slot.messages and (full or now - slot.first_at >= self.max_wait):
                 self._flush(slot)
 
     def run(self) -> None:

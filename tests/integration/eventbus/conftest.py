@@ -37,6 +37,8 @@ class Proc:
         raise AssertionError(f"no {needle!r} after {timeout}s:\n{self.output()[-3000:]}")
 
     def stop(self) -> None:
+        if self._log.closed:
+            return
         if self.popen.poll() is None:
             self.popen.terminate()
             try:
