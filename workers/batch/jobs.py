@@ -177,10 +177,10 @@ class EmbeddingBackfillJob(Job):
 
         after_id = checkpoint["after_id"] if "after_id" in checkpoint else self._start_after(params)
         rows = batch_selectors.text_events_after(after_id=after_id, limit=params["chunk_size"])
-        embedded = embed_missing([text for _, text in rows]) if rows else 0
+        counts = embed_missing([text for _, text in rows]) if rows else {"embedded": 0, "skipped": 0}
         return Step(
             done=len(rows),
             checkpoint={"after_id": rows[-1][0] if rows else after_id},
             finished=len(rows) < params["chunk_size"],
-            result={"embedded": embedded, "scanned": len(rows)},
+            result={**counts, "scanned": len(rows)},
         )
