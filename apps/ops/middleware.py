@@ -20,6 +20,7 @@ from apps.ops.metrics import HTTP_REQUEST_DURATION
 HEADER = "X-Correlation-ID"
 # Accept a caller's id only if it is short and plain: it ends up in every log
 # line, so an arbitrary string would let a client forge or flood log fields.
+# HAProxy's unique-id (docker/haproxy.cfg) uses hex digits, ':' and '_'.
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 

@@ -59,11 +59,16 @@ class Load:
 def test_requests_spread_evenly_across_instances(lb):
     haproxy = lb
     served: Counter[str] = Counter()
+    ids: set[str] = set()
     with httpx.Client(base_url=haproxy.url, timeout=10) as client:
         for _ in range(400):
             response = client.get("/healthz")
             assert response.status_code == 200
             served[response.json()["instance"]] += 1
+            ids.add(response.headers["X-Correlation-ID"])
+
+    # HAProxy stamps a request id on requests that come without one; the app keeps and echoes it.
+    assert len(ids) == 400 and all("_" in i and ":" in i for i in ids), sorted(ids)[:3]
 
     assert set(served) == {"web1", "web2"}
     for share in (served["web1"] / 400, served["web2"] / 400):

@@ -110,6 +110,10 @@ def test_metrics_move_with_requests_tasks_and_dead_letters(live_fleet, staff_use
     assert _sample(after, "ce_dead_letters_total", queue="maintenance", reason=reason) > _sample(
         before, "ce_dead_letters_total", queue="maintenance", reason=reason)
 
+    ready = httpx.get(f"{url}/readyz?workers=1", timeout=30)
+    assert ready.status_code == 200, ready.text
+    assert any(node.startswith("ops-m@") for node in ready.json()["checks"]["workers"]["detail"])
+
     time.sleep(1.1)
     report = httpx.get(f"{url}/api/v1/ops/report/", headers=auth, timeout=30).json()
     queues = {q["name"]: q for q in report["queues"]}
