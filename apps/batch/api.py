@@ -112,7 +112,10 @@ class ActivityStatsApi(APIView):
         filters.is_valid(raise_exception=True)
         data = filters.validated_data
         end = data.get("end") or timezone.now().date()
-        start = data.get("start") or end - timedelta(days=6)
+        try:
+            start = data.get("start") or end - timedelta(days=6)
+        except OverflowError as exc:  # end near date.min
+            raise ValidationFailed("end is too early.", details={"end": [str(end)]}) from exc
         if start > end:
             raise ValidationFailed("start must not be after end.", details={"start": [str(start)], "end": [str(end)]})
         if (end - start).days >= MAX_STATS_DAYS:

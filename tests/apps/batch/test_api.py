@@ -121,6 +121,7 @@ def test_stats_sum_the_rollups(db, staff_client, session_factory, user, other_us
         {"start": "2020-01-01", "end": "2026-01-01"},
         {"user": "nobody-like-this"},
         {"session_id": "nope"},
+        {"end": "0001-01-02"},
     ],
 )
 def test_stats_bad_input_is_400(db, staff_client, params):
