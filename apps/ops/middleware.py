@@ -24,9 +24,13 @@ HEADER = "X-Correlation-ID"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+def correlation_id_accept(given: object) -> str:
+    """``given`` if it is a safe correlation id, else a new one (HTTP header, WebSocket frame field)."""
+    return given if isinstance(given, str) and _VALID_ID.match(given) else new_correlation_id()
+
+
 def correlation_id_from(request: HttpRequest) -> str:
-    given = request.headers.get(HEADER, "")
-    return given if _VALID_ID.match(given) else new_correlation_id()
+    return correlation_id_accept(request.headers.get(HEADER, ""))
 
 
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
