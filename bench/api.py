@@ -31,20 +31,25 @@ view's; batch append >= 10x the events/s of single appends.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import os
-import platform
-import signal
-import socket
-import statistics
-import subprocess
 import sys
-import time
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+
+# Run as a script, this file's folder is sys.path[0]; bench/queue.py (another
+# benchmark) would then shadow the standard library's queue module.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
+from typing import Any  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -251,19 +256,26 @@ def wait_http(port: int, timeout: float = 60) -> None:
     raise RuntimeError("uvicorn did not come up")
 
 
-def sweep(port: int, path: str, token: str | None, levels: list[int], seconds: float) -> tuple[dict, list[dict]]:
-    rows = []
+def measure_closed(port: int, label: str, path: str, token: str | None, c: int, seconds: float) -> dict:
+    r = run_load(
+        mode="closed", port=port, method="GET", path=path, token=token, concurrency=c, duration=seconds, warmup=0.5
+    )
+    r["concurrency"] = c
+    print(
+        f"  {label:10s} c={c:3d}  {r['rps']:8.1f} req/s  p50 {r['p50']:6.2f} ms  p95 {r['p95']:6.2f} ms"
+        f"  errors {r['errors']}"
+    )
+    return r
+
+
+def sweep_pair(port: int, snapshot_path: str, token: str, levels: list[int], seconds: float) -> tuple[list, list]:
+    """Bare view and snapshot at each concurrency level, back to back, so both
+    see the same background load (the machine is shared)."""
+    bare_rows, snap_rows = [], []
     for c in levels:
-        r = run_load(
-            mode="closed", port=port, method="GET", path=path, token=token, concurrency=c, duration=seconds, warmup=0.5
-        )
-        r["concurrency"] = c
-        rows.append(r)
-        print(
-            f"  {path[:40]:40s} c={c:3d}  {r['rps']:8.1f} req/s  p50 {r['p50']:6.2f} ms  p95 {r['p95']:6.2f} ms"
-            f"  errors {r['errors']}"
-        )
-    return max(rows, key=lambda r: r["rps"]), rows
+        bare_rows.append(measure_closed(port, "bare", "/bench/bare/", None, c, seconds))
+        snap_rows.append(measure_closed(port, "snapshot", snapshot_path, token, c, seconds))
+    return bare_rows, snap_rows
 
 
 def cpu_model() -> str:
@@ -323,26 +335,31 @@ def main() -> None:
         token = data["token"]
         snapshot_path = f"/api/v1/sessions/{data['read']}/context/"
 
-        print("bare JsonResponse view (baseline):")
-        bare_peak, bare_rows = sweep(port, "/bench/bare/", None, levels, phase)
-        print("snapshot GET .../context/:")
-        snap_peak, snap_rows = sweep(port, snapshot_path, token, levels, phase)
-        target = 0.7 * snap_peak["rps"]
-        print(f"snapshot open loop at 70% of peak = {target:.0f} req/s:")
-        at70 = run_load(
-            mode="open",
-            port=port,
-            method="GET",
-            path=snapshot_path,
-            token=token,
-            rate=target,
-            duration=phase * 2.5,
-            max_conns=64,
-        )
-        print(
-            f"  achieved {at70['rps']:.1f} req/s  p50 {at70['p50']:.2f}  p95 {at70['p95']:.2f}"
-            f"  p99 {at70['p99']:.2f} ms  errors {at70['errors']}"
-        )
+        print("bare JsonResponse view (baseline) and snapshot GET .../context/, closed loop:")
+        bare_rows, snap_rows = sweep_pair(port, snapshot_path, token, levels, phase)
+        bare_peak = max(bare_rows, key=lambda r: r["rps"])
+        snap_peak = max(snap_rows, key=lambda r: r["rps"])
+        open_rows = []
+        for share in (0.3, 0.5, 0.7):
+            rate = share * snap_peak["rps"]
+            r = run_load(
+                mode="open",
+                port=port,
+                method="GET",
+                path=snapshot_path,
+                token=token,
+                rate=rate,
+                duration=phase * 2.5,
+                max_conns=64,
+            )
+            r["share"] = share
+            open_rows.append(r)
+            print(
+                f"  snapshot open loop at {share:.0%} of peak ({rate:.0f} req/s): achieved {r['rps']:.1f} req/s"
+                f"  p50 {r['p50']:.2f}  p95 {r['p95']:.2f}  p99 {r['p99']:.2f} ms  errors {r['errors']}"
+            )
+        at70 = open_rows[-1]
+        target = at70["target_rate"]
 
         single_body = json.dumps({"event_type": "context_update", "data": {"text": "one more line of context"}})
         batch_body = json.dumps(
@@ -450,12 +467,15 @@ def write_results(v: dict[str, Any]) -> None:
         *[row("bare `JsonResponse`", r, "peak" if r is v["bare_peak"] else "") for r in v["bare_rows"]],
         *[row("`GET .../context/`", r, "peak" if r is v["snap_peak"] else "") for r in v["snap_rows"]],
         "",
-        "## Snapshot at 70% of its peak (open loop, latency from scheduled send)",
+        "## Snapshot at a fixed rate (open loop, latency in ms from the scheduled send)",
         "",
-        "| target req/s | achieved req/s | p50 | p95 | p99 | errors |",
-        "|---|---|---|---|---|---|",
-        f"| {v['target']:.0f} | {v['at70']['rps']:.1f} | {v['at70']['p50']:.2f} | {v['at70']['p95']:.2f} | "
-        f"{v['at70']['p99']:.2f} | {v['at70']['errors']} |",
+        "| share of peak | target req/s | achieved req/s | p50 | p95 | p99 | errors |",
+        "|---|---|---|---|---|---|---|",
+        *[
+            f"| {r['share']:.0%} | {r['target_rate']:.0f} | {r['rps']:.1f} | {r['p50']:.2f} | {r['p95']:.2f} | "
+            f"{r['p99']:.2f} | {r['errors']} |"
+            for r in v["open_rows"]
+        ],
         "",
         "## Event appends (closed loop, one session each)",
         "",
@@ -465,6 +485,23 @@ def write_results(v: dict[str, Any]) -> None:
         f"{v['single']['p95']:.2f} | {v['single']['p99']:.2f} | {v['single']['errors']} |",
         f"| batch of 100 | 4 | {v['batch']['rps']:.1f} | {v['batch_eps']:.0f} | {v['batch']['p50']:.2f} | "
         f"{v['batch']['p95']:.2f} | {v['batch']['p99']:.2f} | {v['batch']['errors']} |",
+        "",
+    ]
+    bare_c1 = v["bare_rows"][0]
+    lines += [
+        "## What limits these figures",
+        "",
+        f"- The machine has {os.cpu_count()} CPUs and was shared with other engineers' test suites and benchmarks "
+        f"(load average {v['load_before'][0]:.1f} when this run started). Even the bare view needs "
+        f"{bare_c1['p50']:.1f} ms at concurrency 1 here; every figure above is CPU-starved, and the open-loop "
+        "p95 mostly measures time spent waiting for a CPU. Rerun on a quiet machine for absolute numbers; the "
+        "ratios (measured back to back at each concurrency level) are the more reliable result.",
+        "- One uvicorn worker: Django runs sync views on one thread per process, so a worker's throughput is "
+        "bounded by per-request CPU plus round trips (token lookup and snapshot come from the L1 cache; the "
+        "rate-limit counters go to Redis in batches). Production runs several workers behind HAProxy.",
+        "- Appends serialise per session on the session row lock (gap-free seq), and each commit also writes the "
+        "outbox rows and the coalesced inference request and broadcasts after commit; a batch pays that once "
+        "for 100 events, which is why it wins by far more than 10x.",
         "",
     ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
