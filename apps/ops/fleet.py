@@ -690,6 +690,10 @@ def fleet_report(*, stats: list[QueueStat], nodes: list[WorkerNode] | None) -> d
             oldest_age=stat.oldest_age_seconds, min_workers=low, max_workers=high,
         )
         rec.explanation += f" Workers counted from {workers_source}."
+        shared = sorted({q for n in nodes or [] if stat.name in n.queues for q in n.queues} - {stat.name})
+        if shared:
+            rec.explanation += (f" Those slots also serve {', '.join(shared)}: size the pool for the sum of the"
+                                " queues' recommendations.")
         if stat.rate_in is None:
             rec.explanation += " No arrival rate yet (first read): λ taken as 0."
         recommendations.append(rec)
