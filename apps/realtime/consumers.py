@@ -97,6 +97,10 @@ class SessionConsumer(AsyncWebsocketConsumer):
     _registered: bool = False
     _cleaned: bool = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._delivery_lock = asyncio.Lock()
+
     # --- connection lifecycle ------------------------------------------------
 
     async def connect(self) -> None:
@@ -132,7 +136,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
             )
             online, typing, ai_state = await presence.presence_hello(session_id=self.session_id)
         except Exception:
-            logger.warning("websocket connect: Redis unavailable", exc_info=True)
+            logger.warning("websocket connect: Redis or PostgreSQL unavailable", exc_info=True)
             await self._cleanup()
             return await self._refuse(CLOSE_TRY_AGAIN, subprotocol)
         await self.accept(subprotocol)
@@ -196,30 +200,47 @@ class SessionConsumer(AsyncWebsocketConsumer):
             # Redis is gone: the entries expire (PRESENCE_TTL_S) and get swept.
             logger.info("websocket cleanup skipped: Redis unavailable", exc_info=True)
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels dispatches one message at a time; the lock extends that to
+        # the heartbeat's catch-up, so delivered_seq has one writer at a time.
+        async with self._delivery_lock:
+            await super().dispatch(message)
+
     async def _heartbeat_loop(self) -> None:
         assert self.membership is not None
+        recover_until = 0.0
+        trouble = False
         while True:
             # Jitter: connections opened together must not all beat together.
             await asyncio.sleep(settings.PRESENCE_HEARTBEAT_S * random.uniform(0.8, 1.0))  # noqa: S311
             try:
-                existed = await presence.presence_refresh(
-                    session_id=self.session_id, channel_name=self.channel_name, username=self.membership.username
+                existed, stale = await presence.presence_heartbeat(
+                    session_id=self.session_id, channel_name=self.channel_name, user_id=self.user.pk
                 )
-                await presence.connection_slot_refresh(user_id=self.user.pk, channel_name=self.channel_name)
-                # Re-adding is idempotent; it also restores a membership that a
-                # Redis restart (or group_expiry) dropped.
-                await self.channel_layer.group_add(self.group, self.channel_name)
                 if not existed:
-                    # Redis lost our state: events broadcast meanwhile never
-                    # reached us. Catch up from PostgreSQL, in the consumer's
-                    # own turn (through our channel) so it never races a handler.
-                    await self.channel_layer.send(self.channel_name, {"type": "session.catch_up"})
+                    # Redis lost our state (restart, flush): re-register and re-join
+                    # the group (the list-based layer keeps membership in Redis).
+                    await presence.presence_refresh(
+                        session_id=self.session_id, channel_name=self.channel_name, username=self.username
+                    )
+                    await self.channel_layer.group_add(self.group, self.channel_name)
                     await self._broadcast_presence("join", state="active")
-                for username in await presence.presence_sweep(session_id=self.session_id):
-                    await self._broadcast_presence("leave", user=username, state=None)
+                if trouble or not existed:
+                    # Broadcasts were lost while Redis was away, and the layer
+                    # resubscribes lazily: catch up from PostgreSQL for a few
+                    # beats, so events published before it is back are not missed.
+                    recover_until = time.monotonic() + max(3 * settings.PRESENCE_HEARTBEAT_S, 3.0)
+                    trouble = False
+                if time.monotonic() < recover_until:
+                    async with self._delivery_lock:
+                        await self._catch_up()
+                if stale:
+                    for username in await presence.presence_sweep(session_id=self.session_id):
+                        await self._broadcast_presence("leave", user=username, state=None)
             except asyncio.CancelledError:
                 raise
             except Exception:
+                trouble = True
                 logger.info("presence heartbeat failed; retrying next beat", exc_info=True)
 
     # --- client -> server ------------------------------------------------------
@@ -362,7 +383,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         else:
             await self._send(message)
 
-    async def session_catch_up(self, event: dict[str, Any]) -> None:
+    async def _catch_up(self) -> None:
         last_seq = await last_seq_get(session_id=self.session_id)
         if last_seq > self.delivered_seq:
             await self._fill(after_seq=self.delivered_seq, upto_seq=last_seq)

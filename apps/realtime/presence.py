@@ -188,6 +188,26 @@ async def presence_refresh(*, session_id: Any, channel_name: str, username: str,
     return bool(existed)
 
 
+async def presence_heartbeat(*, session_id: Any, channel_name: str, user_id: Any) -> tuple[bool, bool]:
+    """One connection's beat in one round trip: ``(entry still there, stale entries to sweep)``.
+
+    ZADD XX only refreshes an existing entry; a missing one (Redis restarted or
+    flushed) is reported so the caller re-registers and catches up.
+    """
+    now = time.time()
+    expires_at = now + settings.PRESENCE_TTL_S
+    pkey, ckey, ukey = presence_key(session_id), conns_key(session_id), user_conns_key(user_id)
+    async with async_client().pipeline(transaction=False) as pipe:
+        pipe.zadd(pkey, {channel_name: expires_at}, xx=True, ch=True)
+        pipe.zadd(ukey, {channel_name: expires_at})
+        pipe.expire(pkey, _key_ttl())
+        pipe.expire(ckey, _key_ttl())
+        pipe.expire(ukey, _key_ttl())
+        pipe.zcount(pkey, "-inf", now)
+        refreshed, _, _, _, _, stale = await pipe.execute()
+    return bool(refreshed), bool(stale)
+
+
 async def presence_leave(*, session_id: Any, channel_name: str, username: str) -> bool:
     """Remove one connection; True when the user has no other live connection (a leave)."""
     client = async_client()

@@ -99,7 +99,12 @@ CACHES = {
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # Pub/sub: a group send is one PUBLISH and each web process fans it out
+        # to its own sockets (the list-based core layer pays ~4 Redis round trips
+        # per member; bench/results/ws.md). Both are at-most-once; clients repair
+        # gaps by seq. CHANNEL_LAYER_BACKEND=channels_redis.core.RedisChannelLayer
+        # switches back (the benchmark measures both).
+        "BACKEND": env.get_str("CHANNEL_LAYER_BACKEND", "channels_redis.pubsub.RedisPubSubChannelLayer"),
         "CONFIG": {
             # socket_timeout None: redis-py 8 otherwise drops idle sockets after
             # 5 s, which kills quiet WebSocket groups (see tests/apps/realtime).
@@ -108,6 +113,7 @@ CHANNEL_LAYERS = {
             "hosts": [{"address": REDIS_URL, "socket_timeout": None,
                        "max_connections": env.get_int("CHANNEL_LAYER_MAX_CONNECTIONS", 1000)}],
             "prefix": f"{REDIS_KEY_PREFIX}:asgi",
+            # Used by the core layer only (the pub/sub layer ignores them).
             "capacity": 1500,
             "expiry": 60,
         },
