@@ -257,3 +257,37 @@ def test_management_api_down_falls_back_to_own_figures(settings):
     fleet._apply_management(stat, now=time.time())
 
     assert (stat.oldest_age_seconds, stat.oldest_age_source) == (7.0, "stalled_since")
+
+
+def _stat(name: str, *, depth: int = 0, rate_in: float | None = 0.0, service: float | None = 0.1,
+          kind: str = "work") -> fleet.QueueStat:
+    return fleet.QueueStat(name=name, kind=kind, depth=depth, consumers=1, rate_in=rate_in, rate_out=0.0,
+                           service_time_seconds=service, service_time_source="window" if service else None)
+
+
+def test_report_names_no_bottleneck_when_everything_keeps_up():
+    stats = [_stat(q.value) for q in Queue]
+    nodes = [fleet.WorkerNode(name=f"{q.value}@h", queues=[q.value], concurrency=1) for q in Queue]
+
+    report = fleet.fleet_report(stats=stats, nodes=nodes)
+
+    assert report["bottleneck"] is None
+    assert report["summary"].startswith("No bottleneck")
+    assert {r["action"] for r in report["recommendations"]} == {"hold"}
+
+
+def test_report_names_the_overloaded_queue_and_counts_pool_slots():
+    stats = [_stat("ai.realtime", rate_in=50.0, service=0.1), _stat("ai.batch"), _stat("maintenance"),
+             _stat("ai.training"), _stat("ai.batch.dlq", depth=3, kind="dead_letter")]
+    nodes = [fleet.WorkerNode(name="realtime@h", queues=["ai.realtime"], concurrency=2),
+             fleet.WorkerNode(name="batch@h", queues=["ai.batch", "maintenance"], concurrency=2)]
+
+    report = fleet.fleet_report(stats=stats, nodes=nodes)
+
+    assert report["bottleneck"] == "ai.realtime"
+    realtime = next(r for r in report["recommendations"] if r["queue"] == "ai.realtime")
+    # 50/s x 0.1 s = 5 busy slots on 2: ceil(5/0.8) = 7 at least.
+    assert realtime["current_workers"] == 2 and realtime["recommended_workers"] >= 7
+    batch = next(r for r in report["recommendations"] if r["queue"] == "ai.batch")
+    assert "also serve maintenance" in batch["explanation"]
+    assert "ai.batch.dlq=3" in report["summary"]
