@@ -54,6 +54,19 @@ class BatcherClosed(RuntimeError):
     pass
 
 
+def _observe(size: int, waits: list[float], seconds: float) -> None:
+    """Batch size, forward time and item waits into the Prometheus series of apps.ops.metrics."""
+    try:
+        from apps.ops.metrics import INFERENCE_BATCH_LATENCY, INFERENCE_BATCH_SIZE, INFERENCE_WAIT
+
+        INFERENCE_BATCH_SIZE.observe(size)
+        INFERENCE_BATCH_LATENCY.observe(seconds)
+        for wait in waits:
+            INFERENCE_WAIT.observe(max(0.0, wait))
+    except Exception:  # noqa: BLE001 - metrics must never fail a batch
+        pass
+
+
 class MicroBatcher(Generic[In, Out]):
     def __init__(
         self,
@@ -128,6 +141,7 @@ class MicroBatcher(Generic[In, Out]):
         self.stats.batches += 1
         self.stats.items += len(items)
         self.stats.recent_sizes.append(len(items))
+        started = time.monotonic()
         try:
             results = list(self._batch_fn(items))
             if len(results) != len(items):
@@ -142,6 +156,7 @@ class MicroBatcher(Generic[In, Out]):
                 self.stats.singles_after_error += 1
                 self._execute_single(entry)
             return
+        _observe(len(items), [started - queued for _, _, queued in batch], time.monotonic() - started)
         for (_, future, _), result in zip(batch, results, strict=True):
             future.set_result(result)
 

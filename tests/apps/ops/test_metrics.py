@@ -126,3 +126,24 @@ def test_outbox_lag_moves_when_events_wait_for_the_relay(client, session_factory
 
     after = _sample(client.get("/metrics").content.decode(), "ce_outbox_pending")
     assert after > before
+
+
+def test_micro_batcher_batches_show_in_the_inference_metrics():
+    from apps.ops.metrics import metrics_render
+    from workers.inference.batcher import MicroBatcher
+
+    def count() -> float:
+        return _sample(metrics_render(include_scrape=False).decode(), "ce_inference_batch_size_count")
+
+    before = count()
+    batcher = MicroBatcher(lambda items: [len(i) for i in items], max_batch=8, max_delay_ms=20)
+    try:
+        futures = [batcher.submit(f"text {i}") for i in range(8)]
+        assert [f.result(timeout=5) for f in futures] == [6] * 8
+    finally:
+        batcher.close()
+
+    assert count() >= before + 1
+    text = metrics_render(include_scrape=False).decode()
+    assert _sample(text, "ce_inference_batch_latency_seconds_count") >= 1
+    assert _sample(text, "ce_inference_queue_wait_seconds_count") >= 8
