@@ -35,6 +35,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Python puts bench/ first on the path, where bench/queue.py would shadow the
+# standard library's queue module (amqp imports it): use the repository root.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 DB_NAME = "bench_training"
 os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings.test"

@@ -53,3 +53,12 @@ def test_backfill_embeds_only_what_is_missing_and_continues_where_it_stopped(db,
     latest = job_execute(name="embedding_backfill")
     assert latest.result == {"embedded": 1, "skipped": 0, "scanned": 1}
     assert Embedding.objects.count() == 4
+
+    # A run stops at max_items; the next one picks up the rest
+    context_event_append(
+        session=session, author=user, events=[EventInput("note", {"text": f"Backlog item {i}."}) for i in range(5)]
+    )
+    capped = job_execute(name="embedding_backfill", params={"chunk_size": 2, "max_items": 3})
+    assert (capped.progress_total, capped.progress_done, capped.result["embedded"]) == (3, 3, 3)
+    rest = job_execute(name="embedding_backfill", params={"chunk_size": 2, "max_items": 3})
+    assert rest.result["embedded"] == 2 and Embedding.objects.count() == 9
