@@ -20,7 +20,9 @@ order without duplicates.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import uuid
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -98,3 +100,29 @@ def presence_set_ai_state(*, session_id: Any, state: str | None) -> None:
         session_id=session_id,
         message={"type": "presence", "event": "ai_state", "user": None, "ai_state": state},
     )
+
+
+async def channel_layer_check(*, timeout: float) -> None:
+    """Readiness: one message through the channel layer and back, leaving nothing behind.
+
+    The pub/sub layer subscribes a channel on first use and unsubscribes only
+    when a receive on it is cancelled; a probe that merely receives once would
+    leak one subscription per call (one a second under HAProxy). Raises on
+    failure or after ``timeout`` seconds.
+    """
+    layer = get_channel_layer()
+    if layer is None:
+        raise RuntimeError("no channel layer configured")
+    channel = await layer.new_channel(prefix="readyz.")
+    token = uuid.uuid4().hex
+    try:
+        async with asyncio.timeout(timeout):
+            await layer.send(channel, {"type": "ops.readyz", "token": token})
+            message = await layer.receive(channel)
+    finally:
+        cleanup = asyncio.ensure_future(layer.receive(channel))
+        await asyncio.sleep(0)
+        cleanup.cancel()
+        await asyncio.gather(cleanup, return_exceptions=True)
+    if message.get("token") != token:
+        raise RuntimeError("channel layer returned a different message")
