@@ -17,8 +17,7 @@ Close codes (the server accepts, then closes, so the client sees the code)
     4429  too many connections for this user (WS_MAX_CONNECTIONS_PER_USER, across
           servers), or a client that keeps exceeding the message rate
     1013  try again later: Redis (channel layer / presence) unavailable at connect
-    1011  server error (e.g. the channel layer lost Redis mid-connection):
-          reconnect and ``resume``
+    1011  server error: reconnect and ``resume``
     ====  ==========================================================================
 
 Frames (JSON text, each with ``type``)
@@ -54,6 +53,17 @@ Ordering and delivery
     Broadcasts go through ``apps.realtime.broadcast.session_broadcast`` after
     commit (at-most-once); the seq logic above makes delivery complete.
 
+Channel layer
+    channels-redis pub/sub (``RedisPubSubChannelLayer``): a group send is one
+    PUBLISH and each web process fans it out to its own sockets, where the
+    list-based core layer pays several Redis round trips per member
+    (bench/results/ws.md measures both; ``CHANNEL_LAYER_BACKEND`` switches).
+    redis-py resubscribes after a Redis restart; what was published meanwhile
+    is lost, so after any Redis failure seen by its heartbeat, each connection
+    catches up from PostgreSQL on every beat for 3 heartbeats. A readiness probe
+    must use ``channel_layer_check`` (a plain receive leaks one subscription
+    per call on the pub/sub layer).
+
 Presence
     Online users live in Redis, one entry per connection with an expiry pushed
     forward by a heartbeat every PRESENCE_HEARTBEAT_S (10 s). A client that
@@ -66,7 +76,7 @@ Presence
     (``queued``/``generating``, set by workers via ``presence_set_ai_state``)
     expires after AI_STATE_TTL_S (120 s) if a worker dies before clearing it.
     If Redis loses its state (restart, flush), the heartbeat notices its entry
-    is gone, re-joins the group and catches up from PostgreSQL.
+    is gone, re-registers, re-joins the group and catches up from PostgreSQL.
 
 Limits (settings, env vars of the same name)
     WS_MAX_FRAME_BYTES (96 KiB) -> ``error`` ``frame_too_large``;
