@@ -18,6 +18,7 @@ from django.conf import settings
 from apps.common.exceptions import ApplicationError, NotFound, ValidationFailed
 from apps.context import selectors as context_selectors
 from apps.context import services as context_services
+from apps.ops.metrics import WS_CONNECTIONS, WS_MESSAGES
 from apps.realtime import presence
 from apps.realtime.auth import origin_allowed, selected_subprotocol
 from apps.realtime.broadcast import session_broadcast_async, session_group_name
@@ -96,6 +97,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
     _heartbeat: asyncio.Task | None = None
     _registered: bool = False
     _cleaned: bool = False
+    _counted: bool = False  # counted in WS_CONNECTIONS (accepted and registered)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -140,6 +142,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await self._cleanup()
             return await self._refuse(CLOSE_TRY_AGAIN, subprotocol)
         await self.accept(subprotocol)
+        WS_CONNECTIONS.inc()
+        self._counted = True
         self.delivered_seq = last_seq
         session = membership.session
         await self._send(
@@ -184,6 +188,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if self._cleaned:
             return
         self._cleaned = True
+        if self._counted:
+            WS_CONNECTIONS.dec()
+            self._counted = False
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         if not self._registered or self.membership is None:
@@ -272,6 +279,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await self._error("invalid_frame", "A frame is a JSON object with a string 'type'.")
             return
         handler = self._handlers.get(content["type"])
+        WS_MESSAGES.labels(direction="in", type=content["type"] if handler is not None else "unknown").inc()
         if handler is None:
             await self._error("unknown_type", f"Unknown frame type {content['type'][:40]!r}.",
                               {"allowed": sorted(self._handlers)})
@@ -447,6 +455,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     async def _send(self, content: dict[str, Any]) -> None:
         await self.send(text_data=_frame(content))
+        WS_MESSAGES.labels(direction="out", type=str(content.get("type", "unknown"))).inc()
 
 
 class NotFoundConsumer(AsyncWebsocketConsumer):
