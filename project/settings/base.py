@@ -193,6 +193,10 @@ CELERY_BROKER_URL = BROKER_URL
 AI_DEVICE = env.get_str("AI_DEVICE", "auto")
 AI_MAX_BATCH = env.get_int("AI_MAX_BATCH", 32)
 AI_MAX_DELAY_MS = env.get_float("AI_MAX_DELAY_MS", 10.0)
+# torch intra-op threads per inference process (0: torch's default). One is
+# faster on a busy 2-core box: two threads spin-wait on each other and a
+# MiniLM pass got 6x slower under load (bench/results/inference.md).
+AI_TORCH_THREADS = env.get_int("AI_TORCH_THREADS", 1)
 
 # --- Batch jobs (apps/batch; defaults of the job parameters beat sends) ----
 # An open session with no activity for this long is closed by session_expiry.

@@ -103,6 +103,11 @@ class Runtime:
         from django.conf import settings
 
         self.device = resolve_device(device)
+        threads = int(getattr(settings, "AI_TORCH_THREADS", 0) or 0)
+        if threads > 0:
+            import torch
+
+            torch.set_num_threads(threads)
         self.encoder = SentenceEncoder(device=self.device)
         self.max_batch = int(max_batch or settings.AI_MAX_BATCH)
         self.max_delay_ms = float(settings.AI_MAX_DELAY_MS if max_delay_ms is None else max_delay_ms)
