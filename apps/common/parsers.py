@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 import re
 from typing import Any
 
@@ -28,6 +29,14 @@ MAX_DEPTH = 64
 
 def _reject_constant(value: str) -> None:
     raise ValueError(f"{value} is not valid JSON.")
+
+
+def _finite_float(text: str) -> float:
+    # json.loads turns 1e400 into inf without asking parse_constant; jsonb refuses it.
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"Number {text[:40]} is out of range.")
+    return value
 
 
 def check_storable(value: Any, *, max_depth: int = MAX_DEPTH) -> None:
@@ -69,8 +78,8 @@ class JSONParser(BaseParser):
         encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
         try:
             text = codecs.decode(raw, encoding)
-            data = json.loads(text, parse_constant=_reject_constant)
-        except (ValueError, RecursionError) as exc:
+            data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        except (ValueError, RecursionError, LookupError) as exc:
             # RecursionError: a body of nothing but '[' is valid UTF-8 and 1 MB deep.
             raise ParseError(
                 f"JSON parse error - {exc}" if isinstance(exc, ValueError) else "JSON nests too deep."

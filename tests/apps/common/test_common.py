@@ -63,7 +63,19 @@ def test_parser_accepts_plain_json():
     assert parse(b'{"a": [1, "x", {"b": null}]}') == {"a": [1, "x", {"b": None}]}
 
 
-@pytest.mark.parametrize("raw", [b"{", b'{"a": Infinity}', b'"\\u0000"', b'{"\\udc00": 1}', b"[" * 50_000])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{",
+        b'{"a": Infinity}',
+        b'{"a": 1e400}',
+        b'{"a": -1e999}',
+        b"1" * 5000,
+        b'"\\u0000"',
+        b'{"\\udc00": 1}',
+        b"[" * 50_000,
+    ],
+)
 def test_parser_refuses_bad_or_unstorable_json(raw):
     with pytest.raises(ParseError):
         parse(raw)

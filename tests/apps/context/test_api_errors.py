@@ -49,6 +49,7 @@ def test_non_json_body_is_415(api_client):
         b'{"title": "a\\u0000b"}',
         b'{"title": "ok", "metadata": {"k": "\\ud800"}}',
         b'{"title": "ok", "metadata": {"a\\u0000": 1}}',
+        b'{"title": "ok", "metadata": {"x": 1e400}}',
     ],
 )
 def test_malformed_or_unstorable_json_is_400(api_client, body):
