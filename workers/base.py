@@ -375,6 +375,9 @@ def build_task_message(
     message = app.amqp.as_task_v2(task_id, task_name, args=(), kwargs=kwargs)
     headers = dict(message.headers)
     headers.update({HEADER_CORRELATION_ID: correlation_id or new_correlation_id(), HEADER_ATTEMPT: 1})
+    # When the work was asked for (the outbox row's transaction): the ops fleet
+    # figures measure queue wait and oldest-message age from it (apps/ops/fleet.py).
+    headers["published_at"] = time.time()
     headers.update(extra_headers or {})
     properties = {
         "content_type": "application/json",

@@ -193,8 +193,12 @@ def task_finished(*, queue: str, duration: float) -> None:
 
 
 def stamp_published_at(headers: dict[str, Any]) -> None:
-    """Give a task message its publish time (``before_task_publish``) so waits can be measured."""
-    headers.setdefault("published_at", time.time())
+    """Give a task message its publish time (``before_task_publish``) so waits can be measured.
+
+    Overwritten on every publish: a Celery retry republishes a new message, whose
+    wait starts now (a countdown's delay still counts as waiting).
+    """
+    headers["published_at"] = time.time()
 
 
 # --- Reading the broker ----------------------------------------------------------
