@@ -15,7 +15,6 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from apps.caching.services import cache_invalidate_keys, cache_invalidate_tags
@@ -237,7 +236,7 @@ def context_event_append(
     with transaction.atomic():
         # The row lock taken here serialises appends per session; everything
         # below (dedupe lookup, seq allocation) happens under it.
-        locked = Session.objects.select_for_update().filter(pk=session.pk).values("state").first()
+        locked = Session.objects.select_for_update().filter(pk=session.pk).values("state", "last_seq").first()
         if locked is None:
             raise NotFound("Session not found.")
         participant = _participant_for(session=session, user=author)
@@ -257,9 +256,11 @@ def context_event_append(
         created: list[ContextEvent] = []
         if fresh:
             now = timezone.now()
-            Session.objects.filter(pk=session.pk).update(last_seq=F("last_seq") + len(fresh), last_activity_at=now)
-            last_seq = Session.objects.filter(pk=session.pk).values_list("last_seq", flat=True).get()
-            first_seq = last_seq - len(fresh) + 1
+            # last_seq was read under the row lock above, so no one else moved it since.
+            first_seq = locked["last_seq"] + 1
+            Session.objects.filter(pk=session.pk).update(
+                last_seq=locked["last_seq"] + len(fresh), last_activity_at=now
+            )
             created = ContextEvent.objects.bulk_create(
                 [
                     ContextEvent(
