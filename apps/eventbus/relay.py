@@ -41,6 +41,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from kombu import Connection
 
+from apps.eventbus.amqp_io import batched_writes, buffered_reads
 from apps.eventbus.models import OutboxMessage
 
 logger = logging.getLogger("apps.eventbus.relay")
@@ -112,6 +113,7 @@ class BrokerPublisher:
         self.close()
         conn = Connection(self.broker_url, connect_timeout=5, heartbeat=0)
         conn.connect()
+        buffered_reads(conn)
         channel = conn.channel()
         self._declare(channel)
         channel.confirm_select()
@@ -171,6 +173,25 @@ class BrokerPublisher:
         self._returned.clear()
         tags: dict[int, _Claimed] = {}
         first = self._next_tag
+        with batched_writes(self._conn):
+            self._publish_rows(rows, tags)
+        self._pending_tags = set(tags)
+        last = self._next_tag - 1
+        deadline = time.monotonic() + self.confirm_timeout
+        while not self._all_confirmed(first, last):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no confirm for {len(rows)} messages within {self.confirm_timeout}s")
+            self._conn.drain_events(timeout=remaining)
+        failures: dict[int, str] = {}
+        for tag, row in tags.items():
+            if row.message_id in self._returned:
+                failures[row.id] = self._returned[row.message_id]
+            elif tag in self._nacked:
+                failures[row.id] = "nacked by the broker"
+        return failures
+
+    def _publish_rows(self, rows: list[_Claimed], tags: dict[int, _Claimed]) -> None:
         for row in rows:
             properties: dict[str, Any] = {
                 "content_type": "application/json",
@@ -189,21 +210,6 @@ class BrokerPublisher:
                                         routing_key=row.routing_key, mandatory=True)
             tags[self._next_tag] = row
             self._next_tag += 1
-        self._pending_tags = set(tags)
-        last = self._next_tag - 1
-        deadline = time.monotonic() + self.confirm_timeout
-        while not self._all_confirmed(first, last):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no confirm for {len(rows)} messages within {self.confirm_timeout}s")
-            self._conn.drain_events(timeout=remaining)
-        failures: dict[int, str] = {}
-        for tag, row in tags.items():
-            if row.message_id in self._returned:
-                failures[row.id] = self._returned[row.message_id]
-            elif tag in self._nacked:
-                failures[row.id] = "nacked by the broker"
-        return failures
 
     def _all_confirmed(self, first: int, last: int) -> bool:
         if self._acked_upto >= last:

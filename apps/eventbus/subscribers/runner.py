@@ -35,6 +35,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from kombu import Connection
 
+from apps.eventbus.amqp_io import buffered_reads
 from apps.eventbus.contracts import ContractError, Event, event_parse
 from apps.eventbus.subscribers.base import Subscriber
 
@@ -114,6 +115,7 @@ class SubscriberRunner:
         self.close()
         conn = Connection(self.broker_url, connect_timeout=5, heartbeat=0)
         conn.connect()
+        buffered_reads(conn)
         for slot in self.slots.values():
             sub = slot.subscriber
             channel = conn.channel()
