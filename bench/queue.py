@@ -27,9 +27,22 @@ from __future__ import annotations
 
 import sys
 
-# This file is named like the stdlib's ``queue``: run as a script, its folder
-# would shadow it for every library below. Drop the folder from the path first.
-sys.path[:] = [p for p in sys.path if p not in ("", __file__.rsplit("/", 1)[0]) and not p.endswith("/bench")]
+if __name__ == "queue":
+    # A script run from bench/ has this folder first on sys.path, so its
+    # ``import queue`` (kombu, logging, concurrent.futures...) finds this file
+    # instead of the standard library's. Hand over the real module; the rest
+    # of this file then only defines functions.
+    import importlib.util as _util
+    import os.path as _path
+    import sysconfig as _sysconfig
+
+    _spec = _util.spec_from_file_location("queue", _path.join(_sysconfig.get_paths()["stdlib"], "queue.py"))
+    _real = _util.module_from_spec(_spec)
+    sys.modules["queue"] = _real
+    _spec.loader.exec_module(_real)
+elif __name__ == "__main__":
+    # Run as a script: drop this folder from the path for the same reason.
+    sys.path[:] = [p for p in sys.path if p not in ("", __file__.rsplit("/", 1)[0]) and not p.endswith("/bench")]
 
 import argparse  # noqa: E402
 import os  # noqa: E402
@@ -43,12 +56,6 @@ from typing import Any  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 NAME = "bench_queue"
 PREFIX = f"{NAME}:"
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.dev")
-
-sys.path.insert(0, str(REPO))
-
-from workers.base import PermanentError, task  # noqa: E402
-from workers.queues import Queue  # noqa: E402
 
 _clients: dict[int, Any] = {}
 
@@ -64,14 +71,23 @@ def _redis() -> Any:
     return client
 
 
-@task(name="bench.noop", queue=Queue.AI_REALTIME)
-def noop(*, n: int = 0, **kwargs: Any) -> None:
-    _redis().incr(f"{PREFIX}done")
+def _define_tasks() -> None:
+    from workers.base import PermanentError, task
+    from workers.queues import Queue
+
+    @task(name="bench.noop", queue=Queue.AI_REALTIME)
+    def noop(*, n: int = 0, **kwargs: Any) -> None:
+        _redis().incr(f"{PREFIX}done")
+
+    @task(name="bench.fail", queue=Queue.AI_REALTIME)
+    def fail(*, n: int = 0, **kwargs: Any) -> None:
+        raise PermanentError(f"bench failure {n}")
 
 
-@task(name="bench.fail", queue=Queue.AI_REALTIME)
-def fail(*, n: int = 0, **kwargs: Any) -> None:
-    raise PermanentError(f"bench failure {n}")
+if __name__ in ("__main__", "bench.queue"):
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.dev")
+    sys.path.insert(0, str(REPO))
+    _define_tasks()
 
 
 # --- helpers ---------------------------------------------------------------
@@ -146,7 +162,7 @@ def raw_consumer_main() -> None:
     import django
     from kombu import Connection
 
-    from workers.queues import declare_topology, work_queue
+    from workers.queues import Queue, declare_topology, work_queue
 
     django.setup()
     client = _redis()
