@@ -3,7 +3,7 @@
 Fixed-window counters in Redis (``SET NX EX`` + ``INCRBY``, pipelined),
 reached through Django's default cache connection and its key prefix, so a
 limit holds across every web instance; each process reports its counts in
-small batches (see ``_RedisThrottle``). DRF's own
+small batches (see ``RedisThrottle``). DRF's own
 ``SimpleRateThrottle`` stores a list of every request timestamp in the window
 and rewrites it on each request: at 6000/min that is a 6000-entry pickle per
 call, which costs more than the request it guards. A fixed window may let up
@@ -55,7 +55,7 @@ def _client_ip(throttle: BaseThrottle, request: Request) -> str | None:
     return throttle.get_ident(request)
 
 
-def _user_id(request: Request) -> str | None:
+def user_ident(request: Request) -> str | None:
     user = getattr(request, "user", None)
     return str(user.pk) if user is not None and user.is_authenticated else None
 
@@ -87,7 +87,7 @@ def _prune(now: float) -> None:
         del _windows[key]
 
 
-class _RedisThrottle(BaseThrottle):
+class RedisThrottle(BaseThrottle):
     """Fixed-window counters shared through Redis, reported in batches.
 
     Each process counts locally and adds its count to Redis (``INCRBY``, one
@@ -160,40 +160,45 @@ class _RedisThrottle(BaseThrottle):
         return self._wait
 
 
-class DefaultThrottle(_RedisThrottle):
+class DefaultThrottle(RedisThrottle):
     """The default for every view: per user (or per IP when anonymous) and per IP
     for everyone, so many tokens from one address share one budget."""
 
     def limits(self, request: Request) -> list[tuple[str, str]]:
         ip = _client_ip(self, request) or "unknown"
-        user_id = _user_id(request)
+        user_id = user_ident(request)
         return [("user", user_id) if user_id else ("anon", ip), ("ip", ip)]
 
 
-class UserThrottle(_RedisThrottle):
+class UserThrottle(RedisThrottle):
     """Per authenticated user only."""
 
     def limits(self, request: Request) -> list[tuple[str, str]]:
-        user_id = _user_id(request)
+        user_id = user_ident(request)
         return [("user", user_id)] if user_id else []
 
 
-class AnonThrottle(_RedisThrottle):
+class AnonThrottle(RedisThrottle):
     """Per client IP, anonymous requests only."""
 
     def limits(self, request: Request) -> list[tuple[str, str]]:
-        return [] if _user_id(request) else [("anon", _client_ip(self, request) or "unknown")]
+        return [] if user_ident(request) else [("anon", _client_ip(self, request) or "unknown")]
 
 
-class IPThrottle(_RedisThrottle):
+class IPThrottle(RedisThrottle):
     """Per client IP, everyone."""
 
     def limits(self, request: Request) -> list[tuple[str, str]]:
         return [("ip", _client_ip(self, request) or "unknown")]
 
 
-class LoginThrottle(_RedisThrottle):
+class LoginThrottle(RedisThrottle):
     """Password guesses per client IP on the token endpoint."""
 
     def limits(self, request: Request) -> list[tuple[str, str]]:
         return [("login", _client_ip(self, request) or "unknown")]
+
+
+# Earlier names, still imported elsewhere (apps/ops/api.py).
+_RedisThrottle = RedisThrottle
+_user_id = user_ident
