@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.batch import selectors
+from apps.batch.jobs import job_names_locked
 from apps.batch.models import JobRun
 from apps.common.exceptions import ValidationFailed
 
@@ -25,6 +26,12 @@ MAX_STATS_DAYS = 366
 
 class JobRunOutputSerializer(serializers.ModelSerializer):
     duration_s = serializers.FloatField(read_only=True, allow_null=True)
+    # A "running" run that is not live belongs to a dead process; the job's
+    # next start resumes it from its checkpoint.
+    live = serializers.SerializerMethodField()
+
+    def get_live(self, obj: JobRun) -> bool:
+        return obj.status == JobRun.Status.RUNNING and obj.job_name in self.context.get("live_jobs", set())
 
     class Meta:
         model = JobRun
@@ -46,6 +53,7 @@ class JobRunOutputSerializer(serializers.ModelSerializer):
             "duration_s",
             "error",
             "worker",
+            "live",
         )
 
 
@@ -70,7 +78,9 @@ class JobRunListApi(APIView):
         qs = selectors.job_run_list(**filters.validated_data)
         paginator = PageNumberPagination()
         page = paginator.paginate_queryset(qs, request, view=self)
-        return paginator.get_paginated_response(JobRunOutputSerializer(page, many=True).data)
+        live = job_names_locked(names={r.job_name for r in page if r.status == JobRun.Status.RUNNING})
+        data = JobRunOutputSerializer(page, many=True, context={"live_jobs": live}).data
+        return paginator.get_paginated_response(data)
 
 
 class JobRunDetailApi(APIView):
@@ -79,7 +89,8 @@ class JobRunDetailApi(APIView):
     @extend_schema(responses=JobRunOutputSerializer)
     def get(self, request: Request, run_id: str) -> Response:
         run = selectors.job_run_get(run_id=run_id)
-        return Response(JobRunOutputSerializer(run).data)
+        live = job_names_locked(names={run.job_name}) if run.status == JobRun.Status.RUNNING else set()
+        return Response(JobRunOutputSerializer(run, context={"live_jobs": live}).data)
 
 
 class ActivityStatsApi(APIView):

@@ -256,6 +256,19 @@ def job_execute(
         _unlock(name)
 
 
+def job_names_locked(*, names: set[str]) -> set[str]:
+    """Which of these jobs some process is running now (holds the lock): one query for a page of runs."""
+    if not names:
+        return set()
+    by_key = {_lock_key(name) % 2**32: name for name in names}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND classid = %s::oid AND granted",
+            [ADVISORY_NAMESPACE],
+        )
+        return {by_key[row[0]] for row in cursor.fetchall() if row[0] in by_key}
+
+
 def job_run_is_live(*, run: JobRun) -> bool:
     """Whether a process holds the job's lock (from another connection than ours)."""
     if run.status != JobRun.Status.RUNNING:

@@ -132,3 +132,19 @@ def test_stats_bad_input_is_400(db, staff_client, params):
 
 def test_stats_is_staff_only(db, api_client):
     assert api_client.get("/api/v1/ops/stats/").status_code == 403
+
+
+def test_a_running_run_is_live_only_while_its_process_holds_the_lock(db, staff_client):
+    from tests.apps.batch.test_jobs import _close_and_wait_released, _lock_from_another_connection
+
+    running = _run("daily_rollup", JobRun.Status.RUNNING)
+    _run("session_expiry")
+    body = staff_client.get("/api/v1/ops/jobs/").json()
+    assert {r["job_name"]: r["live"] for r in body["results"]} == {"daily_rollup": False, "session_expiry": False}
+    other = _lock_from_another_connection("daily_rollup")
+    try:
+        body = staff_client.get("/api/v1/ops/jobs/").json()
+        assert {r["job_name"]: r["live"] for r in body["results"]} == {"daily_rollup": True, "session_expiry": False}
+        assert staff_client.get(f"/api/v1/ops/jobs/{running.id}/").json()["live"] is True
+    finally:
+        _close_and_wait_released(other, "daily_rollup")
