@@ -50,12 +50,13 @@ def _lock_connection() -> psycopg.Connection:
 
 
 class SingleBeatScheduler(DatabaseScheduler):
-    # Persist last_run_at after every send (see the module docstring).
-    sync_every_tasks = 1
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._lock_conn: psycopg.Connection | None = None
         self.is_leader = False
+        # Persist last_run_at after every send (see the module docstring); a
+        # class attribute would be overwritten by beat_sync_every in __init__.
+        if kwargs.get("sync_every_tasks") is None:
+            kwargs["sync_every_tasks"] = 1
         super().__init__(*args, **kwargs)
 
     def _drop_lock_connection(self) -> None:
