@@ -11,11 +11,13 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from apps.common.asgi import BodySizeLimitMiddleware  # noqa: E402
 from apps.realtime.routing import websocket_application  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # 413 before Django buffers an oversized body (it reads bodies uncapped).
+        "http": BodySizeLimitMiddleware(django_asgi_app),
         "websocket": websocket_application,
     }
 )
