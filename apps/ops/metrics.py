@@ -89,11 +89,9 @@ DEAD_LETTERS_ARCHIVED = Counter(
 )
 
 # --- Cache ----------------------------------------------------------------------
-CACHE_REQUESTS = Counter(
-    "ce_cache_requests_total",
-    "Multi-level cache look-ups by level (l1, l2, loader) and result (hit, miss).",
-    ["level", "result"],
-)
+# Per-level hits and misses are read from apps.caching's own counters at scrape
+# time (ce_cache_level_hits_total / _misses_total, ScrapeCollector._cache): the
+# L1 hit path costs microseconds and stays free of Prometheus bookkeeping.
 
 # --- Inference ------------------------------------------------------------------
 INFERENCE_BATCH_SIZE = Histogram(

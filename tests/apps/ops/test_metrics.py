@@ -26,8 +26,8 @@ def test_metrics_exposes_the_platform_families(client):
     assert response["Content-Type"].startswith("text/plain")
     text = response.content.decode()
     for family in ("ce_http_request_duration_seconds", "ce_websocket_connections", "ce_websocket_messages_total",
-                   "ce_task_duration_seconds", "ce_tasks_total", "ce_cache_requests_total",
-                   "ce_inference_batch_size", "ce_inference_batch_latency_seconds", "ce_queue_stats_up",
+                   "ce_task_duration_seconds", "ce_tasks_total", "ce_inference_batch_size",
+                   "ce_inference_batch_latency_seconds", "ce_queue_stats_up",
                    "ce_outbox_pending", "ce_outbox_lag_seconds", "ce_cache_level_hits", "ce_dead_letters"):
         assert f"# HELP {family}" in text, family
 
