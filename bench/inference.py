@@ -409,7 +409,16 @@ def worker_split(*, since: datetime) -> dict[str, float]:
         "queued_at", "started_at", "finished_at", "coalesced"))
     queue_ms = [(s - q).total_seconds() * 1000 for q, s, _, _ in rows]
     run_ms = [(f - s).total_seconds() * 1000 for _, s, f, _ in rows]
+    from apps.eventbus.models import OutboxMessage
+
+    stages: dict[str, list[float]] = {}
+    for body in OutboxMessage.objects.filter(routing_key="ai.processing", created_at__gte=since).values_list(
+        "body", flat=True
+    ):
+        for stage, ms in (body.get("data", {}).get("timings") or {}).items():
+            stages.setdefault(stage, []).append(float(ms))
     return {
+        "stages_p50_ms": {k: round(pct(v, 0.5), 1) for k, v in sorted(stages.items())},
         "requests": len(rows),
         "coalesced_updates": sum(c for *_, c in rows),
         "queue_p50_ms": pct(queue_ms, 0.5), "queue_p95_ms": pct(queue_ms, 0.95),
@@ -464,6 +473,7 @@ def write_results(t: dict[str, Any], e: dict[str, Any] | None, args: argparse.Na
             f"Worker side ({w['requests']} requests for {w['coalesced_updates']} updates): queued -> started "
             f"p50 {w['queue_p50_ms']:.0f} ms / p95 {w['queue_p95_ms']:.0f} ms; started -> finished (claim, "
             f"embed, retrieve, rank, store) p50 {w['run_p50_ms']:.0f} ms / p95 {w['run_p95_ms']:.0f} ms. "
+            f"Worker stages, p50 ms: {w['stages_p50_ms']}. "
             "The rest of the end-to-end time is the HTTP append, the relay (LISTEN/NOTIFY), RabbitMQ twice, the "
             "subscriber's transaction and the broadcast.",
             "",

@@ -87,7 +87,8 @@ def _rank(query_vector: np.ndarray, candidates: list[dict[str, Any]], vectors: l
 
 
 def _related(request: InferenceRequest, *, query_text: str, exclude_seq: int | None, own_only: bool,
-             kind: str) -> tuple[list[ai_services.SuggestionDraft], int]:
+             kind: str, timings: dict[str, float]) -> tuple[list[ai_services.SuggestionDraft], int]:
+    t0 = time.perf_counter()
     candidates = ai_selectors.retrieval_candidates(
         session_id=request.session_id,
         up_to_seq=request.trigger_seq,
@@ -95,8 +96,14 @@ def _related(request: InferenceRequest, *, query_text: str, exclude_seq: int | N
         other_sessions_limit=0 if own_only else 200,
     )
     candidates = [c for c in candidates if not (c["same_session"] and c["seq"] == exclude_seq)]
+    t1 = time.perf_counter()
     vectors = embed_texts([query_text, *[c["text"] for c in candidates]])
-    return _rank(vectors[0], candidates, vectors[1:], k=RELATED_TOP_K, kind=kind), 1 + len(candidates)
+    t2 = time.perf_counter()
+    drafts = _rank(vectors[0], candidates, vectors[1:], k=RELATED_TOP_K, kind=kind)
+    timings["candidates_ms"] = round((t1 - t0) * 1000, 2)
+    timings["embed_ms"] = round((t2 - t1) * 1000, 2)
+    timings["rank_ms"] = round((time.perf_counter() - t2) * 1000, 2)
+    return drafts, 1 + len(candidates)
 
 
 def _next_actions(request: InferenceRequest) -> tuple[list[ai_services.SuggestionDraft], str, int]:
@@ -133,13 +140,14 @@ def generate_for_request(*, request_id: str, claim_token: str) -> Outcome:
     request = ai_services.inference_request_claim(request_id=request_id, claim_token=claim_token)
     if request is None:
         return Outcome(status="skipped", request_id=str(request_id))
+    timings: dict[str, float] = {"claim_ms": round((time.perf_counter() - started) * 1000, 2)}
     rt = runtime()
     drafts: list[ai_services.SuggestionDraft] = []
     versions: list[str] = []
     input_size = 0
     if request.kind == InferenceRequest.Kind.QUERY:
         found, size = _related(request, query_text=request.query, exclude_seq=None, own_only=True,
-                               kind=SuggestionKind.QUERY)
+                               kind=SuggestionKind.QUERY, timings=timings)
         drafts += found
         input_size += size
         versions.append(rt.model_name)
@@ -147,11 +155,13 @@ def generate_for_request(*, request_id: str, claim_token: str) -> Outcome:
         text, seq = _trigger_text(request)
         if text:
             found, size = _related(request, query_text=text, exclude_seq=seq, own_only=False,
-                                   kind=SuggestionKind.RELATED_CONTEXT)
+                                   kind=SuggestionKind.RELATED_CONTEXT, timings=timings)
             drafts += found
             input_size += size
             versions.append(rt.model_name)
+        t0 = time.perf_counter()
         actions, label, size = _next_actions(request)
+        timings["next_action_ms"] = round((time.perf_counter() - t0) * 1000, 2)
         if size:
             drafts += actions
             input_size += size
@@ -168,6 +178,7 @@ def generate_for_request(*, request_id: str, claim_token: str) -> Outcome:
         model_versions_by_kind={**by_kind, SuggestionKind.NEXT_ACTION: versions[-1] if versions else ""},
         input_size=input_size,
         duration_ms=duration_ms,
+        timings=timings,
     )
     if stored is None:
         return Outcome(status="lost_claim", request_id=str(request.pk))
