@@ -19,6 +19,14 @@ without counting the failure against the rows.
 
 It wakes on ``LISTEN eventbus_outbox`` (the insert trigger's NOTIFY, delivered
 at commit) and polls every ``poll_interval`` seconds as the fallback.
+
+Order: one relay publishes in ``id`` order, but several relays, a row in
+backoff, or a republication after a crash can deliver events out of order.
+Subscribers must not depend on arrival order (``context.updated`` carries the
+event's ``seq`` for that).
+
+Test hook: ``OUTBOX_RELAY_CRASH_AFTER_PUBLISH=1`` makes the relay SIGKILL
+itself after the broker confirmed its first batch and before marking it.
 """
 
 from __future__ import annotations
