@@ -18,7 +18,6 @@ from django.contrib.auth import authenticate
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers, status
-from rest_framework.authtoken.models import Token
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -28,6 +27,7 @@ from apps.common.exceptions import NotFound, ValidationFailed
 from apps.common.pagination import PageNumberPaginationWithSize
 from apps.common.schema import error_responses
 from apps.common.serializers import JSONObjectField, StrictSerializer
+from apps.common.services import api_token_get_or_create
 from apps.common.throttling import DefaultThrottle, LoginThrottle
 from apps.context import idempotency, selectors, services
 from apps.context.models import ContextEvent, Participant, Session
@@ -114,8 +114,7 @@ class TokenObtainApi(APIView):
         user = authenticate(request=request, **data.validated_data)
         if user is None or not user.is_active:
             raise ValidationFailed("Wrong username or password.", code="invalid_credentials")
-        token, _ = Token.objects.get_or_create(user=user)
-        return Response({"token": token.key})
+        return Response({"token": api_token_get_or_create(user=user)})
 
 
 # --- sessions ----------------------------------------------------------------

@@ -12,7 +12,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
-from rest_framework.authtoken.models import Token
+
+from apps.common.services import api_token_get_or_create
 
 
 class Command(BaseCommand):
@@ -40,8 +41,8 @@ class Command(BaseCommand):
                 user.is_superuser = True
             if created or staff:
                 user.save()
-            token, _ = Token.objects.get_or_create(user=user)
+            token_key = api_token_get_or_create(user=user)
         self.stdout.write(
             f"{'Created' if created else 'Found'} user {username!r}{' (staff)' if user.is_staff else ''}."
         )
-        self.stdout.write(token.key)
+        self.stdout.write(token_key)
