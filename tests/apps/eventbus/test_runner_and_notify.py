@@ -102,3 +102,28 @@ def test_notify_wakes_the_relay_at_commit_and_not_on_rollback():
     thread.join(timeout=10)
     listener.close()
     assert woke and woke[0][0] is True and woke[0][1] < 2.0
+
+
+@pytest.mark.django_db
+def test_dead_letters_replayed_after_the_fix_are_applied_once(runner, monkeypatch):
+    from apps.eventbus.deadletters import event_dead_letters_replay
+
+    monkeypatch.setenv("EVENTBUS_SUBSCRIBERS", f"{__name__}.Recording")
+    body = _body(explode=True)
+    _publish([body])
+    deadline = time.monotonic() + 60
+    while runner.stats.dead_lettered < 1:
+        assert time.monotonic() < deadline, runner.stats
+        runner.run_once(idle_timeout=0.2)
+    monkeypatch.setattr(Recording, "handle", lambda self, event: None)  # the fix
+    moved = 0
+    while moved < 1 and time.monotonic() < deadline:  # dead-lettering is asynchronous
+        moved += event_dead_letters_replay(subscriber="test_recording")
+    assert moved == 1
+    assert event_dead_letters_replay(subscriber="test_recording") == 0
+    while runner.stats.applied < 1:
+        assert time.monotonic() < deadline, runner.stats
+        runner.run_once(idle_timeout=0.2)
+    assert ProcessedEvent.objects.filter(subscriber="test_recording").count() == 1
+    with pytest.raises(Exception, match="Unknown subscriber"):
+        event_dead_letters_replay(subscriber="nobody")
