@@ -117,3 +117,13 @@ def test_schema_names_nested_serializers_after_their_view():
     schema = AutoSchema()
     assert schema.get_serializer_name(SessionCreateApi.InputSerializer(), "request") == "SessionCreateApiInput"
     assert schema.get_serializer_name(TokenObtainApi.InputSerializer(), "request") == "TokenObtainApiInput"
+
+
+def test_error_pages_are_json_under_api_and_html_elsewhere(rf):
+    from apps.common.views import bad_request, page_not_found, server_error
+
+    api = server_error(rf.get("/api/v1/sessions/"))
+    assert api.status_code == 500 and json.loads(api.content)["code"] == "server_error"
+    assert json.loads(bad_request(rf.get("/api/v1/x/")).content)["code"] == "bad_request"
+    assert json.loads(page_not_found(rf.get("/api/v1/x/"), None).content)["code"] == "not_found"
+    assert server_error(rf.get("/admin/")).headers["Content-Type"].startswith("text/html")
