@@ -66,7 +66,10 @@ def session_update(
     state: str | None = None,
 ) -> Session:
     with transaction.atomic():
-        session = Session.objects.select_for_update().get(pk=session.pk)
+        locked = Session.objects.select_for_update().filter(pk=session.pk).first()
+        if locked is None:  # deleted by a concurrent request
+            raise NotFound("Session not found.")
+        session = locked
         participant = _participant_for(session=session, user=actor)
         if not participant.can_write:
             raise PermissionDenied("Viewers cannot change the session.")
