@@ -104,6 +104,7 @@ class TokenObtainApi(APIView):
 
     @extend_schema(
         operation_id="auth_token_create",
+        tags=["auth"],
         request=InputSerializer,
         responses={200: OutputSerializer, **_errors(400, 429)},
         auth=[],
@@ -129,6 +130,7 @@ class SessionListApi(APIView):
 
     @extend_schema(
         operation_id="sessions_list",
+        tags=["sessions"],
         parameters=[FilterSerializer],
         responses={200: SessionOutputSerializer(many=True), **_errors(400, 401, 404)},
     )
@@ -148,6 +150,7 @@ class SessionCreateApi(APIView):
 
     @extend_schema(
         operation_id="sessions_create",
+        tags=["sessions"],
         request=InputSerializer,
         responses={201: SessionOutputSerializer, **_errors(400, 401)},
     )
@@ -161,6 +164,7 @@ class SessionCreateApi(APIView):
 class SessionDetailApi(APIView):
     @extend_schema(
         operation_id="sessions_retrieve",
+        tags=["sessions"],
         parameters=[SESSION_ID],
         responses={200: SessionOutputSerializer, **_errors(401, 404)},
     )
@@ -176,6 +180,7 @@ class SessionUpdateApi(APIView):
 
     @extend_schema(
         operation_id="sessions_partial_update",
+        tags=["sessions"],
         parameters=[SESSION_ID],
         request=InputSerializer,
         responses={200: SessionOutputSerializer, **_errors(400, 401, 403, 404)},
@@ -192,6 +197,7 @@ class SessionUpdateApi(APIView):
 class SessionDeleteApi(APIView):
     @extend_schema(
         operation_id="sessions_destroy",
+        tags=["sessions"],
         parameters=[SESSION_ID],
         responses={204: None, **_errors(401, 403, 404)},
         description="Only the owner deletes a session (with its events).",
@@ -210,6 +216,7 @@ class ParticipantListApi(APIView):
 
     @extend_schema(
         operation_id="participants_list",
+        tags=["participants"],
         parameters=[SESSION_ID],
         responses={200: ParticipantOutputSerializer(many=True), **_errors(401, 404)},
     )
@@ -227,6 +234,7 @@ class ParticipantAddApi(APIView):
 
     @extend_schema(
         operation_id="participants_create",
+        tags=["participants"],
         parameters=[SESSION_ID],
         request=InputSerializer,
         responses={201: ParticipantOutputSerializer, **_errors(400, 401, 403, 404, 409)},
@@ -243,6 +251,7 @@ class ParticipantAddApi(APIView):
 class ParticipantRemoveApi(APIView):
     @extend_schema(
         operation_id="participants_destroy",
+        tags=["participants"],
         parameters=[SESSION_ID, OpenApiParameter("username", OpenApiTypes.STR, OpenApiParameter.PATH)],
         responses={204: None, **_errors(401, 403, 404, 409)},
         description="The owner removes a participant, or a participant removes themself (leaves).",
@@ -276,6 +285,7 @@ class SnapshotOutputSerializer(serializers.Serializer):
 class ContextSnapshotApi(APIView):
     @extend_schema(
         operation_id="context_snapshot",
+        tags=["context"],
         parameters=[SESSION_ID],
         responses={200: SnapshotOutputSerializer, **_errors(401, 404)},
         description="State, participants and the most recent events; resume with "
@@ -298,6 +308,7 @@ class EventListApi(APIView):
 
     @extend_schema(
         operation_id="events_list",
+        tags=["context"],
         parameters=[SESSION_ID, FilterSerializer],
         responses={200: OutputSerializer, **_errors(400, 401, 404)},
         description="Events with `seq > after_seq` in `seq` order; follow `next` until it is null.",
@@ -331,6 +342,7 @@ class EventAppendApi(APIView):
 
     @extend_schema(
         operation_id="events_create",
+        tags=["context"],
         parameters=[SESSION_ID, IDEMPOTENCY_KEY],
         request=PolymorphicProxySerializer(
             component_name="EventAppendRequest",
@@ -410,7 +422,11 @@ class PreferencesOutputSerializer(serializers.Serializer):
 
 
 class PreferencesGetApi(APIView):
-    @extend_schema(operation_id="preferences_retrieve", responses={200: PreferencesOutputSerializer, **_errors(401)})
+    @extend_schema(
+        operation_id="preferences_retrieve",
+        tags=["preferences"],
+        responses={200: PreferencesOutputSerializer, **_errors(401)},
+    )
     def get(self, request: Request) -> Response:
         return Response(PreferencesOutputSerializer(selectors.preferences_get(user=request.user)).data)
 
@@ -425,6 +441,7 @@ class PreferencesPutApi(APIView):
 
     @extend_schema(
         operation_id="preferences_update",
+        tags=["preferences"],
         request=InputSerializer,
         responses={200: PreferencesOutputSerializer, **_errors(400, 401)},
         description="Replaces the preferences; fields left out return to their defaults.",
