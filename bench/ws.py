@@ -314,7 +314,13 @@ def fmt(stats: dict[str, float]) -> str:
     return f"{stats['p50']:.2f} / {stats['p95']:.2f} / {stats['p99']:.2f} (n={stats['n']})"
 
 
-async def run(args: argparse.Namespace, fixtures: dict[str, Any], port: int, layer_name: str) -> dict[str, Any]:
+def process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run(args: argparse.Namespace, fixtures: dict[str, Any], port: int, layer_name: str,
+              server_pid: int) -> dict[str, Any]:
     reader, owner = fixtures["reader_token"], fixtures["owner_token"]
     sessions = fixtures["sessions"]
     idle_sessions, group10, group100 = sessions[:-2], sessions[-2], sessions[-1]
@@ -339,6 +345,10 @@ async def run(args: argparse.Namespace, fixtures: dict[str, Any], port: int, lay
     results["open_total"] = total_open
     results["idle"] = len(idle)
     await asyncio.sleep(1.0)
+    # What 1,000 quiet connections cost the server (heartbeats, WebSocket pings).
+    cpu_before = process_cpu_s(server_pid)
+    await asyncio.sleep(10.0)
+    results["idle_cpu_pct"] = (process_cpu_s(server_pid) - cpu_before) / 10.0 * 100
     await ping_phase(pingers, 1.0)
     results["ping_loaded"] = percentiles(await ping_phase(pingers, args.seconds))
 
@@ -375,7 +385,9 @@ def _layer_section(args: argparse.Namespace, layer_name: str, results: dict[str,
         f"Goal p99 < 20 ms at 1,000 connections: **{ok(ping_l['p99'] < 20)}** "
         f"(p99 {ping_l['p99']:.2f} ms; loaded/baseline p99 ratio {ping_l['p99'] / ping_b['p99']:.2f}). "
         f"Opening the {results['idle']} idle connections took {results['connect_s']:.1f} s "
-        f"({results['retries']} handshakes refused or dropped under load and retried).",
+        f"({results['retries']} handshakes refused or dropped under load and retried). "
+        f"With all {results['open_total']} open and quiet, the server process used "
+        f"{results['idle_cpu_pct']:.1f}% of one CPU.",
         "",
         "### Broadcast latency (every subscriber's receipt)",
         "",
@@ -470,7 +482,7 @@ def main() -> None:
             wait_for_port(port, timeout=60)
             print(f"[{layer_name}] server on :{port}", file=sys.stderr)
             stats["retries"] = 0
-            all_results[layer_name] = asyncio.run(run(args, fixtures, port, layer_name))
+            all_results[layer_name] = asyncio.run(run(args, fixtures, port, layer_name, server.pid))
             # Written after each layer, so one layer's figures survive a failure in the next.
             write_results(args, all_results, fd_limit, load_before)
             server.terminate()
