@@ -116,15 +116,19 @@ class Starter:
         proc = Proc(name=name, process=process, log_path=log_path)
         self.started.append(proc)
         if kind == "worker" and wait_ready:
-            client = redis.Redis.from_url(settings.REDIS_URL)
-            try:
-                wait_for(lambda: process.poll() is not None or client.get(probe_key("ready", name)),
-                         timeout=60, message=f"worker {name} ready")
-                client.delete(probe_key("ready", name))
-            finally:
-                client.close()
-            assert process.poll() is None, proc.log()
+            self.wait_ready(proc)
         return proc
+
+    def wait_ready(self, proc: Proc) -> None:
+        """Until the worker consumes (its worker_ready hook in probe_tasks sets a Redis key)."""
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        try:
+            wait_for(lambda: proc.process.poll() is not None or client.get(probe_key("ready", proc.name)),
+                     timeout=90, message=f"worker {proc.name} ready")
+            client.delete(probe_key("ready", proc.name))
+        finally:
+            client.close()
+        assert proc.process.poll() is None, proc.log()
 
     def stop_all(self) -> None:
         for proc in reversed(self.started):

@@ -1,7 +1,9 @@
 """Permanent failures, exhausted retries and crash loops end as DeadLetter rows; replay runs them again.
 
 Real ``celery worker`` processes and the real archiver command against this
-run's RabbitMQ vhost and PostgreSQL database.
+run's RabbitMQ vhost and PostgreSQL database (one worker and archiver shared by
+the module). Malformed messages are published with plain kombu, as a buggy or
+hostile producer would.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import json
 import time
 
 import pytest
+from django.conf import settings
+from kombu import Connection, Producer
 
 from tests.integration.workers.conftest import probe_key, wait_for
 
@@ -62,9 +66,8 @@ def test_permanent_failure_is_dead_lettered_with_traceback_and_replay_records_th
 
 
 def test_transient_failure_is_retried_with_backoff_and_succeeds_without_a_dead_letter(fleet, rds):
-    from apps.ops.models import DeadLetter
-
     from apps.common.logging import set_correlation_id
+    from apps.ops.models import DeadLetter
 
     # when a task fails twice with a transient error (countdown retries on a quorum queue)
     set_correlation_id("cid-flaky-1")
@@ -146,3 +149,79 @@ def test_canary_modes_end_to_end_through_the_api(fleet, api_client_for, staff_us
     # and both are in the operators' dead-letter list
     listed = client.get("/api/v1/dead-letters/", {"task_name": "ops.canary"}).json()["results"]
     assert {d["reason"] for d in listed} == {"rejected", "delivery_limit"}
+
+
+def test_quorum_queue_consumers_get_a_per_queue_prefetch(fleet):
+    """Quorum queues have no global QoS: each consumer's prefetch is its own (1 x 2 processes here)."""
+    import subprocess
+
+    from django.conf import settings
+
+    def consumers(column: str) -> dict[str, str]:
+        out = subprocess.run(["rabbitmqctl", "list_consumers", "-q", "-p", settings.TEST_VHOST, "queue_name", column],
+                             capture_output=True, text=True, timeout=60).stdout
+        return {line.split()[0]: line.split()[1] for line in out.splitlines() if len(line.split()) == 2}
+
+    prefetch, acks = consumers("prefetch_count"), consumers("ack_required")
+    assert prefetch["ai.batch"] == "2" and prefetch["maintenance"] == "2", prefetch
+    assert acks["ai.batch"] == "true" and acks["maintenance"] == "true", acks
+    # the archiver drains every DLQ with manual acks
+    assert {"ai.batch.dlq", "ai.realtime.dlq", "ai.training.dlq", "maintenance.dlq"} <= set(acks), acks
+    assert all(acks[q] == "true" for q in acks if q.endswith(".dlq"))
+
+
+def _publish(producer: Producer, body: str | bytes, *, headers: dict, content_type: str = "application/json",
+             message_id: str) -> None:
+    producer.publish(body, exchange="tasks", routing_key="ai.batch", headers=headers, content_type=content_type,
+                     content_encoding="utf-8", delivery_mode=2, message_id=message_id, correlation_id=message_id,
+                     retry=True)
+
+
+def test_malformed_messages_dead_letter_with_a_clear_reason_and_the_worker_keeps_working(fleet, rds):
+    from apps.ops.models import DeadLetter
+    from workers.base import build_task_message
+
+    cases: dict[str, tuple[str | bytes, dict, str]] = {}
+    ok = build_task_message("test.record", {"tag": "m", "item": "x"}, correlation_id="c")
+    cases["not_json"] = ("{this is not json", {**ok.headers, "id": "m-not-json"}, "application/json")
+    unknown = build_task_message("test.no_such_task", {"tag": "m"}, correlation_id="c", queue="ai.batch",
+                                 task_id="m-unknown")
+    cases["unknown"] = (unknown.body, unknown.headers, "application/json")
+    missing = build_task_message("test.needs_args", {"tag": "m"}, correlation_id="c", task_id="m-missing")
+    cases["missing"] = (missing.body, missing.headers, "application/json")
+    huge = json.dumps([[], {"tag": "m", "item": "x" * 300_000}, {}])
+    cases["oversized"] = (huge, {**ok.headers, "id": "m-oversized"}, "application/json")
+    cases["pickle"] = (b"\x80\x04K\x01.", {**ok.headers, "id": "m-pickle"}, "application/x-python-serialize")
+    cases["not_protocol2"] = ('{"a": 1}', {**ok.headers, "id": "m-shape"}, "application/json")
+    cases["no_headers"] = ('{"hello": "world"}', {}, "application/json")
+
+    with Connection(settings.BROKER_URL) as conn:
+        producer = Producer(conn.default_channel)
+        for label, (body, headers, content_type) in cases.items():
+            _publish(producer, body, headers=headers, content_type=content_type, message_id=f"m-{label}")
+        # a good task after the bad ones still runs: the worker survived
+        good = build_task_message("test.record", {"tag": "m", "item": "after"}, correlation_id="c")
+        producer.publish(good.body, exchange=good.exchange, routing_key=good.routing_key, headers=good.headers,
+                         retry=True, **good.properties)
+
+    wait_for(lambda: rds.sismember(probe_key("m", "done"), "after"), timeout=30, message="good task done")
+    wait_for(lambda: DeadLetter.objects.count() >= len(cases), timeout=30, message="all dead letters archived")
+    assert fleet["worker"].process.poll() is None
+
+    by_id = {d.task_id: d for d in DeadLetter.objects.all()}
+    assert by_id["m-not-json"].exception_class == "MalformedMessage"
+    assert "decode" in by_id["m-not-json"].exception_message
+    assert by_id["m-not-json"].raw_body == "{this is not json"
+    assert by_id["m-unknown"].exception_class == "UnknownTask"
+    assert "test.no_such_task" in by_id["m-unknown"].exception_message
+    assert by_id["m-missing"].exception_class == "InvalidTaskArguments"
+    assert "count" in by_id["m-missing"].exception_message
+    assert by_id["m-oversized"].exception_class == "PayloadTooLarge"
+    assert by_id["m-pickle"].exception_class in {"InvalidTaskMessage", "MalformedMessage"}
+    assert by_id["m-shape"].exception_class == "MalformedMessage"
+    no_headers = by_id["m-no_headers"]
+    assert no_headers.exception_class == "MalformedMessage" and no_headers.task_name == ""
+    for dead in by_id.values():
+        assert dead.reason == "rejected", (dead.task_id, dead.reason)
+        assert dead.queue == "ai.batch"
+    assert not rds.sismember(probe_key("m", "done"), "x")

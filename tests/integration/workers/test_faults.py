@@ -55,7 +55,10 @@ def test_rabbitmq_restart_with_tasks_in_flight_loses_nothing_and_workers_resume(
     try:
         rabbit.start()
         # given two workers on a private broker, and tasks in flight
-        workers = [processes("worker", name=f"rr{i}", concurrency=2, broker_url=rabbit.url) for i in range(2)]
+        workers = [processes("worker", name=f"rr{i}", concurrency=2, broker_url=rabbit.url, wait_ready=False)
+                   for i in range(2)]
+        for worker in workers:
+            processes.wait_ready(worker)
         before = [f"b{i}" for i in range(40)]
         _publish_all(rabbit.url, before, tag="rr", seconds=0.2)
         wait_for(lambda: rds.scard(probe_key("rr", "done")) >= 5, timeout=60, message="some tasks done")
