@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -95,7 +96,14 @@ def _broadcast_many(*, session_id: Any, messages: list[dict[str, Any]]) -> None:
         logger.warning("suggestion broadcast failed", exc_info=True, extra={"session_id": str(session_id)})
 
 
-def _presence_ai_state(*, session_id: Any, state: str | None) -> None:
+# Presence changes run on one background thread: they are advisory, cost a
+# Redis write plus a channel-layer send (tens of ms on a loaded box), and must
+# not sit on the path from claim to suggestion. One thread keeps them in order
+# (queued -> generating -> None).
+_presence_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ai-presence")
+
+
+def _presence_ai_state_now(*, session_id: Any, state: str | None) -> None:
     try:
         from apps.realtime.broadcast import presence_set_ai_state
     except ImportError:
@@ -104,6 +112,10 @@ def _presence_ai_state(*, session_id: Any, state: str | None) -> None:
         presence_set_ai_state(session_id=session_id, state=state)
     except Exception:  # noqa: BLE001 - presence is advisory
         logger.warning("presence_set_ai_state failed", exc_info=True, extra={"session_id": str(session_id)})
+
+
+def _presence_ai_state(*, session_id: Any, state: str | None) -> None:
+    _presence_executor.submit(_presence_ai_state_now, session_id=session_id, state=state)
 
 
 def _outbox_event(*, event_type: str, session_id: Any, user_id: int | None, data: dict[str, Any],
