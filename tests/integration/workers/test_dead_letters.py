@@ -225,3 +225,19 @@ def test_malformed_messages_dead_letter_with_a_clear_reason_and_the_worker_keeps
         assert dead.reason == "rejected", (dead.task_id, dead.reason)
         assert dead.queue == "ai.batch"
     assert not rds.sismember(probe_key("m", "done"), "x")
+
+
+def test_a_message_whose_ttl_runs_out_is_archived_as_expired(fleet):
+    from apps.ops.models import DeadLetter
+    from workers.base import build_task_message
+
+    # ai.training has no consumer in this module: the message waits until its TTL runs out
+    msg = build_task_message("test.record", {"tag": "ttl", "item": "x"}, correlation_id="c", queue="ai.training",
+                             task_id="m-expired")
+    with Connection(settings.BROKER_URL) as conn:
+        Producer(conn.default_channel).publish(msg.body, exchange=msg.exchange, routing_key=msg.routing_key,
+                                               headers=msg.headers, expiration=0.05, retry=True, **msg.properties)
+    dead = wait_for(lambda: DeadLetter.objects.filter(task_id="m-expired").first(), timeout=30,
+                    message="expired message archived")
+    assert dead.reason == "expired" and dead.queue == "ai.training"
+    assert dead.exception_class == "MessageExpired" and dead.kwargs == {"tag": "ttl", "item": "x"}
