@@ -32,6 +32,15 @@ def _publish_all(url: str, items: list[str], *, tag: str, seconds: float) -> Non
                              **msg.properties)
 
 
+def _publish_task(url: str, name: str, kwargs: dict, *, task_id: str) -> None:
+    from workers.base import build_task_message
+
+    msg = build_task_message(name, kwargs, correlation_id="c", task_id=task_id)
+    with Connection(url) as conn:
+        Producer(conn.default_channel).publish(msg.body, exchange=msg.exchange, routing_key=msg.routing_key,
+                                               headers=msg.headers, retry=True, **msg.properties)
+
+
 def test_kill_9_of_a_worker_mid_task_redelivers_the_task_and_it_completes(processes, rds):
     from django.conf import settings
 
@@ -51,12 +60,15 @@ def test_kill_9_of_a_worker_mid_task_redelivers_the_task_and_it_completes(proces
 
 
 def test_rabbitmq_restart_with_tasks_in_flight_loses_nothing_and_workers_resume(processes, rds):
+    from apps.ops.models import DeadLetter
+
     rabbit = PrivateRabbitMQ()
     try:
         rabbit.start()
         # given two workers on a private broker, and tasks in flight
         workers = [processes("worker", name=f"rr{i}", concurrency=2, broker_url=rabbit.url, wait_ready=False)
                    for i in range(2)]
+        archiver = processes("archiver", name="rr-archiver", broker_url=rabbit.url)
         for worker in workers:
             processes.wait_ready(worker)
         before = [f"b{i}" for i in range(40)]
@@ -72,5 +84,10 @@ def test_rabbitmq_restart_with_tasks_in_flight_loses_nothing_and_workers_resume(
                  message="every task done after the restart")
         assert rds.smembers(probe_key("rr", "done")) == set(before + after)
         assert all(w.process.poll() is None for w in workers)
+        # and the archiver reconnected by itself too: a failure after the restart becomes a row
+        _publish_task(rabbit.url, "test.permanent", {"tag": "rr-dead"}, task_id="rr-dead")
+        wait_for(lambda: DeadLetter.objects.filter(task_id="rr-dead", reason="rejected").exists(), timeout=60,
+                 message="dead letter archived after the restart")
+        assert archiver.process.poll() is None
     finally:
         rabbit.cleanup()
