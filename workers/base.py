@@ -24,6 +24,10 @@ What happens on an exception (first match wins):
   budget lasts; then dead-lettered with reason ``retries_exhausted``.
 - anything else: treated as permanent (dead-lettered); a bug is not transient.
 
+A direct call (``generate_suggestions(request_id=...)``, as in a unit test)
+just runs the function and raises its own exceptions; ``apply()`` runs the
+whole classification eagerly.
+
 One attempt budget: Celery retries republish the message, which resets the
 broker's delivery count, so the attempt number travels in the ``ce_attempt``
 header (plus the quorum queue's ``x-delivery-count`` for crash redeliveries).
@@ -212,6 +216,10 @@ class BaseTask(celery.Task):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
+        if request.called_directly:
+            # A plain function call (a unit test, a shell): no message to
+            # retry or reject, so the caller gets the task's own exception.
+            return self.run(*args, **kwargs)
         queue = self.queue or queue_for_task_name(self.name).value
         correlation_id = _header(request, HEADER_CORRELATION_ID) or get_correlation_id() or new_correlation_id()
         token = set_correlation_id(correlation_id)

@@ -193,3 +193,12 @@ def test_every_task_uses_the_base_class() -> None:
     ours = [t for name, t in app.tasks.items() if not name.startswith("celery.")]
     assert ours and all(isinstance(t, BaseTask) for t in ours)
     assert all(t.acks_late and t.reject_on_worker_lost for t in ours)
+
+
+def test_a_direct_call_runs_the_function_and_raises_its_own_errors() -> None:
+    assert classified(what="fine") == "ok"
+    with pytest.raises(ValueError, match="bad value"):
+        classified(what="value")
+    with pytest.raises(ConnectionError):
+        classified(what="transient")
+    assert len(CALLS) == 3
