@@ -521,7 +521,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.duration is None:
         args.duration = 10.0 if args.quick else 30.0
-    command = "python bench/inference.py " + " ".join(sys.argv[1:])
+    command = " ".join([".venv/bin/python bench/inference.py", *sys.argv[1:]])
     os.environ.update({k: v for k, v in _env().items() if k not in ("PYTHONPATH",)})
     import django
 
