@@ -415,9 +415,18 @@ def worker_split(*, since: datetime) -> dict[str, float]:
 
     django.setup()
     from apps.ai.models import InferenceRequest
+    from apps.context.models import ContextEvent
 
-    rows = list(InferenceRequest.objects.filter(queued_at__gte=since, status="done").values_list(
-        "queued_at", "started_at", "finished_at", "coalesced"))
+    requests = list(InferenceRequest.objects.filter(queued_at__gte=since, status="done").values_list(
+        "queued_at", "started_at", "finished_at", "coalesced", "session_id", "trigger_seq"))
+    rows = [r[:4] for r in requests]
+    # Event stored (its transaction) -> request queued: relay, RabbitMQ, the ai_trigger subscriber.
+    bus_ms = []
+    for queued, *_, session_id, seq in requests:
+        stored = ContextEvent.objects.filter(session_id=session_id, seq=seq).values_list(
+            "created_at", flat=True).first()
+        if stored is not None:
+            bus_ms.append((queued - stored).total_seconds() * 1000)
     queue_ms = [(s - q).total_seconds() * 1000 for q, s, _, _ in rows]
     run_ms = [(f - s).total_seconds() * 1000 for _, s, f, _ in rows]
     from apps.eventbus.models import OutboxMessage
@@ -429,6 +438,7 @@ def worker_split(*, since: datetime) -> dict[str, float]:
         for stage, ms in (body.get("data", {}).get("timings") or {}).items():
             stages.setdefault(stage, []).append(float(ms))
     return {
+        "bus_p50_ms": pct(bus_ms, 0.5), "bus_p95_ms": pct(bus_ms, 0.95),
         "stages_p50_ms": {k: round(pct(v, 0.5), 1) for k, v in sorted(stages.items())},
         "requests": len(rows),
         "coalesced_updates": sum(c for *_, c in rows),
@@ -481,6 +491,8 @@ def write_results(t: dict[str, Any], e: dict[str, Any] | None, args: argparse.Na
             f"| {e['sent']} | {len(lat)} | {e['missing']} | {e['errors']} | {p50:.0f} | {p95:.0f} | {p99:.0f} | "
             f"{1000 * max(lat) if lat else float('nan'):.0f} |",
             "",
+            f"Event stored -> request queued (relay, RabbitMQ, `ai_trigger` subscriber): p50 {w['bus_p50_ms']:.0f} ms "
+            f"/ p95 {w['bus_p95_ms']:.0f} ms. "
             f"Worker side ({w['requests']} requests for {w['coalesced_updates']} updates): queued -> started "
             f"p50 {w['queue_p50_ms']:.0f} ms / p95 {w['queue_p95_ms']:.0f} ms; started -> finished (claim, "
             f"embed, retrieve, rank, store) p50 {w['run_p50_ms']:.0f} ms / p95 {w['run_p95_ms']:.0f} ms. "
