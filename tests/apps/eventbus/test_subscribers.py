@@ -81,6 +81,17 @@ def test_ai_trigger_asks_once_per_session_for_the_latest_update(session_factory,
     assert InferenceRequest.objects.filter(session_id=session.id).count() == 1
 
 
+def test_ai_trigger_asks_for_next_actions_on_a_user_action(session_factory, user):
+    from apps.ai.models import InferenceRequest
+
+    session = session_factory()
+    action = _event("user.action", session.id, {"seq": 7, "action": "open_doc", "data": {"action": "open_doc"}},
+                    user_id=user.pk)
+    subscriber_apply(subscriber=AiTriggerSubscriber(), events=[action])
+    requests = list(InferenceRequest.objects.filter(session_id=session.id))
+    assert len(requests) == 1 and requests[0].trigger_seq == 7
+
+
 def test_cache_invalidation_drops_the_sessions_cached_views(session_factory):
     from apps.caching.cache import get_or_load
     from apps.context.selectors import session_cache_tag
