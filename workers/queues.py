@@ -109,9 +109,13 @@ def work_queue(queue: Queue) -> KombuQueue:
     )
 
 
+def subscriber_queue_name(subscriber: str) -> str:
+    return f"events.{subscriber}"
+
+
 def subscriber_queue(subscriber: str, patterns: list[str]) -> KombuQueue:
     """``events.<subscriber>`` bound on ``events`` by routing-key patterns, dead-lettered like work queues."""
-    name = f"events.{subscriber}"
+    name = subscriber_queue_name(subscriber)
     from kombu import binding
 
     return KombuQueue(

@@ -114,9 +114,64 @@ def _decode_body(body: bytes | str, content_type: str | None) -> tuple[list, dic
     return [], {}, text[:100_000], "body is not a Celery protocol 2 task payload"
 
 
+EVENT_QUEUE_PREFIX = "events."
+EVENT_TASK_NAME_PREFIX = "event:"
+
+
+def is_event_queue(queue: str) -> bool:
+    """``events.<subscriber>``: a subscriber's queue (work queues never start with ``events.``)."""
+    return queue.startswith(EVENT_QUEUE_PREFIX) and not queue.endswith(".dlq")
+
+
+def event_failure_key(*, queue: str, event_id: str) -> str:
+    """The ``TaskFailure.task_id`` of an event a subscriber refused: one event may fail in several subscribers."""
+    return f"{queue}:{event_id}"[:200]
+
+
+def event_dead_letter_decode(*, body: bytes | str, properties: dict[str, Any] | None) -> dict[str, Any]:
+    """What a row needs from a dead-lettered domain event: its envelope, id, type and any body problem.
+
+    Lax on purpose (not the contract parse): an event its subscriber refused
+    for breaking the contract must still be stored whole for the operator.
+    """
+    properties = properties or {}
+    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+    content_type = properties.get("content_type")
+    payload: dict[str, Any] = {}
+    problem: str | None = None
+    if content_type not in (None, "", "application/json"):
+        problem = f"content type {content_type!r} is not accepted (JSON only)"
+    else:
+        try:
+            decoded = json.loads(text)
+        except ValueError:
+            problem = "body is not valid JSON"
+        else:
+            if isinstance(decoded, dict):
+                payload = decoded
+            else:
+                problem = "body is not a JSON object (an event envelope)"
+    event_id = str(payload.get("event_id") or properties.get("message_id") or "")
+    event_type = str(payload.get("event_type") or properties.get("type") or "")
+    return {
+        "payload": payload,
+        "raw_body": text[:100_000] if problem else "",
+        "problem": problem,
+        "event_id": event_id,
+        "event_type": event_type,
+        "task_name": f"{EVENT_TASK_NAME_PREFIX}{event_type or 'unknown'}",
+        "correlation_id": str(payload.get("correlation_id") or properties.get("correlation_id") or ""),
+    }
+
+
 def dead_letter_archive(*, dead_letter_queue: str, body: bytes | str, headers: dict[str, Any] | None,
                         properties: dict[str, Any] | None) -> tuple[DeadLetter, bool]:
-    """Store one DLQ message as a row; idempotent (a redelivered message returns the existing row)."""
+    """Store one DLQ message as a row; idempotent (a redelivered message returns the existing row).
+
+    A task's row is keyed by its task id; a domain event's (from
+    ``events.<subscriber>.dlq``) by queue, event id and replay, since one event
+    may die in several subscribers and a replay keeps its event id.
+    """
     headers = dict(headers or {})
     properties = dict(properties or {})
     x_death = [d for d in (headers.get("x-death") or []) if isinstance(d, dict)]
@@ -125,18 +180,31 @@ def dead_letter_archive(*, dead_letter_queue: str, body: bytes | str, headers: d
                          or dead_letter_queue.removesuffix(".dlq"))
     broker_reason = str(latest.get("reason") or headers.get("x-first-death-reason") or "rejected")
     death_count = sum(int(d.get("count") or 1) for d in x_death) or 1
-    task_id = str(headers.get("id") or properties.get("correlation_id") or properties.get("message_id") or "")
-    task_name = str(headers.get("task") or "")
     raw_bytes = body if isinstance(body, bytes) else body.encode()
-    identity = task_id or hashlib.sha256(raw_bytes + repr(sorted(map(str, headers))).encode()).hexdigest()
-    message_key = f"{identity}:{death_count}"[:300]
+    event = event_dead_letter_decode(body=body, properties=properties) if is_event_queue(original_queue) else None
+    if event is not None:
+        task_id, task_name, correlation_id = event["event_id"], event["task_name"], event["correlation_id"]
+        marker = "|".join((original_queue, task_id or hashlib.sha256(raw_bytes).hexdigest(),
+                           str(headers.get("ce_replay_id") or ""), str(headers.get("ce_replays") or "")))
+        message_key = f"event:{hashlib.sha256(marker.encode()).hexdigest()[:40]}:{death_count}"
+    else:
+        task_id = str(headers.get("id") or properties.get("correlation_id") or properties.get("message_id") or "")
+        task_name = str(headers.get("task") or "")
+        correlation_id = str(headers.get("ce_correlation_id") or "")
+        identity = task_id or hashlib.sha256(raw_bytes + repr(sorted(map(str, headers))).encode()).hexdigest()
+        message_key = f"{identity}:{death_count}"[:300]
 
     existing = DeadLetter.objects.filter(message_key=message_key).first()
     if existing is not None:
         return existing, False
 
-    args, kwargs, raw_body, body_problem = _decode_body(body, properties.get("content_type"))
-    failure = TaskFailure.objects.filter(task_id=task_id).first() if task_id else None
+    if event is not None:
+        args, kwargs, raw_body, body_problem = [], event["payload"], event["raw_body"], event["problem"]
+        failure_key = event_failure_key(queue=original_queue, event_id=task_id) if task_id else ""
+    else:
+        args, kwargs, raw_body, body_problem = _decode_body(body, properties.get("content_type"))
+        failure_key = task_id
+    failure = TaskFailure.objects.filter(task_id=failure_key).first() if failure_key else None
     redeliveries = int(headers.get("x-delivery-count") or 0)
     first_attempt = int(headers.get("ce_attempt") or 1)
 
@@ -169,7 +237,7 @@ def dead_letter_archive(*, dead_letter_queue: str, body: bytes | str, headers: d
     elif body_problem is not None:
         exception_class, exception_message, traceback = "MalformedMessage", body_problem, ""
         attempts = 0
-    elif not task_name:
+    elif event is None and not task_name:
         exception_class, exception_message, traceback = "MalformedMessage", "no task name in the headers", ""
         attempts = 0
     else:
@@ -193,7 +261,7 @@ def dead_letter_archive(*, dead_letter_queue: str, body: bytes | str, headers: d
                 "dead_letter_queue": dead_letter_queue[:200],
                 "task_name": task_name[:200],
                 "task_id": task_id[:200],
-                "correlation_id": str(headers.get("ce_correlation_id") or "")[:100],
+                "correlation_id": correlation_id[:100],
                 "args": _json_safe(args),
                 "kwargs": _json_safe(kwargs),
                 "raw_body": raw_body,
@@ -269,13 +337,55 @@ def _publish(*, queue: str, body: str, headers: dict, properties: dict) -> None:
                          **properties)
 
 
+def _replay_event_message(dead_letter: DeadLetter, *, replay_id: str) -> tuple[str, dict, dict]:
+    # The event keeps its event_id: the subscriber applies each id once, so a
+    # replay of an event it never applied is applied, and a repeat is a no-op.
+    headers = {k: v for k, v in (dead_letter.headers or {}).items() if k not in _BROKER_HEADERS}
+    headers["ce_replay_id"] = replay_id
+    properties = {k: v for k, v in (dead_letter.properties or {}).items()
+                  if k in ("content_type", "content_encoding", "correlation_id", "message_id", "type")}
+    properties.setdefault("content_type", "application/json")
+    properties.setdefault("content_encoding", "utf-8")
+    if dead_letter.task_id:
+        properties["message_id"] = dead_letter.task_id
+    properties["delivery_mode"] = 2
+    body = dead_letter.raw_body or json.dumps(dead_letter.kwargs)
+    return body, headers, properties
+
+
+def _publish_event(*, queue: str, body: str, headers: dict, properties: dict) -> None:
+    """Publish to one subscriber's queue only (default exchange, key = queue), with a publisher confirm.
+
+    Not to ``events``: every other subscriber bound there has applied or
+    dead-lettered the event on its own. The queue is declared passively: a
+    subscriber that no longer exists makes the replay fail instead of the
+    broker dropping the message unroutable.
+    """
+    from django.conf import settings
+    from kombu import Connection, Producer
+
+    with Connection(settings.BROKER_URL, connect_timeout=5,
+                    transport_options={"confirm_publish": True}) as connection:
+        channel = connection.channel()
+        channel.queue_declare(queue=queue, passive=True)
+        Producer(channel).publish(body, exchange="", routing_key=queue, headers=headers, retry=False,
+                                  **properties)
+
+
 def dead_letter_replay(*, dead_letter_id: Any, user: Any | None, force: bool = False) -> DeadLetterReplay:
-    """Publish the dead task again (a new task id); once per dead letter unless ``force``."""
+    """Publish the dead task again (a new task id); once per dead letter unless ``force``.
+
+    A dead-lettered domain event goes back to its one subscriber's queue with
+    its own event id (``DeadLetterReplay.new_task_id`` holds that id).
+    """
     new_task_id = str(uuid.uuid4())
     with transaction.atomic():
         dead_letter = DeadLetter.objects.select_for_update().filter(id=dead_letter_id).first()
         if dead_letter is None:
             raise NotFound("Dead letter not found.", details={"id": str(dead_letter_id)})
+        is_event = is_event_queue(dead_letter.queue)
+        if is_event and dead_letter.task_id:
+            new_task_id = dead_letter.task_id
         if dead_letter.status == DeadLetterStatus.REPLAYED and not force:
             raise Conflict("This dead letter was already replayed; send {\"force\": true} to replay it again.",
                            code="already_replayed", details={"id": str(dead_letter.id)})
@@ -291,9 +401,14 @@ def dead_letter_replay(*, dead_letter_id: Any, user: Any | None, force: bool = F
         dead_letter.save(update_fields=["status", "updated_at"])
     # The publish is a side effect: it happens after the claim is committed, and
     # a failed publish releases the claim and is recorded on the audit row.
-    body, headers, properties = _replay_message(dead_letter, replay_id=str(replay.id), new_task_id=new_task_id)
     try:
-        _publish(queue=dead_letter.queue, body=body, headers=headers, properties=properties)
+        if is_event:
+            body, headers, properties = _replay_event_message(dead_letter, replay_id=str(replay.id))
+            _publish_event(queue=dead_letter.queue, body=body, headers=headers, properties=properties)
+        else:
+            body, headers, properties = _replay_message(dead_letter, replay_id=str(replay.id),
+                                                        new_task_id=new_task_id)
+            _publish(queue=dead_letter.queue, body=body, headers=headers, properties=properties)
     except Exception as exc:  # noqa: BLE001 - any broker error is reported, not raised as a 500
         logger.exception("replay publish failed", extra={"dead_letter_id": str(dead_letter.id)})
         DeadLetterReplay.objects.filter(id=replay.id).update(status=ReplayStatus.PUBLISH_FAILED,

@@ -1,5 +1,9 @@
 """Drains every ``*.dlq`` into ``DeadLetter`` rows; a plain kombu consumer, not a Celery worker.
 
+Every ``*.dlq``: the work queues' (``ai.realtime.dlq``, ...) and the event
+subscribers' (``events.<subscriber>.dlq`` for each registered subscriber,
+declared here so they exist before the subscriber process first ran).
+
 (A Celery worker would run the dead task again.) Each message is acked only
 after its row is committed; a redelivered message maps onto the same row
 (``DeadLetter.message_key``), so a crash between commit and ack duplicates
@@ -19,7 +23,7 @@ from kombu import Connection, Message
 from kombu import Queue as KombuQueue
 from kombu.mixins import ConsumerMixin
 
-from workers.queues import DEAD_LETTER_QUEUES, declare_topology
+from workers.queues import DEAD_LETTER_QUEUES, dead_letter_queue, declare_topology, subscriber_queue_name
 
 logger = logging.getLogger("workers.deadletter.archiver")
 
@@ -32,7 +36,7 @@ class DeadLetterArchiver(ConsumerMixin):
     def __init__(self, connection: Connection, *, queues: list[KombuQueue] | None = None,
                  stop_event: threading.Event | None = None) -> None:
         self.connection = connection
-        self.queues = queues or DEAD_LETTER_QUEUES
+        self.queues = queues or archived_queues()
         self.stop_event = stop_event or threading.Event()
         self.archived = 0
         self.db_failures = 0
@@ -47,6 +51,10 @@ class DeadLetterArchiver(ConsumerMixin):
 
     def on_connection_revived(self) -> None:
         logger.info("archiver connected", extra={"queues": [q.name for q in self.queues]})
+
+    def on_consume_ready(self, connection: Any, channel: Any, consumers: list, **kwargs: Any) -> None:
+        # After every queue is declared and consumed: what a caller waits for.
+        logger.info("archiver consuming", extra={"queues": [q.name for q in self.queues]})
 
     def on_iteration(self) -> None:
         if self.stop_event.is_set():
@@ -75,6 +83,14 @@ class DeadLetterArchiver(ConsumerMixin):
         logger.info("dead letter archived" if created else "dead letter already archived",
                     extra={"dead_letter_id": str(dead_letter.id), "queue": dead_letter.queue,
                            "task": dead_letter.task_name, "reason": dead_letter.reason})
+
+
+def archived_queues() -> list[KombuQueue]:
+    """The work queues' DLQs and ``events.<name>.dlq`` of every registered subscriber."""
+    from apps.eventbus.subscribers import registered_subscribers
+
+    names = sorted({cls.name for cls in registered_subscribers()})
+    return [*DEAD_LETTER_QUEUES, *(dead_letter_queue(subscriber_queue_name(name)) for name in names)]
 
 
 def _dlq_name(message: Message, routing_key: str) -> str:

@@ -25,6 +25,7 @@ import logging
 import random
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -158,7 +159,7 @@ class SubscriberRunner:
             try:
                 parsed.append((message, event_parse(message.body)))
             except ContractError as exc:
-                self._dead_letter(channel, message, sub, reason=f"contract: {exc} {exc.errors}")
+                self._dead_letter(channel, message, sub, reason=f"contract: {exc} {exc.errors}", exc=exc)
         if not parsed:
             return
         try:
@@ -173,6 +174,7 @@ class SubscriberRunner:
         self.stats.applied += applied
         self.stats.duplicates += len(parsed) - applied
         channel.basic_ack(delivery_tag=max(m.delivery_tag for m, _ in parsed), multiple=True)
+        self._replays_finished([m for m, _ in parsed])
 
     def _apply_one_by_one(self, channel: Any, sub: Subscriber, parsed: list[tuple[Any, Event]]) -> None:
         for message, event in parsed:
@@ -181,14 +183,62 @@ class SubscriberRunner:
             except TRANSIENT_DB_ERRORS:
                 raise
             except Exception as exc:  # noqa: BLE001 - the handler refused this event
-                self._dead_letter(channel, message, sub, reason=repr(exc), event=event, exc_info=True)
+                self._dead_letter(channel, message, sub, reason=repr(exc), event=event, exc_info=True, exc=exc)
                 continue
             self.stats.applied += applied
             self.stats.duplicates += 1 - applied
             channel.basic_ack(delivery_tag=message.delivery_tag)
+            self._replays_finished([message])
+
+    def _replays_finished(self, messages: Sequence[Any]) -> None:
+        """A replayed event (``ce_replay_id``, set by ``dead_letter_replay``) is settled: mark its replay succeeded.
+
+        Succeeded also when it was a no-op (the event was applied before): the
+        operator's question is whether the event is applied now, and it is.
+        """
+        replay_ids = [rid for m in messages if (rid := (m.headers or {}).get("ce_replay_id"))]
+        if not replay_ids:
+            return
+        try:
+            from apps.ops.models import ReplayStatus
+            from apps.ops.services import dead_letter_replay_finish
+
+            for replay_id in replay_ids:
+                dead_letter_replay_finish(replay_id=str(replay_id), status=ReplayStatus.SUCCEEDED)
+        except Exception:  # noqa: BLE001 - the events are applied and acked; the audit row is secondary
+            logger.exception("could not mark event replays succeeded", extra={"replay_ids": replay_ids})
+
+    def _record_failure(self, message: Any, sub: Subscriber, *, event: Event | None,
+                        exc: BaseException | None) -> None:
+        """Write why the event was refused where the archiver finds it (keyed by queue and event id); never raises.
+
+        Like ``workers/base.py`` before its reject: the archiver joins the note
+        onto the ``DeadLetter`` row (exception class, message, traceback).
+        """
+        event_id = str(event.event_id) if event is not None else str(message.properties.get("message_id") or "")
+        if not event_id or exc is None:
+            return
+        try:
+            from apps.ops.models import DeadLetterReason
+            from apps.ops.services import event_failure_key, task_failure_record
+
+            queue = queue_name(sub)
+            redeliveries = int((message.headers or {}).get("x-delivery-count") or 0)
+            task_failure_record(
+                task_id=event_failure_key(queue=queue, event_id=event_id),
+                task_name=f"event:{event.event_type if event is not None else message.properties.get('type') or ''}",
+                queue=queue, exception_class=type(exc).__name__,
+                exception_message=str(exc) + (f" {exc.errors}" if isinstance(exc, ContractError) else ""),
+                traceback="".join(traceback.format_exception(exc)), attempts=1 + redeliveries,
+                reason=DeadLetterReason.REJECTED,
+            )
+        except Exception:  # noqa: BLE001 - the dead letter matters more than its annotation
+            logger.exception("could not record the event failure", extra={"subscriber": sub.name,
+                                                                          "event_id": event_id})
 
     def _dead_letter(self, channel: Any, message: Any, sub: Subscriber, *, reason: str, event: Event | None = None,
-                     exc_info: bool = False) -> None:
+                     exc_info: bool = False, exc: BaseException | None = None) -> None:
+        self._record_failure(message, sub, event=event, exc=exc)
         # Reject without requeue: the quorum queue dead-letters it (at least once) into events.<name>.dlq.
         channel.basic_reject(delivery_tag=message.delivery_tag, requeue=False)
         self.stats.dead_lettered += 1
