@@ -67,6 +67,10 @@ def session_broadcast(*, session_id: Any, message: dict[str, Any]) -> None:
         logger.warning(
             "broadcast dropped", exc_info=True, extra={"session_id": str(session_id), "frame": message.get("type")}
         )
+        return
+    # The last hop of a request's trail: this line carries the correlation id of
+    # the REST call, frame or task that caused it (DEBUG: one per broadcast).
+    logger.debug("broadcast sent", extra={"session_id": str(session_id), "frame": message.get("type")})
 
 
 def context_events_broadcast(*, session_id: Any, events: list[dict[str, Any]]) -> None:

@@ -16,9 +16,11 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from apps.common.exceptions import ApplicationError, NotFound, ValidationFailed
+from apps.common.logging import correlation_id, set_correlation_id
 from apps.context import selectors as context_selectors
 from apps.context import services as context_services
 from apps.ops.metrics import WS_CONNECTIONS, WS_MESSAGES
+from apps.ops.middleware import correlation_id_accept
 from apps.realtime import presence
 from apps.realtime.auth import origin_allowed, selected_subprotocol
 from apps.realtime.broadcast import session_broadcast_async, session_group_name
@@ -284,12 +286,18 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await self._error("unknown_type", f"Unknown frame type {content['type'][:40]!r}.",
                               {"allowed": sorted(self._handlers)})
             return
+        # Each frame is one unit of work: its correlation id (the client's
+        # optional "correlation_id", else a new one) goes on every log line and
+        # into the outbox rows and task headers it causes, as for a REST call.
+        token = set_correlation_id(correlation_id_accept(content.get("correlation_id")))
         try:
             await handler(self, content)
         except ApplicationError as exc:
             # The one mapping of ApplicationError for WebSockets.
             extra = {"client_msg_id": content["client_msg_id"]} if isinstance(content.get("client_msg_id"), str) else {}
             await self._send({"type": "error", **exc.as_dict(), **extra})
+        finally:
+            correlation_id.reset(token)
 
     async def _on_context_update(self, content: dict[str, Any]) -> None:
         data = content.get("data")

@@ -36,6 +36,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from kombu import Connection
 
+from apps.common.logging import correlation_id, set_correlation_id
 from apps.eventbus.amqp_io import buffered_reads
 from apps.eventbus.contracts import ContractError, Event, event_parse
 from apps.eventbus.subscribers.base import Subscriber
@@ -78,7 +79,14 @@ def subscriber_apply(*, subscriber: Subscriber, events: Sequence[Event]) -> int:
                 new_ids.discard(event.event_id)  # a repeat inside one batch is applied once
                 fresh.append(event)
         if fresh:
-            subscriber.handle_batch(fresh)
+            # The events' correlation id on the handler's log lines (and on
+            # anything it writes to the outbox) when the batch has one.
+            ids = {e.correlation_id for e in fresh if e.correlation_id}
+            token = set_correlation_id(ids.pop() if len(ids) == 1 else None)
+            try:
+                subscriber.handle_batch(fresh)
+            finally:
+                correlation_id.reset(token)
     return len(fresh)
 
 
