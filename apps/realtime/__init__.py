@@ -18,6 +18,9 @@ Close codes (the server accepts, then closes, so the client sees the code)
           servers), or a client that keeps exceeding the message rate
     1013  try again later: Redis (channel layer / presence) unavailable at connect
     1011  server error: reconnect and ``resume``
+    1012  service restart: this web instance is shutting down (SIGTERM; uvicorn
+          sends it to every open socket): reconnect (the load balancer picks a
+          live instance) and ``resume`` (tests/integration/ops/test_lb_websockets.py)
     ====  ==========================================================================
 
 Frames (JSON text, each with ``type``)
@@ -27,6 +30,8 @@ Frames (JSON text, each with ``type``)
         append (same seq, same dedupe by ``client_msg_id``);
         ``resume`` ``{after_seq: int}``; ``ping`` ``{t: number|string}``;
         ``typing`` ``{active?: bool}``; ``presence`` ``{state: "active"|"idle"|"away"}``.
+        Any frame may carry ``correlation_id`` (``[A-Za-z0-9._:-]{1,128}``): the id of
+        the work it causes in logs, outbox rows and task headers (else a new one).
     server -> client
         ``hello`` ``{session: {id, title, state}, user: {username, role}, last_seq,
         online: [{user, state}], typing: [user], ai_state, limits, heartbeat_s}``;
