@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -83,17 +82,11 @@ def check_broker(timeout: float) -> None:
 
 
 async def check_channel_layer(timeout: float) -> None:
-    from channels.layers import get_channel_layer
+    # The realtime app's probe: a round trip that leaves no subscription behind
+    # (HAProxy calls /readyz every second).
+    from apps.realtime.broadcast import channel_layer_check
 
-    layer = get_channel_layer()
-    if layer is None:
-        raise RuntimeError("no channel layer configured")
-    channel = await layer.new_channel(prefix="readyz.")
-    token = uuid.uuid4().hex
-    await layer.send(channel, {"type": "ops.readyz", "token": token})
-    message = await layer.receive(channel)
-    if message.get("token") != token:
-        raise RuntimeError("channel layer returned a different message")
+    await channel_layer_check(timeout=timeout)
 
 
 def check_workers(timeout: float) -> list[str]:

@@ -205,6 +205,7 @@ SESSION_IDLE_TIMEOUT_MINUTES = env.get_int("SESSION_IDLE_TIMEOUT_MINUTES", 120)
 # than these are deleted by the retention_purge job.
 RETENTION_DEAD_LETTER_DAYS = env.get_int("RETENTION_DEAD_LETTER_DAYS", 30)
 RETENTION_OUTBOX_DAYS = env.get_int("RETENTION_OUTBOX_DAYS", 7)
+RETENTION_PROCESSED_EVENT_DAYS = env.get_int("RETENTION_PROCESSED_EVENT_DAYS", 7)
 RETENTION_JOB_RUN_DAYS = env.get_int("RETENTION_JOB_RUN_DAYS", 30)
 
 # --- Context limits ---------------------------------------------------------

@@ -58,15 +58,18 @@ class SessionExpiryJob(Job):
 class RetentionPurgeJob(Job):
     name = "retention_purge"
     queue = Queue.MAINTENANCE.value
-    description = "Delete old dead letters, published outbox rows and finished job runs."
+    description = (
+        "Delete old dead letters, published outbox rows, event dedupe records, idempotency keys and finished job runs."
+    )
     params = {
         "dead_letter_days": Param(int, None, "default: settings.RETENTION_DEAD_LETTER_DAYS"),
         "outbox_days": Param(int, None, "default: settings.RETENTION_OUTBOX_DAYS"),
+        "processed_event_days": Param(int, None, "default: settings.RETENTION_PROCESSED_EVENT_DAYS"),
         "job_run_days": Param(int, None, "default: settings.RETENTION_JOB_RUN_DAYS"),
     }
     # One target per step: each purge commits with its checkpoint, so a resumed
     # run skips the purges already done.
-    targets = ("dead_letters", "outbox", "job_runs")
+    targets = ("dead_letters", "outbox", "processed_events", "idempotency_keys", "job_runs")
 
     def total(self, *, params: dict[str, Any]) -> int | None:
         return len(self.targets)
@@ -96,6 +99,18 @@ class RetentionPurgeJob(Job):
             deleted = outbox_purge_published(
                 older_than=now - timedelta(days=days("outbox_days", "RETENTION_OUTBOX_DAYS"))
             )
+        elif target == "processed_events":
+            from apps.eventbus.services import processed_events_purge
+
+            # Dedupe records must outlive any redelivery of their event; a week
+            # is far beyond the broker's and the relay's retry horizons.
+            deleted = processed_events_purge(
+                older_than=timedelta(days=days("processed_event_days", "RETENTION_PROCESSED_EVENT_DAYS"))
+            )
+        elif target == "idempotency_keys":
+            from apps.context.idempotency import idempotency_key_purge
+
+            deleted = idempotency_key_purge()  # the keys' own retention (IDEMPOTENCY_KEY_TTL_S, 24 h)
         else:
             deleted = batch_services.job_run_purge(
                 older_than=now - timedelta(days=days("job_run_days", "RETENTION_JOB_RUN_DAYS"))

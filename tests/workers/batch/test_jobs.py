@@ -111,16 +111,33 @@ def test_retention_deletes_exactly_the_old_rows(db):
     jr_young = _job_run(status="succeeded", finished_at=young)
     jr_running = _job_run(status="running", finished_at=None)  # started 100 days ago, still running: kept
     OutboxMessage.objects.exclude(pk__in=[ob_old, ob_young, ob_pending_old]).delete()
+    from django.contrib.auth import get_user_model
 
-    run = job_execute(name="retention_purge", params={"dead_letter_days": 30, "outbox_days": 7, "job_run_days": 30})
+    from apps.context.models import IdempotencyKey
+    from apps.eventbus.models import ProcessedEvent
+
+    pe_old, pe_young = (ProcessedEvent.objects.create(subscriber="activity", event_id=uuid.uuid4(), event_type="x")
+                        for _ in range(2))
+    ProcessedEvent.objects.filter(pk=pe_old.pk).update(processed_at=now - timedelta(days=8))
+    ProcessedEvent.objects.filter(pk=pe_young.pk).update(processed_at=now - timedelta(days=6))
+    owner = get_user_model().objects.create_user(username="keys")
+    ik_old, ik_young = (IdempotencyKey.objects.create(user=owner, key=k, scope="/x", request_hash="h")
+                        for k in ("old", "young"))
+    IdempotencyKey.objects.filter(pk=ik_old.pk).update(created_at=now - timedelta(hours=25))
+
+    run = job_execute(name="retention_purge", params={"dead_letter_days": 30, "outbox_days": 7, "job_run_days": 30,
+                                                      "processed_event_days": 7})
 
     assert set(DeadLetter.objects.values_list("pk", flat=True)) == {dl_young}
     assert dl_old not in set(DeadLetter.objects.values_list("pk", flat=True))
     assert set(OutboxMessage.objects.values_list("pk", flat=True)) == {ob_young, ob_pending_old}
     remaining = set(JobRun.objects.values_list("pk", flat=True))
     assert {jr_young, jr_running, run.pk} <= remaining and not {jr_old, jr_failed_old} & remaining
-    assert run.result == {"deleted_dead_letters": 1, "deleted_outbox": 1, "deleted_job_runs": 2}
-    assert run.progress_done == run.progress_total == 3
+    assert set(ProcessedEvent.objects.values_list("pk", flat=True)) == {pe_young.pk}
+    assert set(IdempotencyKey.objects.values_list("pk", flat=True)) == {ik_young.pk}
+    assert run.result == {"deleted_dead_letters": 1, "deleted_outbox": 1, "deleted_processed_events": 1,
+                          "deleted_idempotency_keys": 1, "deleted_job_runs": 2}
+    assert run.progress_done == run.progress_total == 5
 
 
 def test_retention_rejects_a_zero_day_window(db):
