@@ -47,7 +47,7 @@ case "$ROLE" in
         ;;
     beat)
         # The schedule lives in PostgreSQL (editable in admin); no local state file.
-        exec celery -A project beat -S django_celery_beat.schedulers:DatabaseScheduler \
+        exec celery -A project beat -S workers.batch.beat:SingleBeatScheduler \
             --loglevel "${LOG_LEVEL:-INFO}" "$@"
         ;;
     migrate)
