@@ -27,6 +27,8 @@ from typing import Any
 
 from celery import Celery, signals
 
+from project import env
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.dev")
 
 # Imported for its before_task_publish hook: every message published by this
@@ -45,8 +47,8 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 
 # Seconds. Soft limit raises SoftTimeLimitExceeded inside the task (a failure it
 # may classify); the hard limit kills the child. 25 min < RabbitMQ's 30 min.
-TASK_SOFT_TIME_LIMIT = int(os.environ.get("CELERY_TASK_SOFT_TIME_LIMIT", 20 * 60))
-TASK_TIME_LIMIT = int(os.environ.get("CELERY_TASK_TIME_LIMIT", 25 * 60))
+TASK_SOFT_TIME_LIMIT = env.get_int("CELERY_TASK_SOFT_TIME_LIMIT", 20 * 60)
+TASK_TIME_LIMIT = env.get_int("CELERY_TASK_TIME_LIMIT", 25 * 60)
 
 
 def route_task(name: str, args: Any, kwargs: Any, options: dict, task: Any = None, **kw: Any) -> dict:
@@ -112,5 +114,5 @@ def _prefetch_for_queues(sender: Any = None, **kwargs: Any) -> None:
     except AttributeError:
         return
     values = [PREFETCH_MULTIPLIER.get(name, 1) for name in consumed]
-    override = os.environ.get("CELERY_PREFETCH_MULTIPLIER")
-    sender.prefetch_multiplier = int(override) if override else (min(values) if values else 1)
+    override = env.get_int("CELERY_PREFETCH_MULTIPLIER", 0)
+    sender.prefetch_multiplier = override or (min(values) if values else 1)

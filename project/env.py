@@ -37,7 +37,10 @@ def _load_dotenv(path: Path) -> None:
         name, _, value = line.partition("=")
         name = name.strip().removeprefix("export ").strip()
         value = value.strip().strip('"').strip("'")
-        os.environ.setdefault(name, value)
+        # An empty value means "use the default": libraries that test for a
+        # variable's presence (prometheus_client's multiprocess dir) must not see it.
+        if value:
+            os.environ.setdefault(name, value)
 
 
 if os.environ.get("CONTEXT_ENGINE_SKIP_DOTENV") != "1":

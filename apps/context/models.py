@@ -92,7 +92,9 @@ class ContextEvent(models.Model):
 
 
 class UserPreference(models.Model):
-    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="preference")
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="preference"
+    )
     ai_enabled = models.BooleanField(default=True)
     suggestion_kinds = models.JSONField(default=list, blank=True)
     data = models.JSONField(default=dict, blank=True)

@@ -83,7 +83,9 @@ def participant_get(*, session_id: Any, user: AbstractBaseUser) -> Participant |
     )
 
 
-def session_list_for_user(*, user: AbstractBaseUser, state: str | None = None, search: str | None = None) -> QuerySet[Session]:
+def session_list_for_user(
+    *, user: AbstractBaseUser, state: str | None = None, search: str | None = None
+) -> QuerySet[Session]:
     qs = Session.objects.filter(participants__user=user, participants__left_at__isnull=True).select_related("owner")
     if state:
         qs = qs.filter(state=state)
@@ -93,7 +95,9 @@ def session_list_for_user(*, user: AbstractBaseUser, state: str | None = None, s
 
 
 def participant_list(*, session: Session) -> QuerySet[Participant]:
-    return Participant.objects.filter(session=session, left_at__isnull=True).select_related("user").order_by("joined_at")
+    return (
+        Participant.objects.filter(session=session, left_at__isnull=True).select_related("user").order_by("joined_at")
+    )
 
 
 def context_event_list(*, session: Session, after_seq: int = 0, limit: int | None = None) -> QuerySet[ContextEvent]:

@@ -21,9 +21,10 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from apps.ops import health, metrics
+from project import env
 
 # Which instance answered (load-balancer debugging, the LB tests and bench/lb.py).
-INSTANCE_NAME = os.environ.get("INSTANCE_NAME") or f"{socket.gethostname()}:{os.getpid()}"
+INSTANCE_NAME = env.get_str("INSTANCE_NAME", "") or f"{socket.gethostname()}:{os.getpid()}"
 
 
 @never_cache

@@ -21,6 +21,7 @@ from celery import signals
 
 from apps.ops import fleet
 from apps.ops.metrics import TASK_QUEUE_WAIT, mark_process_dead
+from project import env
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,8 @@ def _child_exit(pid: int | None = None, **_: Any) -> None:
 
 @signals.worker_ready.connect(weak=False)
 def _serve_metrics(**_: Any) -> None:
-    port = os.environ.get("METRICS_PORT")
+    port = env.get_int("METRICS_PORT", 0)
     if port:
         from apps.ops.metrics import worker_metrics_serve
 
-        worker_metrics_serve(port=int(port))
+        worker_metrics_serve(port=port)

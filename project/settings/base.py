@@ -210,6 +210,8 @@ RETENTION_JOB_RUN_DAYS = env.get_int("RETENTION_JOB_RUN_DAYS", 30)
 
 # --- Context limits ---------------------------------------------------------
 EVENT_BATCH_MAX = env.get_int("EVENT_BATCH_MAX", 500)
+# An Idempotency-Key is remembered this long; retention purges it afterwards.
+IDEMPOTENCY_KEY_TTL_S = env.get_int("IDEMPOTENCY_KEY_TTL_S", 24 * 3600)
 EVENT_DATA_MAX_BYTES = env.get_int("EVENT_DATA_MAX_BYTES", 65_536)
 SNAPSHOT_RECENT_EVENTS = env.get_int("SNAPSHOT_RECENT_EVENTS", 50)
 

@@ -16,13 +16,13 @@ child of one), not on the first request.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from celery import current_task, signals
 from django.db import InterfaceError, OperationalError
 
 from apps.ai import services as ai_services
+from project import env
 from workers.base import TransientError, task
 from workers.inference.runtime import PoisonInput
 from workers.queues import Queue
@@ -77,7 +77,7 @@ def _consumes_realtime(app: Any) -> bool:
 
 
 def _warm(reason: str) -> None:
-    if os.environ.get("AI_WARM_ON_START", "1") == "0":
+    if not env.get_bool("AI_WARM_ON_START", True):
         return
     from workers.inference.runtime import runtime
 

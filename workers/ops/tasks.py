@@ -11,10 +11,11 @@ import os
 import time
 from typing import Any
 
+from project import env
 from workers.base import PermanentError, task
 from workers.queues import Queue
 
-CANARY_SLOW_SECONDS = float(os.environ.get("CANARY_SLOW_SECONDS", "5"))
+CANARY_SLOW_SECONDS = env.get_float("CANARY_SLOW_SECONDS", 5.0)
 
 
 class CanaryFailure(PermanentError):

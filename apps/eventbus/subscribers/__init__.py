@@ -9,12 +9,11 @@ may replace the list with the ``EVENTBUS_SUBSCRIBERS`` setting or env var (dotte
 
 from __future__ import annotations
 
-import os
-
 from django.conf import settings
 from django.utils.module_loading import import_string
 
 from apps.eventbus.subscribers.base import Subscriber
+from project import env
 
 DEFAULT_SUBSCRIBERS: tuple[str, ...] = (
     "apps.eventbus.subscribers.activity.ActivitySubscriber",
@@ -26,8 +25,8 @@ DEFAULT_SUBSCRIBERS: tuple[str, ...] = (
 def registered_subscribers() -> list[type[Subscriber]]:
     # The env var (comma-separated dotted paths) lets a benchmark or a
     # deployment run a subset without a settings change.
-    override = os.environ.get("EVENTBUS_SUBSCRIBERS", "").strip()
-    paths = [p.strip() for p in override.split(",") if p.strip()] if override else getattr(
+    override = env.get_list("EVENTBUS_SUBSCRIBERS", [])
+    paths = override or getattr(
         settings, "EVENTBUS_SUBSCRIBERS", DEFAULT_SUBSCRIBERS
     )
     return [import_string(path) for path in paths]
