@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -10,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+
+from tests.support.processes import child_env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,20 +116,7 @@ def subprocess_env() -> Callable[..., dict[str, str]]:
     """
 
     def factory(**overrides: str) -> dict[str, str]:
-        from django.db import connection
-
-        db = connection.settings_dict
-        env = dict(os.environ)
-        env.update(
-            DJANGO_SETTINGS_MODULE="project.settings.test",
-            TEST_RUN_ID=settings.TEST_RUN_ID,
-            DATABASE_URL=f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
-            CONTEXT_ENGINE_SKIP_DOTENV="1",
-            PYTHONPATH=str(REPO_ROOT),
-            PYTHONUNBUFFERED="1",
-        )
-        env.update(overrides)
-        return env
+        return child_env(**overrides)
 
     return factory
 

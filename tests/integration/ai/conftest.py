@@ -19,6 +19,7 @@ import pytest
 from django.conf import settings
 
 from tests.conftest import REPO_ROOT
+from tests.support.processes import child_env
 from tests.support.services import free_port, wait_for_port
 
 # The worker loads all-MiniLM-L6-v2 before it reports ready; under load that
@@ -27,22 +28,7 @@ WORKER_READY_TIMEOUT = 240
 
 
 def stack_env(**overrides: str) -> dict[str, str]:
-    from django.db import connection
-
-    db = connection.settings_dict
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="project.settings.test",
-        TEST_RUN_ID=settings.TEST_RUN_ID,
-        DATABASE_URL=(f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}"
-                      f"/{db['NAME']}"),
-        CONTEXT_ENGINE_SKIP_DOTENV="1",
-        PYTHONPATH=str(REPO_ROOT),
-        PYTHONUNBUFFERED="1",
-        LOG_LEVEL="INFO",
-    )
-    env.update(overrides)
-    return env
+    return child_env(**{"LOG_LEVEL": "INFO", **overrides})
 
 
 @dataclass

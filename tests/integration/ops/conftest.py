@@ -7,31 +7,17 @@ test that restarts or reconfigures an instance leaves it as it found it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
-from django.conf import settings
 
-from tests.support.haproxy import REPO_ROOT, HAProxy, WebInstance
+from tests.support.haproxy import HAProxy, WebInstance
+from tests.support.processes import child_env
 
 
 def _env() -> dict[str, str]:
     """What the ``subprocess_env`` fixture gives, usable from package-scoped fixtures (after the test DB exists)."""
-    from django.db import connection
-
-    db = connection.settings_dict
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="project.settings.test",
-        TEST_RUN_ID=settings.TEST_RUN_ID,
-        DATABASE_URL=(f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}"
-                      f"/{db['NAME']}"),
-        CONTEXT_ENGINE_SKIP_DOTENV="1",
-        PYTHONPATH=str(REPO_ROOT),
-        PYTHONUNBUFFERED="1",
-    )
-    return env
+    return child_env()
 
 
 @pytest.fixture(scope="package")

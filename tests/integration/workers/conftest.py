@@ -15,7 +15,8 @@ import pytest
 import redis
 from django.conf import settings
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+from tests.support.processes import REPO_ROOT, child_env
+
 PROBE_MODULE = "tests.integration.workers.probe_tasks"
 
 
@@ -75,21 +76,7 @@ class Proc:
 
 def _env(**overrides: str) -> dict[str, str]:
     """What ``subprocess_env`` gives, usable from module-scoped fixtures (after the test DB exists)."""
-    from django.db import connection
-
-    db = connection.settings_dict
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="project.settings.test",
-        TEST_RUN_ID=settings.TEST_RUN_ID,
-        DATABASE_URL=(f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}"
-                      f"/{db['NAME']}"),
-        CONTEXT_ENGINE_SKIP_DOTENV="1",
-        PYTHONPATH=str(REPO_ROOT),
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(overrides)
-    return env
+    return child_env(**overrides)
 
 
 class Starter:
