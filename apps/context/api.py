@@ -362,7 +362,7 @@ class EventAppendApi(APIView):
         "is already stored come back as stored instead of being written again.",
     )
     def post(self, request: Request, session_id: Any) -> Response:
-        session = _session_or_404(request, session_id)
+        session = selectors.session_ref_for_participant(session_id=session_id, user=request.user)
         body = request.data
         is_batch = isinstance(body, dict) and "events" in body
         events = EventAppendApi._parse_events(body, is_batch=is_batch)

@@ -69,6 +69,20 @@ def session_get_for_user(*, session_id: Any, user: AbstractBaseUser) -> Session:
     return session
 
 
+def session_ref_for_participant(*, session_id: Any, user: AbstractBaseUser) -> Session:
+    """The session by id alone, once ``user`` is known to be an active participant; 404 otherwise.
+
+    For writes that lock and re-read the row themselves (event appends): the
+    participant check is cached across appends, while the cached session is
+    invalidated by every append (its ``last_seq`` moves), so loading it here
+    would cost a database read per append for nothing.
+    """
+    sid = _as_uuid(session_id)
+    if participant_get(session_id=sid, user=user) is None:
+        raise NotFound("Session not found.")
+    return Session(pk=sid)
+
+
 def participant_get(*, session_id: Any, user: AbstractBaseUser) -> Participant | None:
     sid = _as_uuid(session_id)
     user_id = getattr(user, "pk", None)
