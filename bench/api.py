@@ -500,7 +500,7 @@ def write_results(v: dict[str, Any]) -> None:
         "bounded by per-request CPU plus round trips (token lookup and snapshot come from the L1 cache; the "
         "rate-limit counters go to Redis in batches). Production runs several workers behind HAProxy.",
         "- Appends serialise per session on the session row lock (gap-free seq), and each commit also writes the "
-        "outbox rows and the coalesced inference request and broadcasts after commit; a batch pays that once "
+        "outbox rows (one COPY for the batch) and broadcasts after commit; a batch pays that once "
         "for 100 events, which is why it wins by far more than 10x.",
         "",
     ]
