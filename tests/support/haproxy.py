@@ -132,6 +132,39 @@ class HAProxy:
                 status[row["svname"]] = row.get("status", "")
         return status
 
+    def server_sessions(self) -> dict[str, int]:
+        """Open connections per server (``scur``), e.g. WebSockets held by each instance."""
+        text = self.command("show stat")
+        header = text.splitlines()[0].lstrip("# ").split(",")
+        sessions: dict[str, int] = {}
+        for line in text.splitlines()[1:]:
+            row = dict(zip(header, line.split(","), strict=False))
+            if row.get("pxname") == "web" and row.get("svname") not in ("FRONTEND", "BACKEND"):
+                sessions[row["svname"]] = int(row.get("scur") or 0)
+        return sessions
+
+    def wait_settled(self, *, timeout: float = 30.0, slowstart: float = 5.0) -> None:
+        """Every active server UP and past ``slowstart`` since its last state change:
+        a server back from a restart ramps its weight up over 5 s, and until then
+        roundrobin favours the others (``show stat`` still shows the user weight)."""
+        deadline = time.monotonic() + timeout
+        states: list[tuple[str, str, float]] = []
+        while time.monotonic() < deadline:
+            status = self.server_status()
+            lines = self.command("show servers state web").splitlines()
+            header = next((line.lstrip("# ").split() for line in lines if line.startswith("# be_id")), [])
+            states = []
+            for line in lines:
+                row = dict(zip(header, line.split(), strict=False))
+                name = row.get("srv_name", "")
+                if line.startswith("#") or name not in status or status[name] == "no check":
+                    continue  # the fail-open backups are never checked
+                states.append((name, status[name], float(row.get("srv_time_since_last_change") or 0)))
+            if states and all(st.startswith("UP") and since > slowstart for _, st, since in states):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"servers not settled after {timeout}s: {states}")
+
     def wait_status(self, server: str, wanted: str, *, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         last = ""

@@ -54,6 +54,7 @@ def lb(haproxy, web_pair) -> Iterator[HAProxy]:
             instance.start()
         haproxy.command(f"set server web/{instance.name} state ready")
         haproxy.wait_status(instance.name, "UP", timeout=30)
+    haproxy.wait_settled()
     yield haproxy
     for instance in web_pair:
         if instance.process is None or instance.process.poll() is not None:
