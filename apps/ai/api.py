@@ -17,18 +17,14 @@ from rest_framework.views import APIView
 from apps.ai import selectors, services
 from apps.ai.models import InferenceRequest, SuggestionFeedback, SuggestionKind
 from apps.common.pagination import PageNumberPaginationWithSize
+from apps.common.schema import error_responses
 from apps.common.serializers import StrictSerializer
 from apps.context import selectors as context_selectors
 
 
-class ErrorSerializer(serializers.Serializer):
-    code = serializers.CharField()
-    message = serializers.CharField()
-    details = serializers.JSONField()
-
-
 def _errors(*codes: int) -> dict[int, OpenApiResponse]:
-    return {code: OpenApiResponse(ErrorSerializer) for code in codes}
+    # Any request may be rate limited (429).
+    return error_responses(*sorted({*codes, 429}))
 
 
 class StrictCharField(serializers.CharField):
