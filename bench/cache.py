@@ -100,8 +100,9 @@ def server_app() -> Any:
             from apps.caching.cache import cache_stats
 
             body = json.dumps({"queries": counted["queries"], "cache": cache_stats()}).encode()
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json")]})
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+            )
             await send({"type": "http.response.body", "body": body})
             return
         await application(scope, receive, send)
@@ -179,8 +180,20 @@ class Server:
     def __init__(self, *, cache_enabled: bool) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "bench.cache:server_app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--no-access-log", "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "bench.cache:server_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
             cwd=REPO,
             env=_env(CACHE_ENABLED="1" if cache_enabled else "0"),
             stdout=subprocess.DEVNULL,
@@ -302,12 +315,25 @@ def hit_latencies(samples: int = 50_000) -> dict[str, float]:
     cache = MultiLevelCache(redis_url=settings.REDIS_URL, prefix=f"{PREFIX}:lat")
     assert cache.wait_ready(10)
     snapshot_like = {
-        "session_id": "x" * 36, "title": "Bench", "state": "open", "metadata": {}, "last_seq": 50,
-        "participants": [{"username": f"u{i}", "role": "editor", "joined_at": "2026-01-01T00:00:00+00:00"}
-                         for i in range(3)],
-        "recent_events": [{"seq": i, "event_type": "context_update", "data": {"text": "lorem ipsum " * 4},
-                           "user": "u1", "client_msg_id": None, "created_at": "2026-01-01T00:00:00+00:00"}
-                          for i in range(50)],
+        "session_id": "x" * 36,
+        "title": "Bench",
+        "state": "open",
+        "metadata": {},
+        "last_seq": 50,
+        "participants": [
+            {"username": f"u{i}", "role": "editor", "joined_at": "2026-01-01T00:00:00+00:00"} for i in range(3)
+        ],
+        "recent_events": [
+            {
+                "seq": i,
+                "event_type": "context_update",
+                "data": {"text": "lorem ipsum " * 4},
+                "user": "u1",
+                "client_msg_id": None,
+                "created_at": "2026-01-01T00:00:00+00:00",
+            }
+            for i in range(50)
+        ],
     }
 
     def summary(per_call_ns: list[float], batch_ns: list[float]) -> dict[str, float]:
@@ -388,8 +414,13 @@ def invalidation_lag(*, subscribers: int = 3, messages: int = 1000) -> dict[str,
 
     prefix = f"{PREFIX}:lag"
     procs = [
-        subprocess.Popen([sys.executable, "-c", _SUBSCRIBER, str(REPO), settings.REDIS_URL, prefix, str(messages)],
-                         cwd=REPO, env=_env(), stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", _SUBSCRIBER, str(REPO), settings.REDIS_URL, prefix, str(messages)],
+            cwd=REPO,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(subscribers)
     ]
     for proc in procs:

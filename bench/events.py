@@ -78,8 +78,9 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _rabbitmqctl(*args: str, check: bool = True) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=check, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   timeout=120)
+    subprocess.run(
+        ["rabbitmqctl", *args], check=check, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120
+    )
 
 
 def _admin_sql(sql: str) -> None:
@@ -133,11 +134,12 @@ def raw_kombu(payloads: list[bytes], *, batch: int) -> dict[str, float]:
         t0 = time.perf_counter()
         tag = 0
         for start in range(0, len(payloads), batch):
-            for body in payloads[start:start + batch]:
+            for body in payloads[start : start + batch]:
                 channel.basic_publish(
-                    amqp.Message(body, content_type="application/json", delivery_mode=2,
-                                 message_id=str(uuid.uuid4())),
-                    exchange="", routing_key=queue_name, mandatory=True,
+                    amqp.Message(body, content_type="application/json", delivery_mode=2, message_id=str(uuid.uuid4())),
+                    exchange="",
+                    routing_key=queue_name,
+                    mandatory=True,
                 )
                 tag += 1
             while acked["upto"] < tag:
@@ -160,8 +162,12 @@ def raw_kombu(payloads: list[bytes], *, batch: int) -> dict[str, float]:
         consume_s = time.perf_counter() - t1
         queue.delete()
     n = len(payloads)
-    return {"n": n, "publish_per_s": n / publish_s, "consume_per_s": n / consume_s,
-            "end_to_end_per_s": n / (publish_s + consume_s)}
+    return {
+        "n": n,
+        "publish_per_s": n / publish_s,
+        "consume_per_s": n / consume_s,
+        "end_to_end_per_s": n / (publish_s + consume_s),
+    }
 
 
 # --- the real pipeline --------------------------------------------------------
@@ -172,8 +178,14 @@ class Procs:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, *args: str, ready: str) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "manage.py", *args], cwd=REPO, env=_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", *args],
+            cwd=REPO,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.procs.append(proc)
         assert proc.stdout is not None
         deadline = time.monotonic() + 60
@@ -233,20 +245,30 @@ def _append(session: Any, owner: Any, batch: int, counter: int) -> None:
     from apps.eventbus.services import OutboxEvent, outbox_events_add_bulk
 
     with transaction.atomic():
-        outbox_events_add_bulk(events=[
-            OutboxEvent("context.updated", session.id, owner.pk,
-                        {"seq": counter + i + 1, "event_type": "context_update",
-                         "data": {"text": f"event {counter + i} " + "x" * 120}})
-            for i in range(batch)
-        ])
+        outbox_events_add_bulk(
+            events=[
+                OutboxEvent(
+                    "context.updated",
+                    session.id,
+                    owner.pk,
+                    {
+                        "seq": counter + i + 1,
+                        "event_type": "context_update",
+                        "data": {"text": f"event {counter + i} " + "x" * 120},
+                    },
+                )
+                for i in range(batch)
+            ]
+        )
 
 
 def _reset_tables() -> None:
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE eventbus_processedevent, eventbus_outboxmessage, eventbus_sessionactivity,"
-                       " context_contextevent")
+        cursor.execute(
+            "TRUNCATE eventbus_processedevent, eventbus_outboxmessage, eventbus_sessionactivity, context_contextevent"
+        )
 
 
 def throughput(owner: Any, *, events: int, batch: int) -> dict[str, float]:
@@ -272,9 +294,16 @@ def throughput(owner: Any, *, events: int, batch: int) -> dict[str, float]:
     processed = ProcessedEvent.objects.filter(subscriber="activity").count()
     counted = sum(SessionActivity.objects.values_list("events_total", flat=True))
     committed = created_events + events
-    return {"events": events, "append_per_s": events / append_s, "end_to_end_per_s": events / elapsed,
-            "elapsed_s": elapsed, "committed": committed, "processed": processed, "counted": counted,
-            "lost": committed - counted}
+    return {
+        "events": events,
+        "append_per_s": events / append_s,
+        "end_to_end_per_s": events / elapsed,
+        "elapsed_s": elapsed,
+        "committed": committed,
+        "processed": processed,
+        "counted": counted,
+        "lost": committed - counted,
+    }
 
 
 def lag(owner: Any, *, rate: int, seconds: float) -> dict[str, float]:
@@ -314,21 +343,31 @@ def lag(owner: Any, *, rate: int, seconds: float) -> dict[str, float]:
             """
         )
         lags = sorted(float(r[0]) for r in cursor.fetchall())
-    return {"rate": rate, "achieved_rate": total / produce_s, "events": total, "measured": len(lags),
-            "p50_ms": _percentile(lags, 0.5) * 1000, "p99_ms": _percentile(lags, 0.99) * 1000,
-            "max_ms": lags[-1] * 1000 if lags else float("nan"), "late_ticks": behind}
+    return {
+        "rate": rate,
+        "achieved_rate": total / produce_s,
+        "events": total,
+        "measured": len(lags),
+        "p50_ms": _percentile(lags, 0.5) * 1000,
+        "p99_ms": _percentile(lags, 0.99) * 1000,
+        "max_ms": lags[-1] * 1000 if lags else float("nan"),
+        "late_ticks": behind,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--rate", default="5000,250",
-                        help="comma-separated append rates (events/s) for the lag phases")
+    parser.add_argument("--rate", default="5000,250", help="comma-separated append rates (events/s) for the lag phases")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--relays", type=int, default=1)
-    parser.add_argument("--producer", choices=("outbox", "context"), default="outbox",
-                        help="outbox: outbox_events_add_bulk in a transaction; context: context_event_append")
+    parser.add_argument(
+        "--producer",
+        choices=("outbox", "context"),
+        default="outbox",
+        help="outbox: outbox_events_add_bulk in a transaction; context: context_event_append",
+    )
     args = parser.parse_args()
     PRODUCER["mode"] = args.producer
 
@@ -353,16 +392,24 @@ def main() -> None:
 
         sid = uuid.uuid4()
         payloads = [
-            json.dumps(event_build(event_type="context.updated", session_id=sid, user_id=owner.pk,
-                                   data={"seq": i + 1, "event_type": "context_update",
-                                         "data": {"text": f"event {i} " + "x" * 120}},
-                                   occurred_at=timezone.now()).to_wire()).encode()
+            json.dumps(
+                event_build(
+                    event_type="context.updated",
+                    session_id=sid,
+                    user_id=owner.pk,
+                    data={"seq": i + 1, "event_type": "context_update", "data": {"text": f"event {i} " + "x" * 120}},
+                    occurred_at=timezone.now(),
+                ).to_wire()
+            ).encode()
             for i in range(min(args.events, 50_000))
         ]
         print(f"baseline: raw kombu, {len(payloads)} payloads of {len(payloads[0])} bytes ...", flush=True)
         raw = raw_kombu(payloads, batch=args.batch)
-        print(f"  publish {raw['publish_per_s']:.0f}/s, consume {raw['consume_per_s']:.0f}/s, "
-              f"publish+consume {raw['end_to_end_per_s']:.0f}/s", flush=True)
+        print(
+            f"  publish {raw['publish_per_s']:.0f}/s, consume {raw['consume_per_s']:.0f}/s, "
+            f"publish+consume {raw['end_to_end_per_s']:.0f}/s",
+            flush=True,
+        )
 
         procs.start("run_event_subscribers", "activity", ready="subscribers ready")
         for _ in range(args.relays):
@@ -370,16 +417,22 @@ def main() -> None:
 
         print(f"throughput: {args.events} events in batches of {args.batch}, {args.relays} relay(s) ...", flush=True)
         thr = throughput(owner, events=args.events, batch=args.batch)
-        print(f"  appends {thr['append_per_s']:.0f}/s; end to end {thr['end_to_end_per_s']:.0f}/s over "
-              f"{thr['elapsed_s']:.1f}s; committed {thr['committed']}, applied {thr['processed']}, "
-              f"counted {thr['counted']}, lost {thr['lost']}", flush=True)
+        print(
+            f"  appends {thr['append_per_s']:.0f}/s; end to end {thr['end_to_end_per_s']:.0f}/s over "
+            f"{thr['elapsed_s']:.1f}s; committed {thr['committed']}, applied {thr['processed']}, "
+            f"counted {thr['counted']}, lost {thr['lost']}",
+            flush=True,
+        )
         lags = []
         for rate in [int(r) for r in str(args.rate).split(",") if r.strip()]:
             print(f"lag: {rate} events/s for {args.seconds:.0f}s ...", flush=True)
             lg = lag(owner, rate=rate, seconds=args.seconds)
             lags.append(lg)
-            print(f"  achieved {lg['achieved_rate']:.0f}/s; lag p50 {lg['p50_ms']:.0f} ms, p99 {lg['p99_ms']:.0f} ms,"
-                  f" max {lg['max_ms']:.0f} ms over {lg['measured']} events", flush=True)
+            print(
+                f"  achieved {lg['achieved_rate']:.0f}/s; lag p50 {lg['p50_ms']:.0f} ms, p99 {lg['p99_ms']:.0f} ms,"
+                f" max {lg['max_ms']:.0f} ms over {lg['measured']} events",
+                flush=True,
+            )
     finally:
         procs.stop()
         try:
@@ -414,16 +467,18 @@ def write_results(args: argparse.Namespace, raw: dict, thr: dict, lags: list[dic
         "",
         "## Baseline: raw kombu, same payloads, no database",
         "",
-        f"- {raw['n']} messages of the same JSON, persistent, durable quorum queue, confirms per batch of "
-        f"{args.batch}",
+        f"- {raw['n']} messages of the same JSON, persistent, durable quorum queue, confirms per batch of {args.batch}",
         f"- publish: **{raw['publish_per_s']:.0f} msg/s**; consume + ack: **{raw['consume_per_s']:.0f} msg/s**; "
         f"publish then consume: {raw['end_to_end_per_s']:.0f} msg/s",
         "",
         "## Outbox end to end (append -> outbox -> relay -> broker -> subscriber commit)",
         "",
         f"- {thr['events']} `context.updated` events appended in batches of {args.batch} "
-        + ("via `outbox_events_add_bulk` (one transaction a batch, COPY)" if args.producer == "outbox" else
-           "via `context_event_append` (ContextEvent + outbox rows per transaction)")
+        + (
+            "via `outbox_events_add_bulk` (one transaction a batch, COPY)"
+            if args.producer == "outbox"
+            else "via `context_event_append` (ContextEvent + outbox rows per transaction)"
+        )
         + f", {args.relays} relay process(es), the real `activity` subscriber process",
         f"- appends alone: {thr['append_per_s']:.0f} events/s",
         f"- **sustained end to end: {thr['end_to_end_per_s']:.0f} events/s** (first append to last subscriber "

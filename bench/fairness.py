@@ -86,11 +86,34 @@ def run_round(label: str, n: int, env: dict[str, str], prefetch: int | None) -> 
         worker_env = {**env, "BENCH_WORKER": f"w{i}"}
         if prefetch is not None:
             worker_env["CELERY_PREFETCH_MULTIPLIER"] = str(prefetch)
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "project", "worker", "-Q", "ai.batch", "-n", f"w{i}-{label}@%h",
-             "--concurrency", "1", "-I", "bench.fairness", "--without-mingle", "--without-gossip",
-             "--loglevel", "WARNING"],
-            cwd=REPO, env=worker_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "project",
+                    "worker",
+                    "-Q",
+                    "ai.batch",
+                    "-n",
+                    f"w{i}-{label}@%h",
+                    "--concurrency",
+                    "1",
+                    "-I",
+                    "bench.fairness",
+                    "--without-mingle",
+                    "--without-gossip",
+                    "--loglevel",
+                    "WARNING",
+                ],
+                cwd=REPO,
+                env=worker_env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     try:
         deadline = time.monotonic() + 180
         while client.scard(f"{PREFIX}ready") < WORKERS:
@@ -98,8 +121,11 @@ def run_round(label: str, n: int, env: dict[str, str], prefetch: int | None) -> 
                 raise RuntimeError("workers did not start")
             time.sleep(0.2)
         time.sleep(1.0)  # consumers registered after worker_ready
-        listed = subprocess.run(["rabbitmqctl", "list_consumers", "-q", "-p", NAME, "queue_name", "prefetch_count"],
-                                capture_output=True, text=True).stdout.split()
+        listed = subprocess.run(
+            ["rabbitmqctl", "list_consumers", "-q", "-p", NAME, "queue_name", "prefetch_count"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
         consumer_prefetch = sorted({int(v) for v in listed[1::2] if v.isdigit()})
         from project.celery import app
 
@@ -125,15 +151,21 @@ def run_round(label: str, n: int, env: dict[str, str], prefetch: int | None) -> 
     busy = {k.decode(): float(v) for k, v in client.hgetall(f"{PREFIX}busy").items()}
     names = [f"w{i}" for i in range(WORKERS)]
     result = {
-        "label": label, "prefetch": prefetch or 1, "makespan": makespan, "broker_prefetch": consumer_prefetch,
-        "counts": [counts.get(w, 0) for w in names], "busy": [busy.get(w, 0.0) for w in names],
+        "label": label,
+        "prefetch": prefetch or 1,
+        "makespan": makespan,
+        "broker_prefetch": consumer_prefetch,
+        "counts": [counts.get(w, 0) for w in names],
+        "busy": [busy.get(w, 0.0) for w in names],
     }
     result["cv_count"] = cv(result["counts"])
     result["cv_busy"] = cv(result["busy"])
-    print(f"{label:9s} prefetch x{result['prefetch']} (broker sees {consumer_prefetch}): "
-          f"counts {result['counts']} cv {result['cv_count']:.3f}; "
-          f"busy {[round(b, 2) for b in result['busy']]} cv {result['cv_busy']:.3f}; makespan {makespan:.2f}s",
-          flush=True)
+    print(
+        f"{label:9s} prefetch x{result['prefetch']} (broker sees {consumer_prefetch}): "
+        f"counts {result['counts']} cv {result['cv_count']:.3f}; "
+        f"busy {[round(b, 2) for b in result['busy']]} cv {result['cv_busy']:.3f}; makespan {makespan:.2f}s",
+        flush=True,
+    )
     return result
 
 
@@ -142,17 +174,25 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1200)
     args = parser.parse_args()
     env = dict(os.environ)
-    env.update(DJANGO_SETTINGS_MODULE="project.settings.dev", DEBUG="false", LOG_LEVEL="WARNING",
-               BROKER_URL=f"amqp://guest:guest@127.0.0.1:5672/{NAME}", REDIS_KEY_PREFIX=NAME,
-               CONTEXT_ENGINE_SKIP_DOTENV="1", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    env.update(
+        DJANGO_SETTINGS_MODULE="project.settings.dev",
+        DEBUG="false",
+        LOG_LEVEL="WARNING",
+        BROKER_URL=f"amqp://guest:guest@127.0.0.1:5672/{NAME}",
+        REDIS_KEY_PREFIX=NAME,
+        CONTEXT_ENGINE_SKIP_DOTENV="1",
+        PYTHONPATH=str(REPO),
+        PYTHONUNBUFFERED="1",
+    )
     os.environ.update({k: env[k] for k in ("BROKER_URL", "REDIS_KEY_PREFIX", "DEBUG", "LOG_LEVEL")})
     import django
 
     django.setup()
     subprocess.run(["rabbitmqctl", "delete_vhost", NAME], capture_output=True)
     subprocess.run(["rabbitmqctl", "add_vhost", NAME], check=True, capture_output=True)
-    subprocess.run(["rabbitmqctl", "set_permissions", "-p", NAME, "guest", ".*", ".*", ".*"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["rabbitmqctl", "set_permissions", "-p", NAME, "guest", ".*", ".*", ".*"], check=True, capture_output=True
+    )
     try:
         from kombu import Connection
 
@@ -185,8 +225,10 @@ def main() -> None:
     ]
     for r in (ours, baseline):
         name = "ours: prefetch x1 (ai.batch)" if r is ours else "baseline: prefetch x8"
-        lines.append(f"| {name} | {r['broker_prefetch']} | {r['counts']} | {r['cv_count'] * 100:.1f}% | "
-                     f"{[round(b, 2) for b in r['busy']]} | {r['cv_busy'] * 100:.1f}% | {r['makespan']:.2f} |")
+        lines.append(
+            f"| {name} | {r['broker_prefetch']} | {r['counts']} | {r['cv_count'] * 100:.1f}% | "
+            f"{[round(b, 2) for b in r['busy']]} | {r['cv_busy'] * 100:.1f}% | {r['makespan']:.2f} |"
+        )
     goal = "met" if ours["cv_count"] <= 0.05 else "missed"
     lines += [
         "",
@@ -195,10 +237,13 @@ def main() -> None:
         "With prefetch 1 a worker takes the next message only when it is free, so long tasks go to whoever "
         "is available. With a deep prefetch RabbitMQ hands messages out at delivery, and a worker holding "
         "several long tasks keeps messages that others could run."
-        + (" In this run the deep prefetch was about as even: all four workers had subscribed before the "
-           "first publish, so round-robin delivery spread the messages evenly too; it diverges when workers "
-           "join at different times (the first one takes a full prefetch) or tasks run long."
-           if baseline["cv_count"] <= ours["cv_count"] + 0.01 else ""),
+        + (
+            " In this run the deep prefetch was about as even: all four workers had subscribed before the "
+            "first publish, so round-robin delivery spread the messages evenly too; it diverges when workers "
+            "join at different times (the first one takes a full prefetch) or tasks run long."
+            if baseline["cv_count"] <= ours["cv_count"] + 0.01
+            else ""
+        ),
         "",
         f"Throughput: the makespan with prefetch 1 is {ours['makespan']:.1f} s vs {baseline['makespan']:.1f} s "
         "with prefetch 8. Prefetch 1 pays one broker round trip (ack, then the next delivery) between tasks; "

@@ -69,8 +69,18 @@ RESULTS = REPO / "bench" / "results" / "inference.md"
 
 sys.path.insert(0, str(REPO))
 
-TOPICS = ["the billing database", "the landing page", "the offsite dinner", "API key rotation", "the mobile app",
-          "quarterly planning", "the search index", "customer onboarding", "the on-call rota", "GPU capacity"]
+TOPICS = [
+    "the billing database",
+    "the landing page",
+    "the offsite dinner",
+    "API key rotation",
+    "the mobile app",
+    "quarterly planning",
+    "the search index",
+    "customer onboarding",
+    "the on-call rota",
+    "GPU capacity",
+]
 VERBS = ["needs a decision on", "is blocked by", "should be reviewed with", "depends on", "was postponed because of"]
 SEED_CONVERSATION = [
     "We need to migrate the billing database from MySQL to PostgreSQL before the end of the quarter.",
@@ -145,8 +155,11 @@ def bench_throughput(*, quick: bool) -> dict[str, Any]:
     threads = 32
     per_thread = 2 if quick else 3
 
-    batcher = MicroBatcher(lambda items: list(encoder.encode(items)), max_batch=settings.AI_MAX_BATCH,
-                           max_delay_ms=settings.AI_MAX_DELAY_MS)
+    batcher = MicroBatcher(
+        lambda items: list(encoder.encode(items)),
+        max_batch=settings.AI_MAX_BATCH,
+        max_delay_ms=settings.AI_MAX_DELAY_MS,
+    )
     encoder.encode(distinct_texts(4, seed=0))
     latencies: list[float] = []
     lock = threading.Lock()
@@ -155,7 +168,7 @@ def bench_throughput(*, quick: bool) -> dict[str, Any]:
         barrier = threading.Barrier(threads + 1)
 
         def caller(index: int) -> None:
-            mine = texts[index * per_thread:(index + 1) * per_thread]
+            mine = texts[index * per_thread : (index + 1) * per_thread]
             barrier.wait()
             for text in mine:
                 t0 = time.perf_counter()
@@ -195,11 +208,22 @@ def bench_throughput(*, quick: bool) -> dict[str, Any]:
         "torch_threads": settings.AI_TORCH_THREADS,
         "max_batch": settings.AI_MAX_BATCH,
         "max_delay_ms": settings.AI_MAX_DELAY_MS,
-        "single": {"texts": singles, "seconds": single_s, "rate": single_rate,
-                   "ms_per_text": 1000 * single_s / singles},
-        "batched": {"texts": batched_n, "threads": threads, "seconds": batched_s, "rate": batched_rate,
-                    "mean_batch": stats["mean_batch"], "batches": stats["batches"],
-                    "p50_ms": 1000 * pct(latencies, 0.5), "p95_ms": 1000 * pct(latencies, 0.95)},
+        "single": {
+            "texts": singles,
+            "seconds": single_s,
+            "rate": single_rate,
+            "ms_per_text": 1000 * single_s / singles,
+        },
+        "batched": {
+            "texts": batched_n,
+            "threads": threads,
+            "seconds": batched_s,
+            "rate": batched_rate,
+            "mean_batch": stats["mean_batch"],
+            "batches": stats["batches"],
+            "p50_ms": 1000 * pct(latencies, 0.5),
+            "p95_ms": 1000 * pct(latencies, 0.95),
+        },
         "ratio": batched_rate / single_rate,
     }
 
@@ -208,8 +232,9 @@ def bench_throughput(*, quick: bool) -> dict[str, Any]:
 
 
 def _rabbitmqctl(*args: str, check: bool = True) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=check, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   timeout=120)
+    subprocess.run(
+        ["rabbitmqctl", *args], check=check, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120
+    )
 
 
 def _admin_sql(sql: str) -> None:
@@ -263,8 +288,9 @@ class Procs:
 
     def start(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
         log = (self.log_dir / f"{name}.log").open("wb")
-        self.procs[name] = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def log(self, name: str) -> str:
         path = self.log_dir / f"{name}.log"
@@ -312,23 +338,31 @@ async def run_load(*, port: int, token: str, sessions: list[str], rate: float, d
 
     sockets = []
     for sid in sessions:
-        ws = await connect(f"ws://127.0.0.1:{port}/ws/sessions/{sid}/?token={token}", open_timeout=20,
-                           ping_interval=None, max_size=2**22)
+        ws = await connect(
+            f"ws://127.0.0.1:{port}/ws/sessions/{sid}/?token={token}",
+            open_timeout=20,
+            ping_interval=None,
+            max_size=2**22,
+        )
         await asyncio.wait_for(ws.recv(), 10)  # hello
         sockets.append(ws)
     readers = [asyncio.create_task(reader(sid, ws)) for sid, ws in zip(sessions, sockets, strict=True)]
     texts = distinct_texts(int(rate * duration) + 10, seed=3)
 
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
-                                 headers={"Authorization": f"Token {token}"},
-                                 limits=httpx.Limits(max_connections=64)) as client:
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}",
+        timeout=30,
+        headers={"Authorization": f"Token {token}"},
+        limits=httpx.Limits(max_connections=64),
+    ) as client:
 
         async def post(i: int, scheduled: float) -> None:
             nonlocal errors
             sid = sessions[i % len(sessions)]
             t0 = loop.time()
-            response = await client.post(f"/api/v1/sessions/{sid}/events/",
-                                         json={"event_type": "context_update", "data": {"text": texts[i]}})
+            response = await client.post(
+                f"/api/v1/sessions/{sid}/events/", json={"event_type": "context_update", "data": {"text": texts[i]}}
+            )
             if response.status_code != 201:
                 errors += 1
                 return
@@ -363,18 +397,57 @@ async def run_load(*, port: int, token: str, sessions: list[str], rate: float, d
 def bench_end_to_end(*, rate: float, duration: float, n_sessions: int, log_dir: Path) -> dict[str, Any]:
     env = _env()
     subprocess.run([PY, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=REPO, env=env, check=True)
-    out = subprocess.run([PY, "manage.py", "create_api_token", "bench_ai"], cwd=REPO, env=env, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [PY, "manage.py", "create_api_token", "bench_ai"], cwd=REPO, env=env, check=True, capture_output=True, text=True
+    ).stdout
     token = out.strip().splitlines()[-1]
     port = free_port()
     procs = Procs(log_dir)
-    procs.start("worker", [PY, "-m", "celery", "-A", "project", "worker", "-Q", "ai.realtime", "-n", "bench-ai@%h",
-                           "--pool", "threads", "--concurrency", "8", "--without-mingle", "--without-gossip",
-                           "--loglevel", "INFO"], _env(LOG_LEVEL="INFO"))
+    procs.start(
+        "worker",
+        [
+            PY,
+            "-m",
+            "celery",
+            "-A",
+            "project",
+            "worker",
+            "-Q",
+            "ai.realtime",
+            "-n",
+            "bench-ai@%h",
+            "--pool",
+            "threads",
+            "--concurrency",
+            "8",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "INFO",
+        ],
+        _env(LOG_LEVEL="INFO"),
+    )
     procs.start("relay", [PY, "manage.py", "run_outbox_relay"], _env(LOG_LEVEL="INFO"))
     procs.start("subscribers", [PY, "manage.py", "run_event_subscribers"], _env(LOG_LEVEL="INFO"))
-    procs.start("web", [PY, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-                        "--ws", "websockets", "--log-level", "warning", "--no-access-log"], env)
+    procs.start(
+        "web",
+        [
+            PY,
+            "-m",
+            "uvicorn",
+            "project.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--ws",
+            "websockets",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env,
+    )
     try:
         procs.wait_for("relay", "outbox relay started", 120)
         procs.wait_for("subscribers", "subscribers ready", 120)
@@ -417,14 +490,18 @@ def worker_split(*, since: datetime) -> dict[str, float]:
     from apps.ai.models import InferenceRequest
     from apps.context.models import ContextEvent
 
-    requests = list(InferenceRequest.objects.filter(queued_at__gte=since, status="done").values_list(
-        "queued_at", "started_at", "finished_at", "coalesced", "session_id", "trigger_seq"))
+    requests = list(
+        InferenceRequest.objects.filter(queued_at__gte=since, status="done").values_list(
+            "queued_at", "started_at", "finished_at", "coalesced", "session_id", "trigger_seq"
+        )
+    )
     rows = [r[:4] for r in requests]
     # Event stored (its transaction) -> request queued: relay, RabbitMQ, the ai_trigger subscriber.
     bus_ms = []
     for queued, *_, session_id, seq in requests:
-        stored = ContextEvent.objects.filter(session_id=session_id, seq=seq).values_list(
-            "created_at", flat=True).first()
+        stored = (
+            ContextEvent.objects.filter(session_id=session_id, seq=seq).values_list("created_at", flat=True).first()
+        )
         if stored is not None:
             bus_ms.append((queued - stored).total_seconds() * 1000)
     queue_ms = [(s - q).total_seconds() * 1000 for q, s, _, _ in rows]
@@ -438,12 +515,15 @@ def worker_split(*, since: datetime) -> dict[str, float]:
         for stage, ms in (body.get("data", {}).get("timings") or {}).items():
             stages.setdefault(stage, []).append(float(ms))
     return {
-        "bus_p50_ms": pct(bus_ms, 0.5), "bus_p95_ms": pct(bus_ms, 0.95),
+        "bus_p50_ms": pct(bus_ms, 0.5),
+        "bus_p95_ms": pct(bus_ms, 0.95),
         "stages_p50_ms": {k: round(pct(v, 0.5), 1) for k, v in sorted(stages.items())},
         "requests": len(rows),
         "coalesced_updates": sum(c for *_, c in rows),
-        "queue_p50_ms": pct(queue_ms, 0.5), "queue_p95_ms": pct(queue_ms, 0.95),
-        "run_p50_ms": pct(run_ms, 0.5), "run_p95_ms": pct(run_ms, 0.95),
+        "queue_p50_ms": pct(queue_ms, 0.5),
+        "queue_p95_ms": pct(queue_ms, 0.95),
+        "run_p50_ms": pct(run_ms, 0.5),
+        "run_p95_ms": pct(run_ms, 0.95),
     }
 
 
@@ -541,8 +621,11 @@ def main() -> None:
 
     print("part 1: embeddings/s ...", flush=True)
     t = bench_throughput(quick=args.quick)
-    print(f"  batch 1: {t['single']['rate']:.1f}/s; micro-batcher x32: {t['batched']['rate']:.1f}/s "
-          f"(mean batch {t['batched']['mean_batch']:.1f}); ratio {t['ratio']:.1f}x", flush=True)
+    print(
+        f"  batch 1: {t['single']['rate']:.1f}/s; micro-batcher x32: {t['batched']['rate']:.1f}/s "
+        f"(mean batch {t['batched']['mean_batch']:.1f}); ratio {t['ratio']:.1f}x",
+        flush=True,
+    )
     e = None
     if not args.skip_e2e:
         import tempfile
@@ -551,14 +634,17 @@ def main() -> None:
         setup_resources()
         try:
             with tempfile.TemporaryDirectory(prefix="bench-inference-") as log_dir:
-                e = bench_end_to_end(rate=args.rate, duration=args.duration, n_sessions=args.sessions,
-                                     log_dir=Path(log_dir))
+                e = bench_end_to_end(
+                    rate=args.rate, duration=args.duration, n_sessions=args.sessions, log_dir=Path(log_dir)
+                )
         finally:
             teardown_resources()
         lat = e["latencies"]
-        print(f"  sent {e['sent']}, answered {len(lat)}, missing {e['missing']}, errors {e['errors']}; "
-              f"p50 {1000 * pct(lat, 0.5):.0f} ms, p95 {1000 * pct(lat, 0.95):.0f} ms; worker {e['worker']}",
-              flush=True)
+        print(
+            f"  sent {e['sent']}, answered {len(lat)}, missing {e['missing']}, errors {e['errors']}; "
+            f"p50 {1000 * pct(lat, 0.5):.0f} ms, p95 {1000 * pct(lat, 0.95):.0f} ms; worker {e['worker']}",
+            flush=True,
+        )
     write_results(t, e, args, command)
     print(f"wrote {RESULTS.relative_to(REPO)}")
 

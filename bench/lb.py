@@ -150,9 +150,14 @@ def main() -> None:
     _setup()
     env = dict(os.environ)
     env.update(
-        DJANGO_SETTINGS_MODULE="project.settings.dev", DEBUG="false", CONTEXT_ENGINE_SKIP_DOTENV="1",
-        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{NAME}", BROKER_URL=f"amqp://guest:guest@127.0.0.1:5672/{NAME}",
-        REDIS_KEY_PREFIX=NAME, LOG_LEVEL="WARNING", PYTHONPATH=str(REPO_ROOT),
+        DJANGO_SETTINGS_MODULE="project.settings.dev",
+        DEBUG="false",
+        CONTEXT_ENGINE_SKIP_DOTENV="1",
+        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{NAME}",
+        BROKER_URL=f"amqp://guest:guest@127.0.0.1:5672/{NAME}",
+        REDIS_KEY_PREFIX=NAME,
+        LOG_LEVEL="WARNING",
+        PYTHONPATH=str(REPO_ROOT),
     )
     webs = [WebInstance(name="web1", env=env), WebInstance(name="web2", env=env)]
     proxy = HAProxy(backends=webs)
@@ -187,8 +192,10 @@ def main() -> None:
         s = _summary(load.records.get(phase, []), load.errors.get(phase, []), seconds)
         rows.append((phase, seconds, s))
         share = ", ".join(f"{k} {v:.1%}" for k, v in s["share"].items())
-        print(f"{phase:36s} {seconds:5.1f}s  requests {s['requests']:6d}  failed {s['failed']:3d}  "
-              f"{s['rps']:7.1f} req/s  p50 {s['p50_ms']:6.1f} ms  p99 {s['p99_ms']:7.1f} ms  share: {share}")
+        print(
+            f"{phase:36s} {seconds:5.1f}s  requests {s['requests']:6d}  failed {s['failed']:3d}  "
+            f"{s['rps']:7.1f} req/s  p50 {s['p50_ms']:6.1f} ms  p99 {s['p99_ms']:7.1f} ms  share: {share}"
+        )
 
     lines = [
         "# Load balancing through HAProxy during a rolling restart",
@@ -206,15 +213,19 @@ def main() -> None:
     ]
     for phase, seconds, s in rows:
         share = ", ".join(f"{k} {v:.1%}" for k, v in s["share"].items())
-        lines.append(f"| {phase} | {seconds:.1f} | {s['requests']} | {s['failed']} | {s['rps']:.1f} | "
-                     f"{s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {share} |")
+        lines.append(
+            f"| {phase} | {seconds:.1f} | {s['requests']} | {s['failed']} | {s['rps']:.1f} | "
+            f"{s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {share} |"
+        )
     baseline = rows[0][2]
     lines += ["", "Ratios against the steady baseline:"]
     for phase, _seconds, s in rows[1:]:
         ratio = s["rps"] / baseline["rps"] if baseline["rps"] else 0.0
         p99 = s["p99_ms"] / baseline["p99_ms"] if baseline["p99_ms"] else 0.0
-        lines.append(f"- {phase}: throughput x{ratio:.2f}, p99 latency x{p99:.2f}, failed {s['failed']}"
-                     + (f" ({s['errors']})" if s["errors"] else ""))
+        lines.append(
+            f"- {phase}: throughput x{ratio:.2f}, p99 latency x{p99:.2f}, failed {s['failed']}"
+            + (f" ({s['errors']})" if s["errors"] else "")
+        )
     lines += [
         "",
         "During a rolling restart one instance is down at a time, so its share drops while it restarts; the "

@@ -174,8 +174,7 @@ def raw_consumer_main() -> None:
             client.incr(f"{PREFIX}done")
             message.ack()
 
-        with conn.Consumer([work_queue(Queue.AI_REALTIME)], channel=channel, on_message=on_message,
-                           prefetch_count=32):
+        with conn.Consumer([work_queue(Queue.AI_REALTIME)], channel=channel, on_message=on_message, prefetch_count=32):
             client.set(f"{PREFIX}raw_ready", 1)
             while True:
                 try:
@@ -193,8 +192,9 @@ def raw_publish(n: int) -> None:
     with Connection(os.environ["BROKER_URL"], transport_options={"confirm_publish": True}) as conn:
         producer = Producer(conn.channel())
         for _ in range(n):
-            producer.publish(msg.body, exchange=msg.exchange, routing_key=msg.routing_key, headers=msg.headers,
-                             **msg.properties)
+            producer.publish(
+                msg.body, exchange=msg.exchange, routing_key=msg.routing_key, headers=msg.headers, **msg.properties
+            )
 
 
 def celery_publish(n: int) -> None:
@@ -293,23 +293,63 @@ def main() -> None:
     try:
         # 1. raw kombu: publish N with confirms, then one consumer process drains them
         raw_pub = measure_publish("raw", args.tasks, raw_publish)
-        raw_con, raw = measure_consume("raw", args.tasks, lambda: subprocess.Popen(
-            [sys.executable, __file__, "--raw-consumer"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT))
+        raw_con, raw = measure_consume(
+            "raw",
+            args.tasks,
+            lambda: subprocess.Popen(
+                [sys.executable, __file__, "--raw-consumer"],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+            ),
+        )
         procs.append(raw)
         stop(raw)
 
         # 2. Celery: send_task N, then the Procfile's realtime worker drains them
         cel_pub = measure_publish("celery", args.tasks, celery_publish)
         log = open(REPO / "bench" / "results" / ".queue-worker.log", "w")  # noqa: SIM115 - closed below
-        cel_con, worker = measure_consume("celery", args.tasks, lambda: subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "project", "worker", "-Q", "ai.realtime", "-n", "bench@%h",
-             "--pool", "threads", "--concurrency", "8", "-I", "bench.queue", "--without-mingle", "--without-gossip",
-             "--loglevel", "WARNING"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+        cel_con, worker = measure_consume(
+            "celery",
+            args.tasks,
+            lambda: subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "project",
+                    "worker",
+                    "-Q",
+                    "ai.realtime",
+                    "-n",
+                    "bench@%h",
+                    "--pool",
+                    "threads",
+                    "--concurrency",
+                    "8",
+                    "-I",
+                    "bench.queue",
+                    "--without-mingle",
+                    "--without-gossip",
+                    "--loglevel",
+                    "WARNING",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            ),
+        )
         procs.append(worker)
-        archiver = subprocess.Popen([sys.executable, "manage.py", "run_deadletter_archiver"], cwd=REPO, env=env,
-                                    stdout=log, stderr=subprocess.STDOUT)
+        archiver = subprocess.Popen(
+            [sys.executable, "manage.py", "run_deadletter_archiver"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         procs.append(archiver)
         time.sleep(3)  # the archiver's Django start-up
 
@@ -326,10 +366,14 @@ def main() -> None:
     ratio = cel_total / raw_total
     ok_med, dead_med = statistics.median(trips["ok"]) * 1000, statistics.median(trips["dead"]) * 1000
     ok_p95, dead_p95 = pct(trips["ok"], 0.95) * 1000, pct(trips["dead"], 0.95) * 1000
-    print(f"ratio celery/raw = {ratio:.2f}x publish+consume (goal >= 0.25x); consume {cel_con / raw_con:.2f}x, "
-          f"publish {cel_pub / raw_pub:.2f}x")
-    print(f"round trip ok: median {ok_med:.1f} ms p95 {ok_p95:.1f} ms; "
-          f"dead letter (publish -> row): median {dead_med:.1f} ms p95 {dead_p95:.1f} ms")
+    print(
+        f"ratio celery/raw = {ratio:.2f}x publish+consume (goal >= 0.25x); consume {cel_con / raw_con:.2f}x, "
+        f"publish {cel_pub / raw_pub:.2f}x"
+    )
+    print(
+        f"round trip ok: median {ok_med:.1f} ms p95 {ok_p95:.1f} ms; "
+        f"dead letter (publish -> row): median {dead_med:.1f} ms p95 {dead_p95:.1f} ms"
+    )
 
     lines = [
         "# bench/queue.py: Celery fleet vs raw kombu, dead-letter round trip",

@@ -90,8 +90,9 @@ def raise_fd_limit() -> int:
 
 
 def psql(sql: str) -> None:
-    subprocess.run(["psql", f"{PG_URL}/postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["psql", f"{PG_URL}/postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql], check=True, stdout=subprocess.DEVNULL
+    )
 
 
 def create_database() -> None:
@@ -155,8 +156,14 @@ def percentiles(values: list[float]) -> dict[str, float]:
     def pick(q: float) -> float:
         return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
-    return {"n": len(values), "p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99), "max": ordered[-1],
-            "mean": statistics.fmean(values)}
+    return {
+        "n": len(values),
+        "p50": pick(0.50),
+        "p95": pick(0.95),
+        "p99": pick(0.99),
+        "max": ordered[-1],
+        "mean": statistics.fmean(values),
+    }
 
 
 class Conn:
@@ -243,16 +250,18 @@ async def ping_phase(pingers: list[Conn], seconds: float) -> list[float]:
     return rtts
 
 
-async def broadcast_phase(*, port: int, session_id: str, subscribers: list[Conn], owner_token: str,
-                          trials: int, layer_name: str) -> dict[str, list[float]]:
+async def broadcast_phase(
+    *, port: int, session_id: str, subscribers: list[Conn], owner_token: str, trials: int, layer_name: str
+) -> dict[str, list[float]]:
     import httpx
     from django.utils.module_loading import import_string
 
     from apps.realtime.broadcast import session_group_name
 
     # The same class and config the server runs, so raw group_send reaches the same consumers.
-    layer = import_string(LAYERS[layer_name])(hosts=[{"address": REDIS_URL, "socket_timeout": None}],
-                                              prefix=f"{PREFIX}:asgi", capacity=1500, expiry=60)
+    layer = import_string(LAYERS[layer_name])(
+        hosts=[{"address": REDIS_URL, "socket_timeout": None}], prefix=f"{PREFIX}:asgi", capacity=1500, expiry=60
+    )
     group = session_group_name(session_id)
     pending: dict[str, dict[int, float]] = {}
     done: dict[str, asyncio.Event] = {}
@@ -271,18 +280,26 @@ async def broadcast_phase(*, port: int, session_id: str, subscribers: list[Conn]
     for i, conn in enumerate(subscribers):
         conn.on_event = receiver(i)
 
-    out: dict[str, list[float]] = {"raw": [], "rest": [], "commit": [], "raw_last": [], "rest_last": [],
-                                   "rest_response": []}
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
-                                 headers={"Authorization": f"Token {owner_token}"}) as http:
+    out: dict[str, list[float]] = {
+        "raw": [],
+        "rest": [],
+        "commit": [],
+        "raw_last": [],
+        "rest_last": [],
+        "rest_response": [],
+    }
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", timeout=30, headers={"Authorization": f"Token {owner_token}"}
+    ) as http:
         for trial in range(trials + 5):
             warmup = trial < 5
             # (a) raw group_send: the same group message shape session_broadcast sends.
             key = f"raw-{size}-{trial}"
             pending[key], done[key] = {}, asyncio.Event()
             start = time.time()
-            await layer.group_send(group, {"type": "session.message",
-                                           "message": {"type": "suggestion", "bench_key": key}})
+            await layer.group_send(
+                group, {"type": "session.message", "message": {"type": "suggestion", "bench_key": key}}
+            )
             await asyncio.wait_for(done[key].wait(), 10)
             if not warmup:
                 lat = [(t - start) * 1000 for t in pending[key].values()]
@@ -293,8 +310,9 @@ async def broadcast_phase(*, port: int, session_id: str, subscribers: list[Conn]
             key = f"rest-{size}-{trial}"
             pending[key], done[key] = {}, asyncio.Event()
             start = time.time()
-            response = await http.post(f"/api/v1/sessions/{session_id}/events/",
-                                       json={"event_type": "context_update", "data": {"text": key}})
+            response = await http.post(
+                f"/api/v1/sessions/{session_id}/events/", json={"event_type": "context_update", "data": {"text": key}}
+            )
             answered = time.time()
             assert response.status_code == 201, response.text
             created = datetime.fromisoformat(response.json()["created_at"]).timestamp()
@@ -319,8 +337,9 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def run(args: argparse.Namespace, fixtures: dict[str, Any], port: int, layer_name: str,
-              server_pid: int) -> dict[str, Any]:
+async def run(
+    args: argparse.Namespace, fixtures: dict[str, Any], port: int, layer_name: str, server_pid: int
+) -> dict[str, Any]:
     reader, owner = fixtures["reader_token"], fixtures["owner_token"]
     sessions = fixtures["sessions"]
     idle_sessions, group10, group100 = sessions[:-2], sessions[-2], sessions[-1]
@@ -353,8 +372,14 @@ async def run(args: argparse.Namespace, fixtures: dict[str, Any], port: int, lay
     results["ping_loaded"] = percentiles(await ping_phase(pingers, args.seconds))
 
     for size, subs, trials in ((10, subs10, args.trials10), (100, subs100, args.trials100)):
-        raw = await broadcast_phase(port=port, session_id=group10 if size == 10 else group100, subscribers=subs,
-                                    owner_token=owner, trials=trials, layer_name=layer_name)
+        raw = await broadcast_phase(
+            port=port,
+            session_id=group10 if size == 10 else group100,
+            subscribers=subs,
+            owner_token=owner,
+            trials=trials,
+            layer_name=layer_name,
+        )
         results[f"bcast{size}"] = {name: percentiles(values) for name, values in raw.items()}
 
     for conn in pingers + subs10 + subs100 + idle:
@@ -414,8 +439,12 @@ def _layer_section(args: argparse.Namespace, layer_name: str, results: dict[str,
     return lines
 
 
-def write_results(args: argparse.Namespace, all_results: dict[str, dict[str, Any]], fd_limit: int,
-                  load_before: tuple[float, float, float]) -> str:
+def write_results(
+    args: argparse.Namespace,
+    all_results: dict[str, dict[str, Any]],
+    fd_limit: int,
+    load_before: tuple[float, float, float],
+) -> str:
     lines = [
         "# WebSocket benchmark (`bench/ws.py`)",
         "",
@@ -475,9 +504,25 @@ def main() -> None:
         for layer_name in args.layers.split(","):
             port = free_port()
             server = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1", "--port",
-                 str(port), "--ws", "websockets", "--log-level", "warning", "--no-access-log", "--backlog", "4096"],
-                cwd=REPO, env={**bench_env(), "CHANNEL_LAYER_BACKEND": LAYERS[layer_name]},
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "project.asgi:application",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--ws",
+                    "websockets",
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                    "--backlog",
+                    "4096",
+                ],
+                cwd=REPO,
+                env={**bench_env(), "CHANNEL_LAYER_BACKEND": LAYERS[layer_name]},
             )
             wait_for_port(port, timeout=60)
             print(f"[{layer_name}] server on :{port}", file=sys.stderr)

@@ -85,8 +85,14 @@ def _answers(name: str, url: str) -> bool:
             import psycopg
 
             db = env.database_from_url(url)
-            psycopg.connect(host=db["HOST"] or "127.0.0.1", port=db["PORT"] or "5432", user=db["USER"] or "postgres",
-                            password=db["PASSWORD"] or None, dbname="postgres", connect_timeout=2).close()
+            psycopg.connect(
+                host=db["HOST"] or "127.0.0.1",
+                port=db["PORT"] or "5432",
+                user=db["USER"] or "postgres",
+                password=db["PASSWORD"] or None,
+                dbname="postgres",
+                connect_timeout=2,
+            ).close()
         elif name == "Redis":
             import redis
 
@@ -161,8 +167,13 @@ def ensure_tools_for_tests() -> None:
         return
     if os.geteuid() == 0 and shutil.which("apt-get"):
         _say("installing haproxy (Debian package) for the load-balancing tests")
-        subprocess.run("apt-get install -y -q haproxy || (apt-get update -q && apt-get install -y -q haproxy)",
-                       shell=True, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        subprocess.run(
+            "apt-get install -y -q haproxy || (apt-get update -q && apt-get install -y -q haproxy)",
+            shell=True,
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
     if not shutil.which("haproxy"):
         sys.exit("[bootstrap] haproxy is needed by the tests: sudo apt-get install -y haproxy")
 

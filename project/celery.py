@@ -58,8 +58,12 @@ def route_task(name: str, args: Any, kwargs: Any, options: dict, task: Any = Non
         registered = app.tasks.get(name)
         queue = getattr(registered, "queue", None)
     target = Queue(queue) if queue in set(Queue) else queue_for_task_name(name)
-    return {"queue": target.value, "exchange": TASKS_EXCHANGE.name, "exchange_type": "topic",
-            "routing_key": target.value}
+    return {
+        "queue": target.value,
+        "exchange": TASKS_EXCHANGE.name,
+        "exchange_type": "topic",
+        "routing_key": target.value,
+    }
 
 
 app.conf.update(
@@ -101,9 +105,7 @@ app.conf.update(
     worker_cancel_long_running_tasks_on_connection_loss=True,
 )
 
-app.autodiscover_tasks(
-    ["workers.inference", "workers.batch", "workers.training", "workers.ops"], related_name="tasks"
-)
+app.autodiscover_tasks(["workers.inference", "workers.batch", "workers.training", "workers.ops"], related_name="tasks")
 
 
 @signals.worker_init.connect

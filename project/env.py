@@ -102,7 +102,9 @@ def database_from_url(url: str) -> dict[str, Any]:
         raise ImproperlyConfigured(f"DATABASE_URL must be a postgres:// URL, got scheme {parts.scheme!r}.")
     name = unquote(parts.path.lstrip("/"))
     if not name:
-        raise ImproperlyConfigured("DATABASE_URL must name a database, e.g. postgres://postgres@127.0.0.1:5432/context_engine.")
+        raise ImproperlyConfigured(
+            "DATABASE_URL must name a database, e.g. postgres://postgres@127.0.0.1:5432/context_engine."
+        )
     return {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": name,

@@ -26,8 +26,9 @@ def _broker_vhost() -> Iterator[str]:
     _rabbitmqctl("add_vhost", vhost)
     _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     yield vhost
-    subprocess.run(["rabbitmqctl", "delete_vhost", vhost], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   timeout=60)
+    subprocess.run(
+        ["rabbitmqctl", "delete_vhost", vhost], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60
+    )
 
 
 @pytest.fixture(autouse=True)

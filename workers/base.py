@@ -103,8 +103,13 @@ class PayloadTooLarge(PermanentError):
 # --- metrics ---------------------------------------------------------------
 
 # Outcome names as apps.ops.metrics labels them.
-_PROM_OUTCOME = {"succeeded": "success", "retried": "retry", "dead_lettered": "rejected", "ignored": "ignored",
-                 "killed": "failure"}
+_PROM_OUTCOME = {
+    "succeeded": "success",
+    "retried": "retry",
+    "dead_lettered": "rejected",
+    "ignored": "ignored",
+    "killed": "failure",
+}
 
 
 @dataclass
@@ -247,8 +252,9 @@ class BaseTask(celery.Task):
             if decision == "retry" and attempt < self.max_attempts:
                 outcome = "retried"
                 countdown = backoff_seconds(attempt, base=self.backoff_base, cap=self.backoff_max)
-                logger.warning("task retry in %ss: %s: %s", countdown, type(exc).__name__, exc,
-                               extra={**log, "outcome": outcome})
+                logger.warning(
+                    "task retry in %ss: %s: %s", countdown, type(exc).__name__, exc, extra={**log, "outcome": outcome}
+                )
                 headers = {HEADER_CORRELATION_ID: correlation_id, HEADER_ATTEMPT: attempt + 1}
                 replay_id = _header(request, HEADER_REPLAY_ID)
                 if replay_id:
@@ -257,10 +263,22 @@ class BaseTask(celery.Task):
             reason = "retries_exhausted" if decision == "retry" else "rejected"
             outcome = "dead_lettered"
             tb = "".join(traceback_module.format_exception(type(exc), exc, exc.__traceback__))
-            logger.error("task dead-lettered (%s) %s: %s", reason, type(exc).__name__, exc,
-                         extra={**log, "outcome": outcome, "reason": reason})
-            record_task_failure(task_id=request.id, task_name=self.name, queue=queue, exc=exc, traceback=tb,
-                                attempts=attempt, reason=reason)
+            logger.error(
+                "task dead-lettered (%s) %s: %s",
+                reason,
+                type(exc).__name__,
+                exc,
+                extra={**log, "outcome": outcome, "reason": reason},
+            )
+            record_task_failure(
+                task_id=request.id,
+                task_name=self.name,
+                queue=queue,
+                exc=exc,
+                traceback=tb,
+                attempts=attempt,
+                reason=reason,
+            )
             raise Reject(f"{reason}: {type(exc).__name__}: {exc}", requeue=False) from exc
         finally:
             elapsed = time.monotonic() - started
@@ -290,9 +308,18 @@ def _reset(token: Any) -> None:
         correlation_id.set(None)
 
 
-def record_task_failure(*, task_id: str | None, task_name: str, queue: str, exc: BaseException | None,
-                        traceback: str, attempts: int, reason: str, exception_class: str | None = None,
-                        message: str | None = None) -> None:
+def record_task_failure(
+    *,
+    task_id: str | None,
+    task_name: str,
+    queue: str,
+    exc: BaseException | None,
+    traceback: str,
+    attempts: int,
+    reason: str,
+    exception_class: str | None = None,
+    message: str | None = None,
+) -> None:
     """Write the failure where the archiver finds it; never raises (the reject must still happen)."""
     if not task_id:
         return
@@ -300,10 +327,14 @@ def record_task_failure(*, task_id: str | None, task_name: str, queue: str, exc:
         from apps.ops.services import task_failure_record
 
         task_failure_record(
-            task_id=str(task_id), task_name=task_name, queue=queue,
+            task_id=str(task_id),
+            task_name=task_name,
+            queue=queue,
             exception_class=exception_class or (type(exc).__name__ if exc is not None else ""),
             exception_message=message if message is not None else (str(exc) if exc is not None else ""),
-            traceback=traceback, attempts=attempts, reason=reason,
+            traceback=traceback,
+            attempts=attempts,
+            reason=reason,
         )
     except Exception:  # noqa: BLE001 - the dead letter matters more than its annotation
         logger.exception("could not record the task failure", extra={"task_id": task_id})
@@ -394,5 +425,12 @@ def build_task_message(
         "correlation_id": task_id,
         "message_id": task_id,
     }
-    return TaskMessage(body=body, headers=headers, properties=properties, exchange=TASKS_EXCHANGE.name,
-                       routing_key=target.value, queue=target.value, task_id=task_id)
+    return TaskMessage(
+        body=body,
+        headers=headers,
+        properties=properties,
+        exchange=TASKS_EXCHANGE.name,
+        routing_key=target.value,
+        queue=target.value,
+        task_id=task_id,
+    )

@@ -33,13 +33,38 @@ class SuggestionInline(admin.TabularInline):
 
 @admin.register(InferenceRequest)
 class InferenceRequestAdmin(admin.ModelAdmin):
-    list_display = ("id", "session", "kind", "status", "trigger_seq", "coalesced", "model_version", "queued_at",
-                    "finished_at")
+    list_display = (
+        "id",
+        "session",
+        "kind",
+        "status",
+        "trigger_seq",
+        "coalesced",
+        "model_version",
+        "queued_at",
+        "finished_at",
+    )
     list_filter = ("status", "kind")
     search_fields = ("id", "session__id", "query", "correlation_id")
-    readonly_fields = ("session", "requested_by", "trigger_seq", "kind", "query", "status", "model_version",
-                       "correlation_id", "claim_token", "coalesced", "attempts", "queued_at", "started_at",
-                       "finished_at", "error", "created_at", "updated_at")
+    readonly_fields = (
+        "session",
+        "requested_by",
+        "trigger_seq",
+        "kind",
+        "query",
+        "status",
+        "model_version",
+        "correlation_id",
+        "claim_token",
+        "coalesced",
+        "attempts",
+        "queued_at",
+        "started_at",
+        "finished_at",
+        "error",
+        "created_at",
+        "updated_at",
+    )
     inlines = [SuggestionInline]
     date_hierarchy = "created_at"
 
@@ -52,8 +77,19 @@ class SuggestionAdmin(admin.ModelAdmin):
     list_display = ("id", "session", "kind", "rank", "score", "trigger_seq", "model_version", "created_at")
     list_filter = ("kind", "model_version")
     search_fields = ("id", "session__id")
-    readonly_fields = ("request", "session", "kind", "rank", "content", "score", "source_seqs", "trigger_seq",
-                       "model_version", "created_at", "updated_at")
+    readonly_fields = (
+        "request",
+        "session",
+        "kind",
+        "rank",
+        "content",
+        "score",
+        "source_seqs",
+        "trigger_seq",
+        "model_version",
+        "created_at",
+        "updated_at",
+    )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -73,8 +109,17 @@ class SuggestionFeedbackAdmin(admin.ModelAdmin):
 class ModelVersionAdmin(admin.ModelAdmin):
     list_display = ("name", "version", "promoted", "promoted_at", "artifact_bytes", "metrics", "created_at")
     list_filter = ("name", "promoted")
-    readonly_fields = ("name", "version", "metrics", "artifact_path", "artifact_bytes", "promoted", "promoted_at",
-                       "created_at", "updated_at")
+    readonly_fields = (
+        "name",
+        "version",
+        "metrics",
+        "artifact_path",
+        "artifact_bytes",
+        "promoted",
+        "promoted_at",
+        "created_at",
+        "updated_at",
+    )
     fields = readonly_fields + ("notes",)
     actions = ["promote_selected", "rollback_selected"]
 
@@ -101,8 +146,9 @@ class ModelVersionAdmin(admin.ModelAdmin):
         for name in sorted(set(queryset.values_list("name", flat=True))):
             restored = services.model_version_rollback(name=name)
             if restored is None:
-                self.message_user(request, f"{name}: no version promoted now; the frequency baseline answers.",
-                                  level=messages.WARNING)
+                self.message_user(
+                    request, f"{name}: no version promoted now; the frequency baseline answers.", level=messages.WARNING
+                )
             else:
                 self.message_user(request, f"{name}: rolled back to {restored.label}.", level=messages.SUCCESS)
 

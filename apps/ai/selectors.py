@@ -61,9 +61,7 @@ def suggestion_list_for_session(*, session: Any, kind: str | None = None) -> Que
 def suggestion_get_for_user(*, suggestion_id: Any, user: AbstractBaseUser) -> Suggestion:
     sid = _as_uuid(suggestion_id, what="Suggestion")
     suggestion = (
-        Suggestion.objects.filter(
-            pk=sid, session__participants__user=user, session__participants__left_at__isnull=True
-        )
+        Suggestion.objects.filter(pk=sid, session__participants__user=user, session__participants__left_at__isnull=True)
         .select_related("session")
         .first()
     )
@@ -126,8 +124,12 @@ def event_text(event_type: str, data: Any) -> str:
 
 
 def retrieval_candidates(
-    *, session_id: Any, up_to_seq: int | None, user: AbstractBaseUser | None, limit: int = 200,
-    other_sessions_limit: int = 200
+    *,
+    session_id: Any,
+    up_to_seq: int | None,
+    user: AbstractBaseUser | None,
+    limit: int = 200,
+    other_sessions_limit: int = 200,
 ) -> list[dict[str, Any]]:
     """Recent text-bearing events of the session (seq <= ``up_to_seq``) and of the user's other sessions.
 
@@ -142,11 +144,12 @@ def retrieval_candidates(
     for seq, event_type, data in own.order_by("-seq").values_list("seq", "event_type", "data")[:limit]:
         text = event_text(event_type, data)
         if text:
-            rows.append({"session_id": str(sid), "seq": seq, "text": text, "event_type": event_type,
-                         "same_session": True})
+            rows.append(
+                {"session_id": str(sid), "seq": seq, "text": text, "event_type": event_type, "same_session": True}
+            )
     if user is not None and other_sessions_limit > 0:
-        other_ids = Participant.objects.filter(user=user, left_at__isnull=True).exclude(session_id=sid).values(
-            "session_id"
+        other_ids = (
+            Participant.objects.filter(user=user, left_at__isnull=True).exclude(session_id=sid).values("session_id")
         )
         others = (
             ContextEvent.objects.filter(session_id__in=other_ids)
@@ -157,8 +160,15 @@ def retrieval_candidates(
         for other_sid, seq, event_type, data in others:
             text = event_text(event_type, data)
             if text:
-                rows.append({"session_id": str(other_sid), "seq": seq, "text": text, "event_type": event_type,
-                             "same_session": False})
+                rows.append(
+                    {
+                        "session_id": str(other_sid),
+                        "seq": seq,
+                        "text": text,
+                        "event_type": event_type,
+                        "same_session": False,
+                    }
+                )
     return rows
 
 
@@ -195,9 +205,11 @@ def action_sequences(*, limit_sessions: int = 1000, per_session: int = 200) -> l
     )
     sequences: list[list[str]] = []
     for sid in session_ids:
-        rows = ContextEvent.objects.filter(session_id=sid, event_type=ContextEvent.EventType.USER_ACTION).order_by(
-            "-seq"
-        ).values_list("data", flat=True)[:per_session]
+        rows = (
+            ContextEvent.objects.filter(session_id=sid, event_type=ContextEvent.EventType.USER_ACTION)
+            .order_by("-seq")
+            .values_list("data", flat=True)[:per_session]
+        )
         actions = [
             d["action"] for d in reversed(list(rows)) if isinstance(d, dict) and isinstance(d.get("action"), str)
         ]

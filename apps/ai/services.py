@@ -118,15 +118,17 @@ def _presence_ai_state(*, session_id: Any, state: str | None) -> None:
     _presence_executor.submit(_presence_ai_state_now, session_id=session_id, state=state)
 
 
-def _outbox_event(*, event_type: str, session_id: Any, user_id: int | None, data: dict[str, Any],
-                  correlation_id: str | None) -> None:
+def _outbox_event(
+    *, event_type: str, session_id: Any, user_id: int | None, data: dict[str, Any], correlation_id: str | None
+) -> None:
     try:
         from apps.eventbus.services import outbox_event_add
     except ImportError:
         logger.debug("outbox unavailable; %s not published", event_type)
         return
-    outbox_event_add(event_type=event_type, session_id=session_id, user_id=user_id, data=data,
-                     correlation_id=correlation_id or None)
+    outbox_event_add(
+        event_type=event_type, session_id=session_id, user_id=user_id, data=data, correlation_id=correlation_id or None
+    )
 
 
 def _enqueue(request: InferenceRequest) -> None:
@@ -137,8 +139,9 @@ def _enqueue(request: InferenceRequest) -> None:
     except ImportError:
         outbox_task_add = None
     if outbox_task_add is not None:
-        outbox_task_add(task_name=TASK_NAME, kwargs=kwargs, queue=TASK_QUEUE,
-                        correlation_id=request.correlation_id or None)
+        outbox_task_add(
+            task_name=TASK_NAME, kwargs=kwargs, queue=TASK_QUEUE, correlation_id=request.correlation_id or None
+        )
         return
 
     def send() -> None:
@@ -163,7 +166,11 @@ def _session_or_none(session_id: Any) -> Session | None:
 
 
 def inference_request_trigger(
-    *, session_id: Any, trigger_seq: int, user_id: int | None = None, correlation_id: str | None = None,
+    *,
+    session_id: Any,
+    trigger_seq: int,
+    user_id: int | None = None,
+    correlation_id: str | None = None,
     **_unknown: Any,
 ) -> InferenceRequest | None:
     """A context update happened: create the session's pending request, or move it forward.
@@ -190,8 +197,9 @@ def inference_request_trigger(
     with transaction.atomic():
         # The conditional update is the coalescing: it succeeds only while the
         # request is still pending (a claimed one is no longer matched).
-        if pending.update(trigger_seq=Greatest(F("trigger_seq"), trigger_seq), coalesced=F("coalesced") + 1,
-                          updated_at=now):
+        if pending.update(
+            trigger_seq=Greatest(F("trigger_seq"), trigger_seq), coalesced=F("coalesced") + 1, updated_at=now
+        ):
             return None
         try:
             with transaction.atomic():
@@ -206,8 +214,9 @@ def inference_request_trigger(
         except IntegrityError:
             # A concurrent trigger created the pending request first (the
             # partial unique constraint made us wait for it): coalesce into it.
-            pending.update(trigger_seq=Greatest(F("trigger_seq"), trigger_seq), coalesced=F("coalesced") + 1,
-                           updated_at=now)
+            pending.update(
+                trigger_seq=Greatest(F("trigger_seq"), trigger_seq), coalesced=F("coalesced") + 1, updated_at=now
+            )
             return None
         _enqueue(request)
         transaction.on_commit(lambda: _presence_ai_state(session_id=session.pk, state="queued"))
@@ -220,7 +229,8 @@ def inference_request_create_query(*, session_id: Any, user: AbstractBaseUser, q
         raise ValidationFailed("A non-empty query is required.", details={"query": ["This field is required."]})
     if len(query) > QUERY_MAX_CHARS:
         raise ValidationFailed(
-            "The query is too long.", code="query_too_long",
+            "The query is too long.",
+            code="query_too_long",
             details={"query": [f"At most {QUERY_MAX_CHARS} characters."], "max_chars": QUERY_MAX_CHARS},
         )
     if "\x00" in query:
@@ -263,8 +273,11 @@ def inference_request_claim(*, request_id: Any, claim_token: str = "") -> Infere
             status__in=[InferenceRequest.Status.RUNNING, InferenceRequest.Status.FAILED], claim_token=claim_token
         )
     claimed = InferenceRequest.objects.filter(claimable, pk=rid).update(
-        status=InferenceRequest.Status.RUNNING, started_at=now, claim_token=claim_token[:64],
-        attempts=F("attempts") + 1, updated_at=now,
+        status=InferenceRequest.Status.RUNNING,
+        started_at=now,
+        claim_token=claim_token[:64],
+        attempts=F("attempts") + 1,
+        updated_at=now,
     )
     if not claimed:
         return None
@@ -313,8 +326,13 @@ def inference_request_complete(
             ranks[draft.kind] = rank + 1
             rows.append(
                 Suggestion(
-                    request=request, session_id=request.session_id, kind=draft.kind, rank=rank,
-                    content=draft.content, score=float(draft.score), source_seqs=[int(s) for s in draft.source_seqs],
+                    request=request,
+                    session_id=request.session_id,
+                    kind=draft.kind,
+                    rank=rank,
+                    content=draft.content,
+                    score=float(draft.score),
+                    source_seqs=[int(s) for s in draft.source_seqs],
                     trigger_seq=request.trigger_seq,
                     model_version=(model_versions_by_kind.get(draft.kind) or model_version)[:100],
                 )
@@ -334,7 +352,9 @@ def inference_request_complete(
         user_id = request.requested_by_id
         if suggestions:
             _outbox_event(
-                event_type="suggestion.generated", session_id=request.session_id, user_id=user_id,
+                event_type="suggestion.generated",
+                session_id=request.session_id,
+                user_id=user_id,
                 correlation_id=request.correlation_id,
                 data={
                     "suggestion_ids": [str(s.id) for s in suggestions],
@@ -345,7 +365,9 @@ def inference_request_complete(
                 },
             )
         _outbox_event(
-            event_type="ai.processing", session_id=request.session_id, user_id=user_id,
+            event_type="ai.processing",
+            session_id=request.session_id,
+            user_id=user_id,
             correlation_id=request.correlation_id,
             data={
                 "inference_request_id": str(request.id),
@@ -362,8 +384,10 @@ def inference_request_complete(
             },
         )
         session_id = request.session_id
-        frames = [{"type": "suggestion", "request_id": str(request.id), **selectors.suggestion_to_dict(s)}
-                  for s in suggestions]
+        frames = [
+            {"type": "suggestion", "request_id": str(request.id), **selectors.suggestion_to_dict(s)}
+            for s in suggestions
+        ]
 
         def push() -> None:
             _broadcast_many(session_id=session_id, messages=frames)
@@ -373,8 +397,9 @@ def inference_request_complete(
     return suggestions
 
 
-def inference_request_fail(*, request_id: Any, error: str, claim_token: str | None = None,
-                           processing_type: str = "realtime") -> bool:
+def inference_request_fail(
+    *, request_id: Any, error: str, claim_token: str | None = None, processing_type: str = "realtime"
+) -> bool:
     """Mark a request failed (its task gave up); True if this call changed it."""
     with transaction.atomic():
         qs = InferenceRequest.objects.select_for_update().filter(
@@ -390,7 +415,9 @@ def inference_request_fail(*, request_id: Any, error: str, claim_token: str | No
         request.error = error[:4000]
         request.save(update_fields=["status", "finished_at", "error", "updated_at"])
         _outbox_event(
-            event_type="ai.processing", session_id=request.session_id, user_id=request.requested_by_id,
+            event_type="ai.processing",
+            session_id=request.session_id,
+            user_id=request.requested_by_id,
             correlation_id=request.correlation_id,
             data={
                 "inference_request_id": str(request.id),
@@ -430,10 +457,15 @@ def suggestion_feedback_submit(
             suggestion=suggestion, user=user, defaults={"verdict": verdict, "comment": comment}
         )
         _outbox_event(
-            event_type="suggestion.feedback", session_id=suggestion.session_id, user_id=user.pk,
+            event_type="suggestion.feedback",
+            session_id=suggestion.session_id,
+            user_id=user.pk,
             correlation_id=get_correlation_id(),
-            data={"suggestion_id": str(suggestion.id), "accepted": verdict == SuggestionFeedback.Verdict.ACCEPT,
-                  "kind": suggestion.kind},
+            data={
+                "suggestion_id": str(suggestion.id),
+                "accepted": verdict == SuggestionFeedback.Verdict.ACCEPT,
+                "kind": suggestion.kind,
+            },
         )
     return feedback
 
@@ -464,8 +496,13 @@ def model_version_register(
             with transaction.atomic():
                 latest = ModelVersion.objects.filter(name=name).aggregate(v=Max("version"))["v"] or 0
                 version = ModelVersion.objects.create(
-                    name=name, version=latest + 1, metrics=metrics or {}, artifact=artifact,
-                    artifact_path=artifact_path, artifact_bytes=size, notes=notes,
+                    name=name,
+                    version=latest + 1,
+                    metrics=metrics or {},
+                    artifact=artifact,
+                    artifact_path=artifact_path,
+                    artifact_bytes=size,
+                    notes=notes,
                 )
                 if promote:
                     version = model_version_promote(model_version_id=version.pk)
@@ -527,8 +564,12 @@ def embedding_store_many(*, model_name: str, vectors: dict[str, np.ndarray]) -> 
     if not vectors:
         return 0
     rows = [
-        Embedding(content_hash=h, model_name=model_name[:100], dim=int(v.shape[-1]),
-                  vector=np.asarray(v, dtype="<f4").tobytes())
+        Embedding(
+            content_hash=h,
+            model_name=model_name[:100],
+            dim=int(v.shape[-1]),
+            vector=np.asarray(v, dtype="<f4").tobytes(),
+        )
         for h, v in vectors.items()
     ]
     Embedding.objects.bulk_create(rows, ignore_conflicts=True)

@@ -530,8 +530,9 @@ class MultiLevelCache:
         if keys:
             self._inv_keys(keys=[k for key in keys for k in (self._vkey(key), self._gkey(key))], args=[ms], client=pipe)
         if tags:
-            self._inv_tags(keys=[k for tag in tags for k in (self._tskey(tag), self._tgkey(tag))], args=[ms],
-                           client=pipe)
+            self._inv_tags(
+                keys=[k for tag in tags for k in (self._tskey(tag), self._tgkey(tag))], args=[ms], client=pipe
+            )
         # Publish after L2 is clean, so a process that drops its L1 on this
         # message cannot refill it from L2 with the old value.
         pipe.publish(self.channel, json.dumps({**message, "sent_at": time.time()}))

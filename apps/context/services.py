@@ -52,8 +52,12 @@ def session_create(*, owner: AbstractBaseUser, title: str, metadata: dict[str, A
     with transaction.atomic():
         session = Session.objects.create(owner=owner, title=title, metadata=metadata or {})
         Participant.objects.create(session=session, user=owner, role=Participant.Role.OWNER)
-        outbox_event_add(event_type="session.created", session_id=session.id, user_id=owner.pk,
-                         data={"title": session.title, "metadata": session.metadata})
+        outbox_event_add(
+            event_type="session.created",
+            session_id=session.id,
+            user_id=owner.pk,
+            data={"title": session.title, "metadata": session.metadata},
+        )
     return session
 
 
@@ -79,8 +83,12 @@ def session_update(
             session.state = state
             session.closed_at = timezone.now() if state == Session.State.CLOSED else None
             if state == Session.State.CLOSED:
-                outbox_event_add(event_type="session.closed", session_id=session.id, user_id=actor.pk,
-                                 data={"closed_at": session.closed_at})
+                outbox_event_add(
+                    event_type="session.closed",
+                    session_id=session.id,
+                    user_id=actor.pk,
+                    data={"closed_at": session.closed_at},
+                )
         if title is not None:
             session.title = title
         if metadata is not None:
@@ -147,8 +155,12 @@ def participant_add(*, session: Session, actor: AbstractBaseUser, username: str,
         cache_invalidate_tags(tags=[participants_cache_tag(session.pk)])
         cache_invalidate_keys(keys=[snapshot_cache_key(session.pk)])
         if joined:
-            outbox_event_add(event_type="participant.joined", session_id=session.pk, user_id=actor.pk,
-                             data={"participant_user_id": user.pk, "username": user.username, "role": role})
+            outbox_event_add(
+                event_type="participant.joined",
+                session_id=session.pk,
+                user_id=actor.pk,
+                data={"participant_user_id": user.pk, "username": user.username, "role": role},
+            )
             added = {"type": "presence", "event": "added", "user": user.username, "state": None, "role": role}
             transaction.on_commit(lambda: session_broadcast(session_id=session.pk, message=added))
     return participant
@@ -174,9 +186,12 @@ def participant_remove(*, session: Session, actor: AbstractBaseUser, username: s
         # The removed user must lose access once this commits, in every process.
         cache_invalidate_tags(tags=[participants_cache_tag(session.pk)])
         cache_invalidate_keys(keys=[snapshot_cache_key(session.pk)])
-        outbox_event_add(event_type="participant.left", session_id=session.pk, user_id=actor.pk,
-                         data={"participant_user_id": participant.user_id, "username": username,
-                               "removed": not is_self})
+        outbox_event_add(
+            event_type="participant.left",
+            session_id=session.pk,
+            user_id=actor.pk,
+            data={"participant_user_id": participant.user_id, "username": username, "removed": not is_self},
+        )
         # The removed user's live WebSockets close (4404) when this frame reaches them.
         removed = {"type": "presence", "event": "removed", "user": username, "state": None}
         transaction.on_commit(lambda: session_broadcast(session_id=session.pk, message=removed))
@@ -218,12 +233,14 @@ def _outbox_event_for(event: ContextEvent) -> OutboxEvent:
     """``context.updated`` for context updates and notes, ``user.action`` for user actions."""
     if event.event_type == ContextEvent.EventType.USER_ACTION:
         action = event.data.get("action")
-        data = {"seq": event.seq, "action": action if isinstance(action, str) else None,
-                "target": event.data.get("target"),
-                "data": event.data}
+        data = {
+            "seq": event.seq,
+            "action": action if isinstance(action, str) else None,
+            "target": event.data.get("target"),
+            "data": event.data,
+        }
         return OutboxEvent(event_type="user.action", session_id=event.session_id, user_id=event.author_id, data=data)
-    data = {"seq": event.seq, "event_type": event.event_type, "data": event.data,
-            "client_msg_id": event.client_msg_id}
+    data = {"seq": event.seq, "event_type": event.event_type, "data": event.data, "client_msg_id": event.client_msg_id}
     return OutboxEvent(event_type="context.updated", session_id=event.session_id, user_id=event.author_id, data=data)
 
 
@@ -252,8 +269,7 @@ def context_event_append(
         existing: dict[str, ContextEvent] = {}
         if msg_ids:
             existing = {
-                ev.client_msg_id: ev
-                for ev in ContextEvent.objects.filter(session=session, client_msg_id__in=msg_ids)
+                ev.client_msg_id: ev for ev in ContextEvent.objects.filter(session=session, client_msg_id__in=msg_ids)
             }
         fresh = [e for e in events if not (e.client_msg_id and e.client_msg_id in existing)]
         created: list[ContextEvent] = []
@@ -261,9 +277,7 @@ def context_event_append(
             now = timezone.now()
             # last_seq was read under the row lock above, so no one else moved it since.
             first_seq = locked["last_seq"] + 1
-            Session.objects.filter(pk=session.pk).update(
-                last_seq=locked["last_seq"] + len(fresh), last_activity_at=now
-            )
+            Session.objects.filter(pk=session.pk).update(last_seq=locked["last_seq"] + len(fresh), last_activity_at=now)
             created = ContextEvent.objects.bulk_create(
                 [
                     ContextEvent(

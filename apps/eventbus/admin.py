@@ -30,8 +30,22 @@ class OutboxMessageAdmin(_ReadOnly):
     list_display = ("id", "kind", "routing_key", "status", "attempts", "created_at", "published_at", "short_error")
     list_filter = ("status", "kind", "routing_key")
     search_fields = ("=message_id", "=correlation_id", "routing_key")
-    readonly_fields = ("id", "message_id", "kind", "exchange", "routing_key", "headers", "body", "correlation_id",
-                       "status", "attempts", "last_error", "created_at", "available_at", "published_at")
+    readonly_fields = (
+        "id",
+        "message_id",
+        "kind",
+        "exchange",
+        "routing_key",
+        "headers",
+        "body",
+        "correlation_id",
+        "status",
+        "attempts",
+        "last_error",
+        "created_at",
+        "available_at",
+        "published_at",
+    )
     ordering = ("-id",)
     actions = ("requeue_parked",)
     list_per_page = 100
@@ -61,7 +75,14 @@ class ProcessedEventAdmin(_ReadOnly):
 
 @admin.register(SessionActivity)
 class SessionActivityAdmin(_ReadOnly):
-    list_display = ("session_id", "events_total", "participants_joined", "participants_left",
-                    "suggestions_generated", "suggestions_accepted", "last_event_at")
+    list_display = (
+        "session_id",
+        "events_total",
+        "participants_joined",
+        "participants_left",
+        "suggestions_generated",
+        "suggestions_accepted",
+        "last_event_at",
+    )
     search_fields = ("=session_id",)
     ordering = ("-last_event_at",)

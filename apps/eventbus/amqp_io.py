@@ -57,7 +57,7 @@ class _BufferedRecv:
             if not self._buf:
                 return self._buf
         end = self._pos + n
-        out = self._buf[self._pos:end]
+        out = self._buf[self._pos : end]
         self._pos = min(end, len(self._buf))
         return out
 

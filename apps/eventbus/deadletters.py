@@ -24,19 +24,29 @@ from apps.eventbus.subscribers import registered_subscribers
 
 logger = logging.getLogger("apps.eventbus.deadletters")
 
-_DEATH_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
-                  "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason", "x-delivery-count")
+_DEATH_HEADERS = (
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+    "x-delivery-count",
+)
 
 
-def event_archived_dead_letters_replay(*, subscriber: str, limit: int = 100, user: Any | None = None,
-                                       force: bool = False) -> dict[str, Any]:
+def event_archived_dead_letters_replay(
+    *, subscriber: str, limit: int = 100, user: Any | None = None, force: bool = False
+) -> dict[str, Any]:
     """Replay the archived (``DeadLetter``) dead letters of ``subscriber``; ``dead_letter_replay_bulk``'s result."""
     from apps.ops.selectors import dead_letter_list
     from apps.ops.services import dead_letter_replay_bulk
 
     _check_subscriber(subscriber)
-    return dead_letter_replay_bulk(queryset=dead_letter_list(filters={"queue": f"events.{subscriber}"}), user=user,
-                                   force=force, limit=limit)
+    return dead_letter_replay_bulk(
+        queryset=dead_letter_list(filters={"queue": f"events.{subscriber}"}), user=user, force=force, limit=limit
+    )
 
 
 def _check_subscriber(subscriber: str) -> None:

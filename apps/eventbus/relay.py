@@ -214,8 +214,9 @@ class BrokerPublisher:
             else:
                 properties["correlation_id"] = row.correlation_id or row.message_id
                 properties["type"] = row.routing_key
-            self._channel.basic_publish(amqp.Message(row.body, **properties), exchange=row.exchange,
-                                        routing_key=row.routing_key, mandatory=True)
+            self._channel.basic_publish(
+                amqp.Message(row.body, **properties), exchange=row.exchange, routing_key=row.routing_key, mandatory=True
+            )
             tags[self._next_tag] = row
             self._next_tag += 1
 
@@ -305,8 +306,17 @@ class OutboxRelay:
                 [self.batch_size],
             )
             return [
-                _Claimed(id=r[0], message_id=r[1], kind=r[2], exchange=r[3], routing_key=r[4],
-                         headers=json.loads(r[5]), body=r[6].encode(), correlation_id=r[7], attempts=r[8])
+                _Claimed(
+                    id=r[0],
+                    message_id=r[1],
+                    kind=r[2],
+                    exchange=r[3],
+                    routing_key=r[4],
+                    headers=json.loads(r[5]),
+                    body=r[6].encode(),
+                    correlation_id=r[7],
+                    attempts=r[8],
+                )
                 for r in cursor.fetchall()
             ]
 
@@ -340,19 +350,32 @@ class OutboxRelay:
                     cursor.execute(
                         "UPDATE eventbus_outboxmessage SET attempts = %s, last_error = %s, status = %s,"
                         " available_at = clock_timestamp() + make_interval(secs => %s) WHERE id = %s",
-                        [attempts, failures[row.id][:2000], "parked" if parked else "pending",
-                         _backoff(attempts, base=1.0, cap=300.0), row.id],
+                        [
+                            attempts,
+                            failures[row.id][:2000],
+                            "parked" if parked else "pending",
+                            _backoff(attempts, base=1.0, cap=300.0),
+                            row.id,
+                        ],
                     )
                     if parked:
                         result.parked += 1
                         logger.error(
                             "ALERT outbox row parked after repeated publish failures",
-                            extra={"alert": "outbox_row_parked", "outbox_id": row.id, "message_id": row.message_id,
-                                   "routing_key": row.routing_key, "attempts": attempts, "error": failures[row.id]},
+                            extra={
+                                "alert": "outbox_row_parked",
+                                "outbox_id": row.id,
+                                "message_id": row.message_id,
+                                "routing_key": row.routing_key,
+                                "attempts": attempts,
+                                "error": failures[row.id],
+                            },
                         )
                     else:
-                        logger.warning("outbox row failed to publish; will retry",
-                                       extra={"outbox_id": row.id, "attempts": attempts, "error": failures[row.id]})
+                        logger.warning(
+                            "outbox row failed to publish; will retry",
+                            extra={"outbox_id": row.id, "attempts": attempts, "error": failures[row.id]},
+                        )
             result.published = len(ok_ids)
             result.failed = len(failures)
             result.failures = failures

@@ -43,7 +43,12 @@ class OutboxEvent:
 
 
 def _build(
-    *, event_type: str, session_id: Any, user_id: int | None, data: dict[str, Any], correlation_id: str | None,
+    *,
+    event_type: str,
+    session_id: Any,
+    user_id: int | None,
+    data: dict[str, Any],
+    correlation_id: str | None,
     occurred_at: datetime,
 ) -> Event:
     try:
@@ -65,8 +70,11 @@ def _event_row(event: Event) -> OutboxMessage:
         kind=OutboxMessage.Kind.EVENT,
         exchange=EVENTS_EXCHANGE_NAME,
         routing_key=event.event_type,
-        headers={"event_type": event.event_type, "version": event.version,
-                 CORRELATION_HEADER: event.correlation_id or ""},
+        headers={
+            "event_type": event.event_type,
+            "version": event.version,
+            CORRELATION_HEADER: event.correlation_id or "",
+        },
         body=event.to_wire(),
         correlation_id=event.correlation_id or "",
         created_at=event.occurred_at,
@@ -83,14 +91,32 @@ def outbox_event_add(
     correlation_id: str | None = None,
 ) -> Event:
     """Validate one event against its contract and write it to the outbox in the caller's transaction."""
-    event = _build(event_type=event_type, session_id=session_id, user_id=user_id, data=data,
-                   correlation_id=correlation_id, occurred_at=timezone.now())
+    event = _build(
+        event_type=event_type,
+        session_id=session_id,
+        user_id=user_id,
+        data=data,
+        correlation_id=correlation_id,
+        occurred_at=timezone.now(),
+    )
     _event_row(event).save(force_insert=True)
     return event
 
 
-_COPY_COLUMNS = ("message_id", "kind", "exchange", "routing_key", "headers", "body", "correlation_id", "status",
-                 "attempts", "last_error", "created_at", "available_at")
+_COPY_COLUMNS = (
+    "message_id",
+    "kind",
+    "exchange",
+    "routing_key",
+    "headers",
+    "body",
+    "correlation_id",
+    "status",
+    "attempts",
+    "last_error",
+    "created_at",
+    "available_at",
+)
 
 
 def outbox_events_add_bulk(*, events: Sequence[OutboxEvent]) -> list[Event]:
@@ -105,22 +131,37 @@ def outbox_events_add_bulk(*, events: Sequence[OutboxEvent]) -> list[Event]:
         return []
     now = timezone.now()
     built = [
-        _build(event_type=e.event_type, session_id=e.session_id, user_id=e.user_id, data=e.data,
-               correlation_id=e.correlation_id, occurred_at=now)
+        _build(
+            event_type=e.event_type,
+            session_id=e.session_id,
+            user_id=e.user_id,
+            data=e.data,
+            correlation_id=e.correlation_id,
+            occurred_at=now,
+        )
         for e in events
     ]
     dumps = json.JSONEncoder(separators=(",", ":")).encode
     with connection.cursor() as cursor:
-        with cursor.cursor.copy(
-            f"COPY eventbus_outboxmessage ({', '.join(_COPY_COLUMNS)}) FROM STDIN"
-        ) as copy:
+        with cursor.cursor.copy(f"COPY eventbus_outboxmessage ({', '.join(_COPY_COLUMNS)}) FROM STDIN") as copy:
             for event in built:
                 cid = event.correlation_id or ""
-                copy.write_row((
-                    event.event_id, OutboxMessage.Kind.EVENT.value, EVENTS_EXCHANGE_NAME, event.event_type,
-                    dumps({"event_type": event.event_type, "version": event.version, CORRELATION_HEADER: cid}),
-                    dumps(event.to_wire()), cid, OutboxMessage.Status.PENDING.value, 0, "", now, now,
-                ))
+                copy.write_row(
+                    (
+                        event.event_id,
+                        OutboxMessage.Kind.EVENT.value,
+                        EVENTS_EXCHANGE_NAME,
+                        event.event_type,
+                        dumps({"event_type": event.event_type, "version": event.version, CORRELATION_HEADER: cid}),
+                        dumps(event.to_wire()),
+                        cid,
+                        OutboxMessage.Status.PENDING.value,
+                        0,
+                        "",
+                        now,
+                        now,
+                    )
+                )
     return built
 
 
@@ -181,8 +222,9 @@ def outbox_purge_published(*, older_than: timedelta | datetime) -> int:
     while True:
         with transaction.atomic():
             ids = list(
-                OutboxMessage.objects.filter(status=OutboxMessage.Status.PUBLISHED, published_at__lt=cutoff)
-                .values_list("id", flat=True)[:5000]
+                OutboxMessage.objects.filter(
+                    status=OutboxMessage.Status.PUBLISHED, published_at__lt=cutoff
+                ).values_list("id", flat=True)[:5000]
             )
             if not ids:
                 return total

@@ -39,26 +39,65 @@ class DeadLetterReplayInline(admin.TabularInline):
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "queue", "task_name", "reason", "exception_class", "attempts", "status",
-                    "short_fingerprint")
+    list_display = (
+        "created_at",
+        "queue",
+        "task_name",
+        "reason",
+        "exception_class",
+        "attempts",
+        "status",
+        "short_fingerprint",
+    )
     list_filter = ("queue", "task_name", "reason", "status", "fingerprint")
-    search_fields = ("task_id", "task_name", "fingerprint", "exception_class", "exception_message",
-                     "correlation_id")
+    search_fields = ("task_id", "task_name", "fingerprint", "exception_class", "exception_message", "correlation_id")
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
     actions = ("replay_selected", "force_replay_selected", "discard_selected")
     inlines = (DeadLetterReplayInline,)
     fieldsets = (
-        (None, {"fields": ("queue", "dead_letter_queue", "task_name", "task_id", "correlation_id", "reason",
-                           "status", "attempts", "fingerprint", "first_failed_at", "last_failed_at", "replay_of")}),
+        (
+            None,
+            {
+                "fields": (
+                    "queue",
+                    "dead_letter_queue",
+                    "task_name",
+                    "task_id",
+                    "correlation_id",
+                    "reason",
+                    "status",
+                    "attempts",
+                    "fingerprint",
+                    "first_failed_at",
+                    "last_failed_at",
+                    "replay_of",
+                )
+            },
+        ),
         ("Failure", {"fields": ("exception_class", "exception_message", "traceback_display")}),
-        ("Payload", {"fields": ("args_display", "kwargs_display", "raw_body", "headers_display", "x_death_display",
-                                "properties_display")}),
+        (
+            "Payload",
+            {
+                "fields": (
+                    "args_display",
+                    "kwargs_display",
+                    "raw_body",
+                    "headers_display",
+                    "x_death_display",
+                    "properties_display",
+                )
+            },
+        ),
     )
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [f.name for f in DeadLetter._meta.fields] + [
-            "traceback_display", "args_display", "kwargs_display", "headers_display", "x_death_display",
+            "traceback_display",
+            "args_display",
+            "kwargs_display",
+            "headers_display",
+            "x_death_display",
             "properties_display",
         ]
 
@@ -105,9 +144,11 @@ class DeadLetterAdmin(admin.ModelAdmin):
                 failed += 1
             else:
                 done += 1
-        self.message_user(request, f"Replayed {done}; skipped {refused} already replayed or discarded; "
-                                   f"{failed} could not be published.",
-                          messages.WARNING if (refused or failed) else messages.SUCCESS)
+        self.message_user(
+            request,
+            f"Replayed {done}; skipped {refused} already replayed or discarded; {failed} could not be published.",
+            messages.WARNING if (refused or failed) else messages.SUCCESS,
+        )
 
     @admin.action(description="Replay selected dead letters (once)")
     def replay_selected(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:

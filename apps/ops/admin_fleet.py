@@ -19,8 +19,11 @@ def fleet_view(request: HttpRequest) -> HttpResponse:
         window = min(3600.0, max(1.0, float(request.GET.get("window", fleet.DEFAULT_WINDOW))))
     except ValueError:
         window = fleet.DEFAULT_WINDOW
-    context = {**admin.site.each_context(request), "title": "Fleet: queues, workers and scaling advice",
-               "window": int(window)}
+    context = {
+        **admin.site.each_context(request),
+        "title": "Fleet: queues, workers and scaling advice",
+        "window": int(window),
+    }
     try:
         context["snapshot"] = fleet.fleet_snapshot(window=window)
     except fleet.FleetUnavailable as exc:

@@ -101,8 +101,11 @@ class DeadLetterListApi(APIView):
         page = serializers.IntegerField(required=False, min_value=1)
         page_size = serializers.IntegerField(required=False, min_value=1, max_value=200)
 
-    @extend_schema(operation_id="dead_letters_list", parameters=[FilterSerializer],
-                   responses={200: DeadLetterOutputSerializer(many=True), **_errors(400)})
+    @extend_schema(
+        operation_id="dead_letters_list",
+        parameters=[FilterSerializer],
+        responses={200: DeadLetterOutputSerializer(many=True), **_errors(400)},
+    )
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params.dict())
         filters.is_valid(raise_exception=True)
@@ -115,8 +118,11 @@ class DeadLetterListApi(APIView):
 class DeadLetterDetailApi(APIView):
     permission_classes = [IsAdminUser]
 
-    @extend_schema(operation_id="dead_letters_retrieve", parameters=[DEAD_LETTER_ID],
-                   responses={200: DeadLetterOutputSerializer, **_errors(404)})
+    @extend_schema(
+        operation_id="dead_letters_retrieve",
+        parameters=[DEAD_LETTER_ID],
+        responses={200: DeadLetterOutputSerializer, **_errors(404)},
+    )
     def get(self, request: Request, dead_letter_id: Any) -> Response:
         dead_letter = selectors.dead_letter_get(dead_letter_id=dead_letter_id)
         return Response(DeadLetterOutputSerializer(dead_letter).data)
@@ -129,25 +135,37 @@ class DeadLetterReplayApi(APIView):
     class InputSerializer(StrictSerializer):
         force = serializers.BooleanField(required=False, default=False)
 
-    @extend_schema(operation_id="dead_letters_replay", parameters=[DEAD_LETTER_ID], request=InputSerializer,
-                   responses={201: ReplayOutputSerializer, **_errors(400, 404, 409, 503)})
+    @extend_schema(
+        operation_id="dead_letters_replay",
+        parameters=[DEAD_LETTER_ID],
+        request=InputSerializer,
+        responses={201: ReplayOutputSerializer, **_errors(400, 404, 409, 503)},
+    )
     def post(self, request: Request, dead_letter_id: Any) -> Response:
         data = self.InputSerializer(data=request.data if request.data is not None else {})
         data.is_valid(raise_exception=True)
-        replay = services.dead_letter_replay(dead_letter_id=dead_letter_id, user=request.user,
-                                             force=data.validated_data["force"])
+        replay = services.dead_letter_replay(
+            dead_letter_id=dead_letter_id, user=request.user, force=data.validated_data["force"]
+        )
         if replay.status == ReplayStatus.PUBLISH_FAILED:
-            raise ApplicationError("The broker did not accept the replay; try again.", code="publish_failed",
-                                   status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-                                   details={"replay_id": str(replay.id), "error": replay.error})
+            raise ApplicationError(
+                "The broker did not accept the replay; try again.",
+                code="publish_failed",
+                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                details={"replay_id": str(replay.id), "error": replay.error},
+            )
         return Response(ReplayOutputSerializer(replay).data, status=status.HTTP_201_CREATED)
 
 
 class DeadLetterDiscardApi(APIView):
     permission_classes = [IsAdminUser]
 
-    @extend_schema(operation_id="dead_letters_discard", parameters=[DEAD_LETTER_ID], request=None,
-                   responses={200: DeadLetterOutputSerializer, **_errors(404)})
+    @extend_schema(
+        operation_id="dead_letters_discard",
+        parameters=[DEAD_LETTER_ID],
+        request=None,
+        responses={200: DeadLetterOutputSerializer, **_errors(404)},
+    )
     def post(self, request: Request, dead_letter_id: Any) -> Response:
         dead_letter = services.dead_letter_discard(dead_letter_id=dead_letter_id, user=request.user)
         return Response(DeadLetterOutputSerializer(selectors.dead_letter_get(dead_letter_id=dead_letter.id)).data)
@@ -174,15 +192,19 @@ class DeadLetterBulkReplayApi(APIView):
         failed = serializers.ListField(child=serializers.UUIDField())
         truncated = serializers.BooleanField()
 
-    @extend_schema(operation_id="dead_letters_replay_bulk", request=InputSerializer,
-                   responses={200: OutputSerializer, **_errors(400)})
+    @extend_schema(
+        operation_id="dead_letters_replay_bulk",
+        request=InputSerializer,
+        responses={200: OutputSerializer, **_errors(400)},
+    )
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data if request.data is not None else {})
         data.is_valid(raise_exception=True)
         params = dict(data.validated_data)
         force, limit = params.pop("force"), params.pop("limit")
-        result = services.dead_letter_replay_bulk(queryset=selectors.dead_letter_list(filters=params),
-                                                  user=request.user, force=force, limit=limit)
+        result = services.dead_letter_replay_bulk(
+            queryset=selectors.dead_letter_list(filters=params), user=request.user, force=force, limit=limit
+        )
         return Response(self.OutputSerializer(result).data)
 
 
@@ -201,8 +223,7 @@ class CanaryOutputSerializer(serializers.Serializer):
         dead_letter = selectors.canary_dead_letter(run=obj)
         if dead_letter is None:
             return None
-        return {"id": str(dead_letter.id), "reason": dead_letter.reason,
-                "exception_class": dead_letter.exception_class}
+        return {"id": str(dead_letter.id), "reason": dead_letter.reason, "exception_class": dead_letter.exception_class}
 
 
 class CanaryCreateApi(APIView):
@@ -211,8 +232,11 @@ class CanaryCreateApi(APIView):
     class InputSerializer(StrictSerializer):
         mode = serializers.ChoiceField(choices=CanaryMode.choices)
 
-    @extend_schema(operation_id="ops_canary_create", request=InputSerializer,
-                   responses={201: CanaryOutputSerializer, **_errors(400)})
+    @extend_schema(
+        operation_id="ops_canary_create",
+        request=InputSerializer,
+        responses={201: CanaryOutputSerializer, **_errors(400)},
+    )
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data if request.data is not None else {})
         data.is_valid(raise_exception=True)
@@ -223,8 +247,10 @@ class CanaryCreateApi(APIView):
 class CanaryDetailApi(APIView):
     permission_classes = [IsAdminUser]
 
-    @extend_schema(operation_id="ops_canary_retrieve",
-                   parameters=[OpenApiParameter("canary_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
-                   responses={200: CanaryOutputSerializer, **_errors(404)})
+    @extend_schema(
+        operation_id="ops_canary_retrieve",
+        parameters=[OpenApiParameter("canary_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
+        responses={200: CanaryOutputSerializer, **_errors(404)},
+    )
     def get(self, request: Request, canary_id: Any) -> Response:
         return Response(CanaryOutputSerializer(selectors.canary_run_get(canary_id=canary_id)).data)

@@ -218,9 +218,14 @@ def broker_queue_counts(names: list[str], *, broker_url: str | None = None, time
     from kombu import Connection
 
     results: list[BrokerQueue] = []
-    with Connection(broker_url or settings.BROKER_URL, connect_timeout=timeout, transport_options={
-        "read_timeout": timeout, "write_timeout": timeout,
-    }) as conn:
+    with Connection(
+        broker_url or settings.BROKER_URL,
+        connect_timeout=timeout,
+        transport_options={
+            "read_timeout": timeout,
+            "write_timeout": timeout,
+        },
+    ) as conn:
         conn.ensure_connection(max_retries=1, timeout=timeout)
         channel = conn.channel()
         try:
@@ -345,12 +350,24 @@ def _baseline(history: list[Sample], now: float, window: float) -> Sample | None
 
 
 def queue_stat_compute(
-    *, name: str, kind: str, current: Sample, history: list[Sample], counters: dict[str, float], window: float,
+    *,
+    name: str,
+    kind: str,
+    current: Sample,
+    history: list[Sample],
+    counters: dict[str, float],
+    window: float,
     archived_delta: int | None = None,
 ) -> QueueStat:
     """Rates, service time and oldest age of one queue from its current sample and history (pure)."""
-    stat = QueueStat(name=name, kind=kind, depth=current.depth, consumers=current.consumers,
-                     started_total=current.started, finished_total=current.finished)
+    stat = QueueStat(
+        name=name,
+        kind=kind,
+        depth=current.depth,
+        consumers=current.consumers,
+        started_total=current.started,
+        finished_total=current.finished,
+    )
     base = _baseline(history, current.t, window)
     if base is None:
         stat.notes.append("rates need two reads at least 1 s apart; read again")
@@ -365,8 +382,10 @@ def queue_stat_compute(
             else:
                 stat.notes.append("DLQ drain rate unknown (no archived count); rate_in is the net change")
         elif kind == "events":
-            stat.notes.append("drained by the subscriber runner, which keeps no delivery counter: "
-                              "rate_out is unknown and rate_in is the net change")
+            stat.notes.append(
+                "drained by the subscriber runner, which keeps no delivery counter: "
+                "rate_out is unknown and rate_in is the net change"
+            )
         stat.rate_out = delivered / dt if kind != "events" else None
         stat.rate_in = max(0.0, (current.depth - base.depth) + delivered) / dt
         done = current.finished - base.finished
@@ -424,16 +443,23 @@ def queue_stats_collect(*, window: float = DEFAULT_WINDOW, now: float | None = N
         started = int(c.get("started", 0))
         if kind == "dead_letter" and archived is not None:
             started = archived.get(name, 0)
-        sample = Sample(t=now, depth=broker.depth, consumers=broker.consumers or 0, started=started,
-                        finished=int(c.get("finished", 0)), busy=float(c.get("busy", 0.0)))
+        sample = Sample(
+            t=now,
+            depth=broker.depth,
+            consumers=broker.consumers or 0,
+            started=started,
+            finished=int(c.get("finished", 0)),
+            busy=float(c.get("busy", 0.0)),
+        )
         current_samples[name] = sample
         hist = history.get(name, [])
         archived_delta = None
         if kind == "dead_letter" and archived is not None:
             base = _baseline(hist, now, window)
             archived_delta = (sample.started - base.started) if base is not None else None
-        stat = queue_stat_compute(name=name, kind=kind, current=sample, history=hist, counters=c, window=window,
-                                  archived_delta=archived_delta)
+        stat = queue_stat_compute(
+            name=name, kind=kind, current=sample, history=hist, counters=c, window=window, archived_delta=archived_delta
+        )
         _apply_management(stat, now=now)
         stats.append(stat)
     try:
@@ -615,8 +641,17 @@ class Recommendation:
 
 
 def queue_recommendation(
-    *, queue: str, arrival_rate: float, service_time: float, service_time_source: str, latency_target: float,
-    depth: int, current_workers: int, oldest_age: float | None = None, min_workers: int = 1, max_workers: int = 64,
+    *,
+    queue: str,
+    arrival_rate: float,
+    service_time: float,
+    service_time_source: str,
+    latency_target: float,
+    depth: int,
+    current_workers: int,
+    oldest_age: float | None = None,
+    min_workers: int = 1,
+    max_workers: int = 64,
 ) -> Recommendation:
     """Worker slots a queue needs, from arrival rate λ, service time S and latency target T.
 
@@ -636,8 +671,10 @@ def queue_recommendation(
     latency_note = ""
     if lam > 0:
         if s >= t:
-            latency_note = (f" S={s:.3g}s alone exceeds T={t:.3g}s: no worker count meets the target,"
-                            " so latency is not a constraint here.")
+            latency_note = (
+                f" S={s:.3g}s alone exceeds T={t:.3g}s: no worker count meets the target,"
+                " so latency is not a constraint here."
+            )
         else:
             c = max(1, math.floor(load) + 1)
             while c <= max_workers and erlang_c_wait(servers=c, arrival_rate=lam, service_time=s) + s > t:
@@ -647,8 +684,11 @@ def queue_recommendation(
     recommended = min(max_workers, max(min_workers, needed))
     action = "scale_up" if recommended > current_workers else "scale_down" if recommended < current_workers else "hold"
     utilisation = load / current_workers if current_workers else (math.inf if load > 0 else None)
-    wait = erlang_c_wait(servers=current_workers, arrival_rate=lam, service_time=s) if current_workers else (
-        math.inf if (lam > 0 or depth > 0) else None)
+    wait = (
+        erlang_c_wait(servers=current_workers, arrival_rate=lam, service_time=s)
+        if current_workers
+        else (math.inf if (lam > 0 or depth > 0) else None)
+    )
     if current_workers == 0 and (lam > 0 or depth > 0):
         pressure = math.inf
     else:
@@ -664,9 +704,19 @@ def queue_recommendation(
     if current_workers:
         explanation += f" Now ρ=a/c={load / current_workers:.2f}."
     return Recommendation(
-        queue=queue, current_workers=current_workers, recommended_workers=recommended, action=action,
-        arrival_rate=lam, service_time_seconds=s, service_time_source=service_time_source, latency_target_seconds=t,
-        depth=depth, offered_load=load, utilisation=utilisation, expected_wait_seconds=wait, pressure=pressure,
+        queue=queue,
+        current_workers=current_workers,
+        recommended_workers=recommended,
+        action=action,
+        arrival_rate=lam,
+        service_time_seconds=s,
+        service_time_source=service_time_source,
+        latency_target_seconds=t,
+        depth=depth,
+        offered_load=load,
+        utilisation=utilisation,
+        expected_wait_seconds=wait,
+        pressure=pressure,
         explanation=explanation,
     )
 
@@ -689,15 +739,24 @@ def fleet_report(*, stats: list[QueueStat], nodes: list[WorkerNode] | None) -> d
             service, source = default_service_seconds(stat.name), "configured default: nothing measured yet"
         low, high = worker_bounds(stat.name)
         rec = queue_recommendation(
-            queue=stat.name, arrival_rate=stat.rate_in or 0.0, service_time=service, service_time_source=source,
-            latency_target=latency_target(stat.name), depth=stat.depth, current_workers=current,
-            oldest_age=stat.oldest_age_seconds, min_workers=low, max_workers=high,
+            queue=stat.name,
+            arrival_rate=stat.rate_in or 0.0,
+            service_time=service,
+            service_time_source=source,
+            latency_target=latency_target(stat.name),
+            depth=stat.depth,
+            current_workers=current,
+            oldest_age=stat.oldest_age_seconds,
+            min_workers=low,
+            max_workers=high,
         )
         rec.explanation += f" Workers counted from {workers_source}."
         shared = sorted({q for n in nodes or [] if stat.name in n.queues for q in n.queues} - {stat.name})
         if shared:
-            rec.explanation += (f" Those slots also serve {', '.join(shared)}: size the pool for the sum of the"
-                                " queues' recommendations.")
+            rec.explanation += (
+                f" Those slots also serve {', '.join(shared)}: size the pool for the sum of the"
+                " queues' recommendations."
+            )
         if stat.rate_in is None:
             rec.explanation += " No arrival rate yet (first read): λ taken as 0."
         recommendations.append(rec)
@@ -708,8 +767,10 @@ def fleet_report(*, stats: list[QueueStat], nodes: list[WorkerNode] | None) -> d
     ]
     if bottleneck is not None:
         pressure = "no workers" if not math.isfinite(bottleneck.pressure) else f"pressure {bottleneck.pressure:.2f}"
-        summary = (f"Bottleneck: {bottleneck.queue} ({pressure}; {bottleneck.current_workers} worker slot(s), "
-                   f"{bottleneck.recommended_workers} recommended).")
+        summary = (
+            f"Bottleneck: {bottleneck.queue} ({pressure}; {bottleneck.current_workers} worker slot(s), "
+            f"{bottleneck.recommended_workers} recommended)."
+        )
     else:
         summary = "No bottleneck: every queue keeps up within its latency target."
     if dead_letters:

@@ -27,7 +27,9 @@ def _snapshot(request: Request, *, include_report: bool) -> dict:
     except fleet.FleetUnavailable as exc:
         raise ApplicationError(
             "The message broker did not answer; queue figures are unavailable.",
-            code="broker_unavailable", status_code=503, details={"error": str(exc)[:300]},
+            code="broker_unavailable",
+            status_code=503,
+            details={"error": str(exc)[:300]},
         ) from exc
 
 
@@ -39,8 +41,9 @@ class FleetQueuesApi(APIView):
     @extend_schema(parameters=[_WINDOW], responses={200: dict})
     def get(self, request: Request) -> Response:
         data = _snapshot(request, include_report=False)
-        return Response({"generated_at": data["generated_at"], "window_seconds": data["window_seconds"],
-                         "results": data["queues"]})
+        return Response(
+            {"generated_at": data["generated_at"], "window_seconds": data["window_seconds"], "results": data["queues"]}
+        )
 
 
 class FleetReportApi(APIView):
@@ -51,5 +54,11 @@ class FleetReportApi(APIView):
     @extend_schema(parameters=[_WINDOW], responses={200: dict})
     def get(self, request: Request) -> Response:
         data = _snapshot(request, include_report=True)
-        return Response({"generated_at": data["generated_at"], "window_seconds": data["window_seconds"],
-                         "queues": data["queues"], **data["report"]})
+        return Response(
+            {
+                "generated_at": data["generated_at"],
+                "window_seconds": data["window_seconds"],
+                "queues": data["queues"],
+                **data["report"],
+            }
+        )

@@ -57,8 +57,12 @@ def check_database(timeout: float) -> None:
     # A connection of its own (not Django's, which may be mid-transaction in
     # this thread): the question is whether the server takes new clients.
     with psycopg.connect(
-        host=db["HOST"] or None, port=db["PORT"] or None, dbname=db["NAME"], user=db["USER"] or None,
-        password=db["PASSWORD"] or None, connect_timeout=max(1, int(timeout)),
+        host=db["HOST"] or None,
+        port=db["PORT"] or None,
+        dbname=db["NAME"],
+        user=db["USER"] or None,
+        password=db["PASSWORD"] or None,
+        connect_timeout=max(1, int(timeout)),
         options=f"-c statement_timeout={int(timeout * 1000)}",
     ) as conn:
         conn.execute("SELECT 1").fetchone()
@@ -98,8 +102,9 @@ def check_workers(timeout: float) -> list[str]:
     return nodes
 
 
-async def _run(name: str, check: Callable[[float], Any] | Callable[[float], Awaitable[Any]], timeout: float,
-               *, is_async: bool) -> CheckResult:
+async def _run(
+    name: str, check: Callable[[float], Any] | Callable[[float], Awaitable[Any]], timeout: float, *, is_async: bool
+) -> CheckResult:
     started = time.monotonic()
     try:
         if is_async:
@@ -111,8 +116,9 @@ async def _run(name: str, check: Callable[[float], Any] | Callable[[float], Awai
         return CheckResult(name, False, (time.monotonic() - started) * 1000, error=f"timed out after {timeout}s")
     except Exception as exc:  # noqa: BLE001 - every failure is a readiness answer, never a 500
         message = str(exc) or exc.__class__.__name__
-        return CheckResult(name, False, (time.monotonic() - started) * 1000,
-                           error=f"{exc.__class__.__name__}: {message}"[:300])
+        return CheckResult(
+            name, False, (time.monotonic() - started) * 1000, error=f"{exc.__class__.__name__}: {message}"[:300]
+        )
     return CheckResult(name, True, (time.monotonic() - started) * 1000, detail=detail)
 
 

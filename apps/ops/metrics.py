@@ -155,8 +155,9 @@ class ScrapeCollector(Collector):
     def _queues(self) -> Iterator[Any]:
         from apps.ops import fleet
 
-        depth = GaugeMetricFamily("ce_queue_depth", "Ready messages in the queue (passive queue.declare).",
-                                  labels=["queue"])
+        depth = GaugeMetricFamily(
+            "ce_queue_depth", "Ready messages in the queue (passive queue.declare).", labels=["queue"]
+        )
         consumers = GaugeMetricFamily("ce_queue_consumers", "Consumers attached to the queue.", labels=["queue"])
         age = GaugeMetricFamily(
             "ce_queue_oldest_message_age_seconds",
@@ -192,7 +193,8 @@ class ScrapeCollector(Collector):
         if rows is None:
             return
         family = CounterMetricFamily(
-            "ce_dead_letters", "Dead letters stored (PostgreSQL), by source queue and reason.",
+            "ce_dead_letters",
+            "Dead letters stored (PostgreSQL), by source queue and reason.",
             labels=["queue", "reason"],
         )
         for (queue, reason), count in sorted(rows.items()):
@@ -240,17 +242,20 @@ class ScrapeCollector(Collector):
         if not isinstance(stats, dict):
             return
         family = GaugeMetricFamily(
-            "ce_cache_stat", "Cache statistics reported by apps.caching's cache_stats() (this process).",
+            "ce_cache_stat",
+            "Cache statistics reported by apps.caching's cache_stats() (this process).",
             labels=["stat"],
         )
         for key, value in _flatten(stats):
             if isinstance(value, int | float) and not isinstance(value, bool):
                 family.add_metric([key], float(value))
         yield family
-        hits = CounterMetricFamily("ce_cache_level_hits", "Cache hits per level (the scraped process).",
-                                   labels=["level"])
-        misses = CounterMetricFamily("ce_cache_level_misses", "Cache misses per level (the scraped process).",
-                                     labels=["level"])
+        hits = CounterMetricFamily(
+            "ce_cache_level_hits", "Cache hits per level (the scraped process).", labels=["level"]
+        )
+        misses = CounterMetricFamily(
+            "ce_cache_level_misses", "Cache misses per level (the scraped process).", labels=["level"]
+        )
         for level in ("l1", "l2", "negative"):
             part = stats.get(level)
             if isinstance(part, dict):

@@ -47,8 +47,9 @@ class DeadLetter(BaseModel):
     first_failed_at = models.DateTimeField(null=True, blank=True)
     last_failed_at = models.DateTimeField(null=True, blank=True)
     fingerprint = models.CharField(max_length=64, db_index=True)
-    status = models.CharField(max_length=16, choices=DeadLetterStatus.choices, default=DeadLetterStatus.NEW,
-                              db_index=True)
+    status = models.CharField(
+        max_length=16, choices=DeadLetterStatus.choices, default=DeadLetterStatus.NEW, db_index=True
+    )
     # Set when this message was itself published by a replay.
     replay_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="redeaths")
 
@@ -72,8 +73,9 @@ class DeadLetterReplay(BaseModel):
     """Audit of one replay: who, when, and how it ended."""
 
     dead_letter = models.ForeignKey(DeadLetter, on_delete=models.CASCADE, related_name="replays")
-    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                     related_name="+")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     forced = models.BooleanField(default=False)
     new_task_id = models.CharField(max_length=200)
     status = models.CharField(max_length=16, choices=ReplayStatus.choices, default=ReplayStatus.PENDING)
@@ -115,8 +117,9 @@ class CanaryRun(BaseModel):
     mode = models.CharField(max_length=8, choices=CanaryMode.choices)
     status = models.CharField(max_length=16, choices=CanaryStatus.choices, default=CanaryStatus.PENDING)
     task_id = models.CharField(max_length=200, blank=True, db_index=True)
-    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                     related_name="+")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     attempts = models.PositiveIntegerField(default=0)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

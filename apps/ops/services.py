@@ -32,15 +32,32 @@ logger = logging.getLogger(__name__)
 CANARY_TASK_NAME = "ops.canary"
 
 # Headers RabbitMQ adds on dead-lettering or redelivery; a replayed message starts clean.
-_BROKER_HEADERS = {"x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
-                   "x-delivery-count", "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason"}
+_BROKER_HEADERS = {
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-delivery-count",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+}
 
 
 # --- task failure notes --------------------------------------------------------
 
 
-def task_failure_record(*, task_id: str, task_name: str, queue: str, exception_class: str, exception_message: str,
-                        traceback: str, attempts: int, reason: str) -> TaskFailure:
+def task_failure_record(
+    *,
+    task_id: str,
+    task_name: str,
+    queue: str,
+    exception_class: str,
+    exception_message: str,
+    traceback: str,
+    attempts: int,
+    reason: str,
+) -> TaskFailure:
     """Written by the worker right before it rejects a task (the archiver reads it)."""
     failure, _ = TaskFailure.objects.update_or_create(
         task_id=task_id,
@@ -91,8 +108,9 @@ def _as_datetime(value: Any) -> datetime | None:
 _VOLATILE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|0x[0-9a-f]+|\d+", re.IGNORECASE)
 
 
-def dead_letter_fingerprint(*, queue: str, task_name: str, reason: str, exception_class: str,
-                            exception_message: str) -> str:
+def dead_letter_fingerprint(
+    *, queue: str, task_name: str, reason: str, exception_class: str, exception_message: str
+) -> str:
     """Equal failures share a fingerprint: ids and numbers in the message do not split them."""
     normalized = _VOLATILE.sub("?", exception_message)[:500]
     raw = "|".join((queue, task_name, reason, exception_class, normalized))
@@ -108,8 +126,12 @@ def _decode_body(body: bytes | str, content_type: str | None) -> tuple[list, dic
         payload = json.loads(text)
     except ValueError:
         return [], {}, text[:100_000], "body is not valid JSON"
-    if (isinstance(payload, list) and len(payload) == 3 and isinstance(payload[0], list)
-            and isinstance(payload[1], dict)):
+    if (
+        isinstance(payload, list)
+        and len(payload) == 3
+        and isinstance(payload[0], list)
+        and isinstance(payload[1], dict)
+    ):
         return payload[0], payload[1], "", None
     return [], {}, text[:100_000], "body is not a Celery protocol 2 task payload"
 
@@ -164,8 +186,9 @@ def event_dead_letter_decode(*, body: bytes | str, properties: dict[str, Any] | 
     }
 
 
-def dead_letter_archive(*, dead_letter_queue: str, body: bytes | str, headers: dict[str, Any] | None,
-                        properties: dict[str, Any] | None) -> tuple[DeadLetter, bool]:
+def dead_letter_archive(
+    *, dead_letter_queue: str, body: bytes | str, headers: dict[str, Any] | None, properties: dict[str, Any] | None
+) -> tuple[DeadLetter, bool]:
     """Store one DLQ message as a row; idempotent (a redelivered message returns the existing row).
 
     A task's row is keyed by its task id; a domain event's (from
@@ -176,16 +199,23 @@ def dead_letter_archive(*, dead_letter_queue: str, body: bytes | str, headers: d
     properties = dict(properties or {})
     x_death = [d for d in (headers.get("x-death") or []) if isinstance(d, dict)]
     latest = x_death[0] if x_death else {}
-    original_queue = str(latest.get("queue") or headers.get("x-first-death-queue")
-                         or dead_letter_queue.removesuffix(".dlq"))
+    original_queue = str(
+        latest.get("queue") or headers.get("x-first-death-queue") or dead_letter_queue.removesuffix(".dlq")
+    )
     broker_reason = str(latest.get("reason") or headers.get("x-first-death-reason") or "rejected")
     death_count = sum(int(d.get("count") or 1) for d in x_death) or 1
     raw_bytes = body if isinstance(body, bytes) else body.encode()
     event = event_dead_letter_decode(body=body, properties=properties) if is_event_queue(original_queue) else None
     if event is not None:
         task_id, task_name, correlation_id = event["event_id"], event["task_name"], event["correlation_id"]
-        marker = "|".join((original_queue, task_id or hashlib.sha256(raw_bytes).hexdigest(),
-                           str(headers.get("ce_replay_id") or ""), str(headers.get("ce_replays") or "")))
+        marker = "|".join(
+            (
+                original_queue,
+                task_id or hashlib.sha256(raw_bytes).hexdigest(),
+                str(headers.get("ce_replay_id") or ""),
+                str(headers.get("ce_replays") or ""),
+            )
+        )
         message_key = f"event:{hashlib.sha256(marker.encode()).hexdigest()[:40]}:{death_count}"
     else:
         task_id = str(headers.get("id") or properties.get("correlation_id") or properties.get("message_id") or "")
@@ -218,8 +248,11 @@ def dead_letter_archive(*, dead_letter_queue: str, body: bytes | str, headers: d
         reason = DeadLetterReason.REJECTED
 
     if failure is not None:
-        exception_class, exception_message, traceback = (failure.exception_class, failure.exception_message,
-                                                         failure.traceback)
+        exception_class, exception_message, traceback = (
+            failure.exception_class,
+            failure.exception_message,
+            failure.traceback,
+        )
         attempts = failure.attempts
     elif reason == DeadLetterReason.DELIVERY_LIMIT:
         # The dead-lettered copy carries no x-delivery-count: the broker gave
@@ -228,8 +261,10 @@ def dead_letter_archive(*, dead_letter_queue: str, body: bytes | str, headers: d
 
         deliveries = max(redeliveries, DELIVERY_LIMIT) + 1
         exception_class = "DeliveryLimitExceeded"
-        exception_message = (f"delivered {deliveries} times without an ack (the worker died mid-task each time); "
-                             "the queue's delivery limit dead-lettered it")
+        exception_message = (
+            f"delivered {deliveries} times without an ack (the worker died mid-task each time); "
+            "the queue's delivery limit dead-lettered it"
+        )
         traceback, attempts = "", first_attempt - 1 + deliveries
     elif reason == DeadLetterReason.EXPIRED:
         exception_class, exception_message, traceback = "MessageExpired", "the message's TTL ran out in the queue", ""
@@ -275,15 +310,20 @@ def dead_letter_archive(*, dead_letter_queue: str, body: bytes | str, headers: d
                 "reason": reason,
                 "first_failed_at": first_failed_at,
                 "last_failed_at": last_failed_at,
-                "fingerprint": dead_letter_fingerprint(queue=original_queue, task_name=task_name, reason=reason,
-                                                       exception_class=exception_class,
-                                                       exception_message=exception_message),
+                "fingerprint": dead_letter_fingerprint(
+                    queue=original_queue,
+                    task_name=task_name,
+                    reason=reason,
+                    exception_class=exception_class,
+                    exception_message=exception_message,
+                ),
                 "replay_of": replay.dead_letter if replay else None,
             },
         )
         if created and replay is not None:
             DeadLetterReplay.objects.filter(id=replay.id).update(
-                status=ReplayStatus.DEAD_LETTERED, error=f"{exception_class}: {exception_message}"[:10_000],
+                status=ReplayStatus.DEAD_LETTERED,
+                error=f"{exception_class}: {exception_message}"[:10_000],
                 finished_at=now,
             )
         if created and task_name == CANARY_TASK_NAME and task_id:
@@ -304,15 +344,19 @@ def _is_uuid(value: Any) -> bool:
 
 def _replay_message(dead_letter: DeadLetter, *, replay_id: str, new_task_id: str) -> tuple[str, dict, dict]:
     headers = {k: v for k, v in (dead_letter.headers or {}).items() if k not in _BROKER_HEADERS}
-    properties = {k: v for k, v in (dead_letter.properties or {}).items()
-                  if k in ("content_type", "content_encoding", "priority", "reply_to")}
+    properties = {
+        k: v
+        for k, v in (dead_letter.properties or {}).items()
+        if k in ("content_type", "content_encoding", "priority", "reply_to")
+    }
     properties.setdefault("content_type", "application/json")
     properties.setdefault("content_encoding", "utf-8")
     if dead_letter.raw_body:
         body = dead_letter.raw_body
     else:
-        body = json.dumps([dead_letter.args, dead_letter.kwargs,
-                           {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+        body = json.dumps(
+            [dead_letter.args, dead_letter.kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+        )
     if headers.get("task"):
         headers["id"] = new_task_id
         headers["root_id"] = new_task_id
@@ -332,9 +376,15 @@ def _publish(*, queue: str, body: str, headers: dict, properties: dict) -> None:
 
     with app.producer_or_acquire() as producer:
         declare_topology(producer.channel)
-        producer.publish(body, exchange=TASKS_EXCHANGE.name, routing_key=queue, headers=headers, retry=True,
-                         retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
-                         **properties)
+        producer.publish(
+            body,
+            exchange=TASKS_EXCHANGE.name,
+            routing_key=queue,
+            headers=headers,
+            retry=True,
+            retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+            **properties,
+        )
 
 
 def _replay_event_message(dead_letter: DeadLetter, *, replay_id: str) -> tuple[str, dict, dict]:
@@ -342,8 +392,11 @@ def _replay_event_message(dead_letter: DeadLetter, *, replay_id: str) -> tuple[s
     # replay of an event it never applied is applied, and a repeat is a no-op.
     headers = {k: v for k, v in (dead_letter.headers or {}).items() if k not in _BROKER_HEADERS}
     headers["ce_replay_id"] = replay_id
-    properties = {k: v for k, v in (dead_letter.properties or {}).items()
-                  if k in ("content_type", "content_encoding", "correlation_id", "message_id", "type")}
+    properties = {
+        k: v
+        for k, v in (dead_letter.properties or {}).items()
+        if k in ("content_type", "content_encoding", "correlation_id", "message_id", "type")
+    }
     properties.setdefault("content_type", "application/json")
     properties.setdefault("content_encoding", "utf-8")
     if dead_letter.task_id:
@@ -364,12 +417,10 @@ def _publish_event(*, queue: str, body: str, headers: dict, properties: dict) ->
     from django.conf import settings
     from kombu import Connection, Producer
 
-    with Connection(settings.BROKER_URL, connect_timeout=5,
-                    transport_options={"confirm_publish": True}) as connection:
+    with Connection(settings.BROKER_URL, connect_timeout=5, transport_options={"confirm_publish": True}) as connection:
         channel = connection.channel()
         channel.queue_declare(queue=queue, passive=True)
-        Producer(channel).publish(body, exchange="", routing_key=queue, headers=headers, retry=False,
-                                  **properties)
+        Producer(channel).publish(body, exchange="", routing_key=queue, headers=headers, retry=False, **properties)
 
 
 def dead_letter_replay(*, dead_letter_id: Any, user: Any | None, force: bool = False) -> DeadLetterReplay:
@@ -387,14 +438,23 @@ def dead_letter_replay(*, dead_letter_id: Any, user: Any | None, force: bool = F
         if is_event and dead_letter.task_id:
             new_task_id = dead_letter.task_id
         if dead_letter.status == DeadLetterStatus.REPLAYED and not force:
-            raise Conflict("This dead letter was already replayed; send {\"force\": true} to replay it again.",
-                           code="already_replayed", details={"id": str(dead_letter.id)})
+            raise Conflict(
+                'This dead letter was already replayed; send {"force": true} to replay it again.',
+                code="already_replayed",
+                details={"id": str(dead_letter.id)},
+            )
         if dead_letter.status == DeadLetterStatus.DISCARDED and not force:
-            raise Conflict("This dead letter was discarded; send {\"force\": true} to replay it anyway.",
-                           code="discarded", details={"id": str(dead_letter.id)})
+            raise Conflict(
+                'This dead letter was discarded; send {"force": true} to replay it anyway.',
+                code="discarded",
+                details={"id": str(dead_letter.id)},
+            )
         replay = DeadLetterReplay.objects.create(
-            dead_letter=dead_letter, requested_by=user if getattr(user, "pk", None) else None, forced=force,
-            new_task_id=new_task_id, status=ReplayStatus.PENDING,
+            dead_letter=dead_letter,
+            requested_by=user if getattr(user, "pk", None) else None,
+            forced=force,
+            new_task_id=new_task_id,
+            status=ReplayStatus.PENDING,
         )
         previous_status = dead_letter.status
         dead_letter.status = DeadLetterStatus.REPLAYED
@@ -406,13 +466,13 @@ def dead_letter_replay(*, dead_letter_id: Any, user: Any | None, force: bool = F
             body, headers, properties = _replay_event_message(dead_letter, replay_id=str(replay.id))
             _publish_event(queue=dead_letter.queue, body=body, headers=headers, properties=properties)
         else:
-            body, headers, properties = _replay_message(dead_letter, replay_id=str(replay.id),
-                                                        new_task_id=new_task_id)
+            body, headers, properties = _replay_message(dead_letter, replay_id=str(replay.id), new_task_id=new_task_id)
             _publish(queue=dead_letter.queue, body=body, headers=headers, properties=properties)
     except Exception as exc:  # noqa: BLE001 - any broker error is reported, not raised as a 500
         logger.exception("replay publish failed", extra={"dead_letter_id": str(dead_letter.id)})
-        DeadLetterReplay.objects.filter(id=replay.id).update(status=ReplayStatus.PUBLISH_FAILED,
-                                                             error=str(exc)[:10_000], finished_at=timezone.now())
+        DeadLetterReplay.objects.filter(id=replay.id).update(
+            status=ReplayStatus.PUBLISH_FAILED, error=str(exc)[:10_000], finished_at=timezone.now()
+        )
         DeadLetter.objects.filter(id=dead_letter.id, status=DeadLetterStatus.REPLAYED).update(status=previous_status)
         replay.refresh_from_db()
         return replay
@@ -421,8 +481,9 @@ def dead_letter_replay(*, dead_letter_id: Any, user: Any | None, force: bool = F
     return replay
 
 
-def dead_letter_replay_bulk(*, queryset: QuerySet[DeadLetter], user: Any | None, force: bool = False,
-                            limit: int = 100) -> dict[str, Any]:
+def dead_letter_replay_bulk(
+    *, queryset: QuerySet[DeadLetter], user: Any | None, force: bool = False, limit: int = 100
+) -> dict[str, Any]:
     """Replay every matching dead letter (at most ``limit``); already replayed ones are skipped unless forced."""
     if not force:
         queryset = queryset.filter(status=DeadLetterStatus.NEW)
@@ -444,17 +505,21 @@ def dead_letter_replay_finish(*, replay_id: str, status: str, error: str | None 
     if status not in ReplayStatus.values:
         raise ValidationFailed("Unknown replay status.", details={"status": status})
     DeadLetterReplay.objects.filter(id=replay_id).exclude(status=ReplayStatus.DEAD_LETTERED).update(
-        status=status, error=error or "", finished_at=timezone.now(),
+        status=status,
+        error=error or "",
+        finished_at=timezone.now(),
     )
 
 
 def dead_letter_discard(*, dead_letter_id: Any, user: Any | None) -> DeadLetter:
-    updated = DeadLetter.objects.filter(id=dead_letter_id).update(status=DeadLetterStatus.DISCARDED,
-                                                                 updated_at=timezone.now())
+    updated = DeadLetter.objects.filter(id=dead_letter_id).update(
+        status=DeadLetterStatus.DISCARDED, updated_at=timezone.now()
+    )
     if not updated:
         raise NotFound("Dead letter not found.", details={"id": str(dead_letter_id)})
-    logger.info("dead letter discarded", extra={"dead_letter_id": str(dead_letter_id),
-                                               "by": getattr(user, "username", None)})
+    logger.info(
+        "dead letter discarded", extra={"dead_letter_id": str(dead_letter_id), "by": getattr(user, "username", None)}
+    )
     return DeadLetter.objects.get(id=dead_letter_id)
 
 
@@ -477,8 +542,9 @@ def canary_run_create(*, mode: str, user: Any | None) -> CanaryRun:
         raise ValidationFailed("Unknown canary mode.", details={"mode": [f"one of {', '.join(CanaryMode.values)}"]})
     task_id = str(uuid.uuid4())
     with transaction.atomic():
-        run = CanaryRun.objects.create(mode=mode, task_id=task_id,
-                                       requested_by=user if getattr(user, "pk", None) else None)
+        run = CanaryRun.objects.create(
+            mode=mode, task_id=task_id, requested_by=user if getattr(user, "pk", None) else None
+        )
 
     def send() -> None:
         from project.celery import app
@@ -492,8 +558,12 @@ def canary_run_create(*, mode: str, user: Any | None) -> CanaryRun:
         send()
     except Exception as exc:  # noqa: BLE001 - a broker outage is the operator's answer, not a 500
         logger.exception("canary publish failed", extra={"canary_id": str(run.id)})
-        raise ApplicationError("The broker did not accept the canary task.", code="publish_failed",
-                               status_code=503, details={"canary_id": str(run.id), "error": str(exc)}) from exc
+        raise ApplicationError(
+            "The broker did not accept the canary task.",
+            code="publish_failed",
+            status_code=503,
+            details={"canary_id": str(run.id), "error": str(exc)},
+        ) from exc
     return run
 
 

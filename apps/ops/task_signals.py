@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 # task id -> (monotonic start, queue); a prefork child or a thread-pool worker runs several, so key by id.
 _running: dict[str, tuple[float, str]] = {}
 
+
 def task_queue(task: Any) -> str:
     info = getattr(task.request, "delivery_info", None) or {}
     return str(info.get("routing_key") or getattr(task, "queue", None) or "unknown")

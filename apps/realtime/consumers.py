@@ -54,8 +54,9 @@ def _membership(*, session_id: str, user: Any) -> Membership | None:
     participant = context_selectors.participant_get(session_id=session.pk, user=user)
     if participant is None:
         return None
-    return Membership(session=session, username=user.get_username(), role=participant.role,
-                      can_write=participant.can_write)
+    return Membership(
+        session=session, username=user.get_username(), role=participant.role, can_write=participant.can_write
+    )
 
 
 def _append(*, session: Any, user: Any, event_type: str, data: dict[str, Any], client_msg_id: str) -> tuple[dict, bool]:
@@ -269,8 +270,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
             return
         size = len(text_data.encode("utf-8"))
         if size > settings.WS_MAX_FRAME_BYTES:
-            await self._error("frame_too_large", "Frame is too large.",
-                              {"max_bytes": settings.WS_MAX_FRAME_BYTES, "bytes": size})
+            await self._error(
+                "frame_too_large", "Frame is too large.", {"max_bytes": settings.WS_MAX_FRAME_BYTES, "bytes": size}
+            )
             return
         try:
             content = json.loads(text_data)
@@ -283,8 +285,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
         handler = self._handlers.get(content["type"])
         WS_MESSAGES.labels(direction="in", type=content["type"] if handler is not None else "unknown").inc()
         if handler is None:
-            await self._error("unknown_type", f"Unknown frame type {content['type'][:40]!r}.",
-                              {"allowed": sorted(self._handlers)})
+            await self._error(
+                "unknown_type", f"Unknown frame type {content['type'][:40]!r}.", {"allowed": sorted(self._handlers)}
+            )
             return
         # Each frame is one unit of work: its correlation id (the client's
         # optional "correlation_id", else a new one) goes on every log line and
@@ -314,15 +317,19 @@ class SessionConsumer(AsyncWebsocketConsumer):
             raise ValidationFailed("Invalid context_update.", details=errors)
         assert self.membership is not None
         event, created = await event_append(
-            session=self.membership.session, user=self.user, event_type=event_type, data=data,
+            session=self.membership.session,
+            user=self.user,
+            event_type=event_type,
+            data=data,
             client_msg_id=client_msg_id,
         )
         if created:
             # Deliver our own event now (its live copy is dropped as a duplicate),
             # so the sender sees the event before its ack.
             await self._deliver([event])
-        await self._send({"type": "ack", "client_msg_id": client_msg_id or None, "seq": event["seq"],
-                          "duplicate": not created})
+        await self._send(
+            {"type": "ack", "client_msg_id": client_msg_id or None, "seq": event["seq"], "duplicate": not created}
+        )
 
     async def _on_resume(self, content: dict[str, Any]) -> None:
         after_seq = content.get("after_seq")
@@ -330,8 +337,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
             raise ValidationFailed("Invalid resume.", details={"after_seq": ["Must be a non-negative integer."]})
         last_seq = await last_seq_get(session_id=self.session_id)
         if after_seq > last_seq:
-            raise ValidationFailed("after_seq is ahead of the session.", details={"after_seq": after_seq,
-                                                                                  "last_seq": last_seq})
+            raise ValidationFailed(
+                "after_seq is ahead of the session.", details={"after_seq": after_seq, "last_seq": last_seq}
+            )
         await self._replay(after_seq=after_seq, upto_seq=last_seq)
 
     async def _on_ping(self, content: dict[str, Any]) -> None:
@@ -354,8 +362,12 @@ class SessionConsumer(AsyncWebsocketConsumer):
         self.typing_sent_at = now if active else 0.0
         await session_broadcast_async(
             session_id=self.session_id,
-            message={"type": "typing", "user": self.membership.username, "active": active,
-                     "ttl_ms": int(settings.TYPING_TTL_S * 1000)},
+            message={
+                "type": "typing",
+                "user": self.membership.username,
+                "active": active,
+                "ttl_ms": int(settings.TYPING_TTL_S * 1000),
+            },
         )
 
     async def _on_presence(self, content: dict[str, Any]) -> None:
@@ -364,8 +376,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
             allowed = list(presence.PRESENCE_STATES)
             raise ValidationFailed("Invalid presence.", details={"state": [f"Must be one of {allowed}."]})
         assert self.membership is not None
-        await presence.presence_refresh(session_id=self.session_id, channel_name=self.channel_name,
-                                        username=self.membership.username, state=state)
+        await presence.presence_refresh(
+            session_id=self.session_id, channel_name=self.channel_name, username=self.membership.username, state=state
+        )
         await self._broadcast_presence("state", state=state)
 
     _handlers = {
@@ -426,16 +439,23 @@ class SessionConsumer(AsyncWebsocketConsumer):
     async def _replay(self, *, after_seq: int, upto_seq: int) -> None:
         """Send events (after_seq, upto_seq] from PostgreSQL in order, a page at a time."""
         if upto_seq - after_seq > settings.WS_RESUME_MAX_EVENTS:
-            await self._send({"type": "resync_required", "last_seq": upto_seq, "after_seq": after_seq,
-                              "max_events": settings.WS_RESUME_MAX_EVENTS})
+            await self._send(
+                {
+                    "type": "resync_required",
+                    "last_seq": upto_seq,
+                    "after_seq": after_seq,
+                    "max_events": settings.WS_RESUME_MAX_EVENTS,
+                }
+            )
             # The client refetches the snapshot; live delivery goes on after it.
             self.delivered_seq = max(self.delivered_seq, upto_seq)
             return
         assert self.membership is not None
         cursor = after_seq
         while cursor < upto_seq:
-            page = await events_between(session=self.membership.session, after_seq=cursor, upto_seq=upto_seq,
-                                        limit=settings.WS_REPLAY_PAGE)
+            page = await events_between(
+                session=self.membership.session, after_seq=cursor, upto_seq=upto_seq, limit=settings.WS_REPLAY_PAGE
+            )
             if not page:
                 break
             for event in page:
@@ -454,8 +474,14 @@ class SessionConsumer(AsyncWebsocketConsumer):
         ai_state = await presence.ai_state_get(session_id=self.session_id)
         await session_broadcast_async(
             session_id=self.session_id,
-            message={"type": "presence", "event": kind, "user": user or self.membership.username, "state": state,
-                     "online": online, "ai_state": ai_state},
+            message={
+                "type": "presence",
+                "event": kind,
+                "user": user or self.membership.username,
+                "state": state,
+                "online": online,
+                "ai_state": ai_state,
+            },
         )
 
     async def _error(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:

@@ -110,8 +110,13 @@ CHANNEL_LAYERS = {
             # 5 s, which kills quiet WebSocket groups (see tests/apps/realtime).
             # max_connections: redis-py 8's async pool caps at 100 and raises (not
             # waits) beyond it; 1,000 sockets connecting at once need more in flight.
-            "hosts": [{"address": REDIS_URL, "socket_timeout": None,
-                       "max_connections": env.get_int("CHANNEL_LAYER_MAX_CONNECTIONS", 1000)}],
+            "hosts": [
+                {
+                    "address": REDIS_URL,
+                    "socket_timeout": None,
+                    "max_connections": env.get_int("CHANNEL_LAYER_MAX_CONNECTIONS", 1000),
+                }
+            ],
             "prefix": f"{REDIS_KEY_PREFIX}:asgi",
             # Used by the core layer only (the pub/sub layer ignores them).
             "capacity": 1500,

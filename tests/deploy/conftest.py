@@ -19,8 +19,11 @@ def entrypoint_roles() -> dict[str, list[str]]:
     roles: dict[str, list[str]] = {}
     for match in re.finditer(r"^\s+([a-z][a-z-]*)\)\n(.*?);;", text, flags=re.M | re.S):
         role, body = match.group(1), match.group(2)
-        command = " ".join(line.strip().rstrip("\\").strip() for line in body.splitlines() if line.strip()
-                           and not line.strip().startswith("#"))
+        command = " ".join(
+            line.strip().rstrip("\\").strip()
+            for line in body.splitlines()
+            if line.strip() and not line.strip().startswith("#")
+        )
         command = command.removeprefix("exec ").strip()
         roles[role] = [arg for arg in shlex.split(command) if arg != "$@"]
     return roles

@@ -11,8 +11,16 @@ from tests.deploy.conftest import entrypoint_roles, k8s_documents, procfile_comm
 from workers.queues import Queue
 
 ROLES = entrypoint_roles()
-PROCESS_ROLES = {"web", "worker-realtime", "worker-batch", "worker-training", "relay", "subscribers", "archiver",
-                 "beat"}
+PROCESS_ROLES = {
+    "web",
+    "worker-realtime",
+    "worker-batch",
+    "worker-training",
+    "relay",
+    "subscribers",
+    "archiver",
+    "beat",
+}
 
 
 def _option(argv: list[str], flag: str) -> str | None:

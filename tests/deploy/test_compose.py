@@ -19,26 +19,48 @@ SERVICE_SCHEMA = {
     "additionalProperties": False,
     "properties": {
         "image": {"type": "string"},
-        "build": {"type": "object", "properties": {"context": {"type": "string"}, "dockerfile": {"type": "string"}},
-                  "required": ["context"], "additionalProperties": False},
+        "build": {
+            "type": "object",
+            "properties": {"context": {"type": "string"}, "dockerfile": {"type": "string"}},
+            "required": ["context"],
+            "additionalProperties": False,
+        },
         "command": {"oneOf": [{"type": "string"}, _STRINGS]},
         "restart": {"enum": ["no", "always", "on-failure", "unless-stopped"]},
         "environment": _ENV,
         "hostname": {"type": "string"},
         "ports": {"type": "array", "items": {"type": "string", "pattern": r"^(\d+:)?\d+$"}},
         "volumes": {"type": "array", "items": {"type": "string", "pattern": r"^[^:]+:[^:]+(:(ro|rw))?$"}},
-        "depends_on": {"oneOf": [
-            _STRINGS,
-            {"type": "object", "additionalProperties": {
-                "type": "object", "properties": {"condition": {"enum": [
-                    "service_started", "service_healthy", "service_completed_successfully"]}},
-                "required": ["condition"], "additionalProperties": False}},
-        ]},
-        "healthcheck": {"type": "object", "additionalProperties": False, "properties": {
-            "test": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"},
-                                                    "minItems": 1}]},
-            "interval": _DURATION, "timeout": _DURATION, "start_period": _DURATION, "retries": {"type": "integer"},
-            "disable": {"type": "boolean"}}},
+        "depends_on": {
+            "oneOf": [
+                _STRINGS,
+                {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "properties": {
+                            "condition": {
+                                "enum": ["service_started", "service_healthy", "service_completed_successfully"]
+                            }
+                        },
+                        "required": ["condition"],
+                        "additionalProperties": False,
+                    },
+                },
+            ]
+        },
+        "healthcheck": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "test": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]},
+                "interval": _DURATION,
+                "timeout": _DURATION,
+                "start_period": _DURATION,
+                "retries": {"type": "integer"},
+                "disable": {"type": "boolean"},
+            },
+        },
         "stop_grace_period": _DURATION,
         "stop_signal": {"type": "string", "pattern": "^SIG[A-Z0-9]+$"},
     },
@@ -86,8 +108,21 @@ def test_named_volumes_are_declared(compose):
 
 def test_has_the_platform_services(compose):
     services = compose["services"]
-    assert {"postgres", "redis", "rabbitmq", "haproxy", "web1", "web2", "worker-realtime", "worker-batch",
-            "worker-training", "relay", "subscribers", "archiver", "beat"} <= set(services)
+    assert {
+        "postgres",
+        "redis",
+        "rabbitmq",
+        "haproxy",
+        "web1",
+        "web2",
+        "worker-realtime",
+        "worker-batch",
+        "worker-training",
+        "relay",
+        "subscribers",
+        "archiver",
+        "beat",
+    } <= set(services)
     assert "management" in services["rabbitmq"]["image"], "RabbitMQ with the management plugin"
 
 
@@ -101,7 +136,8 @@ def test_two_web_instances_behind_haproxy(compose):
     for web in backends:
         assert services[web]["command"] == ["web"]
         assert services[web]["environment"]["ALLOWED_HOSTS"].split(",")[0] == "localhost", (
-            "HAProxy's health check sends Host: localhost")
+            "HAProxy's health check sends Host: localhost"
+        )
 
 
 def test_app_services_get_the_services_urls(compose):
@@ -117,8 +153,10 @@ def test_app_services_get_the_services_urls(compose):
 
 def test_graceful_stop_periods_cover_the_shutdown(compose):
     def seconds(value: str) -> float:
-        return sum(float(n) * {"h": 3600, "m": 60, "s": 1, "ms": 0.001}[u]
-                   for n, u in re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s)", value))
+        return sum(
+            float(n) * {"h": 3600, "m": 60, "s": 1, "ms": 0.001}[u]
+            for n, u in re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s)", value)
+        )
 
     services = compose["services"]
     for web in ("web1", "web2"):

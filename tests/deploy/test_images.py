@@ -41,11 +41,17 @@ def test_healthcheck_compiles():
 
 
 def test_haproxy_config_is_valid_for_haproxy(tmp_path):
-    env = {**os.environ, "HAPROXY_BIND": "127.0.0.1:18080", "HAPROXY_STATS_BIND": "127.0.0.1:18404",
-           "HAPROXY_SOCKET": str(tmp_path / "admin.sock"), "WEB1_ADDR": "127.0.0.1:18001",
-           "WEB2_ADDR": "127.0.0.1:18002"}
-    result = subprocess.run(["haproxy", "-c", "-f", str(DOCKER / "haproxy.cfg")], env=env, capture_output=True,
-                            text=True, timeout=30)
+    env = {
+        **os.environ,
+        "HAPROXY_BIND": "127.0.0.1:18080",
+        "HAPROXY_STATS_BIND": "127.0.0.1:18404",
+        "HAPROXY_SOCKET": str(tmp_path / "admin.sock"),
+        "WEB1_ADDR": "127.0.0.1:18001",
+        "WEB2_ADDR": "127.0.0.1:18002",
+    }
+    result = subprocess.run(
+        ["haproxy", "-c", "-f", str(DOCKER / "haproxy.cfg")], env=env, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -99,8 +105,9 @@ def test_each_worker_pool_scales_on_its_queues_with_keda(role):
         assert trigger["type"] == "rabbitmq"
         assert trigger["metadata"]["mode"] == "QueueLength"
         assert int(trigger["metadata"]["value"]) >= 1
-        assert trigger["authenticationRef"]["name"] in {d["metadata"]["name"] for d in DOCS
-                                                        if d["kind"] == "TriggerAuthentication"}
+        assert trigger["authenticationRef"]["name"] in {
+            d["metadata"]["name"] for d in DOCS if d["kind"] == "TriggerAuthentication"
+        }
 
 
 def test_scalers_target_existing_deployments():

@@ -39,10 +39,25 @@ class WebInstance:
             self.log_path = tempfile.mktemp(prefix=f"ce-{self.name}-", suffix=".log")
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.process = subprocess.Popen(
-            [str(REPO_ROOT / ".venv" / "bin" / "uvicorn"), "project.asgi:application", "--host", "127.0.0.1",
-             "--port", str(self.port), "--ws", "websockets", "--timeout-graceful-shutdown",
-             str(self.graceful_seconds), "--no-access-log", "--log-level", "warning"],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                str(REPO_ROOT / ".venv" / "bin" / "uvicorn"),
+                "project.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--ws",
+                "websockets",
+                "--timeout-graceful-shutdown",
+                str(self.graceful_seconds),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         wait_for_port(self.port, timeout=timeout)
@@ -102,7 +117,8 @@ class HAProxy:
         # -W: master-worker, so a reload (SIGUSR2) starts a new worker and the old one drains.
         self.process = subprocess.Popen(
             ["haproxy", "-W", "-db", "-f", str(HAPROXY_CFG)],
-            env=self._env(), stdout=open(Path(self.workdir) / "haproxy.log", "ab"),  # noqa: SIM115
+            env=self._env(),
+            stdout=open(Path(self.workdir) / "haproxy.log", "ab"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
         )
         wait_for_port(self.port, timeout=10)

@@ -45,8 +45,19 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.workdir],
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.workdir,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -109,16 +120,31 @@ class PrivateRabbitMQ:
         (base / "rabbitmq.conf").write_text("loopback_users = none\n")
         for path in base.iterdir():
             shutil.chown(path, user="rabbitmq", group="rabbitmq")
-        subprocess.run(["rabbitmq-server", "-detached"], env=self._env(), check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["rabbitmq-server", "-detached"],
+            env=self._env(),
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for_port(self.port, timeout=timeout)
         # The port opens a moment before the node accepts AMQP sessions.
-        subprocess.run(["rabbitmqctl", "-n", self.nodename, "await_startup", "--timeout", str(int(timeout))],
-                       env=self._env(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["rabbitmqctl", "-n", self.nodename, "await_startup", "--timeout", str(int(timeout))],
+            env=self._env(),
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def stop(self) -> None:
-        subprocess.run(["rabbitmqctl", "-n", self.nodename, "stop"], env=self._env(),
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        subprocess.run(
+            ["rabbitmqctl", "-n", self.nodename, "stop"],
+            env=self._env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
 
     def restart(self, *, down_for: float = 0.0) -> None:
         self.stop()
@@ -145,21 +171,48 @@ class PrivatePostgres:
         return f"postgres://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run_as_postgres(self, args: list[str]) -> None:
-        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
 
     def start(self) -> None:
         data = Path(self.workdir) / "data"
         shutil.chown(self.workdir, user="postgres", group="postgres")
         if not data.exists():
             self._run_as_postgres([str(self.bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"])
-        self._run_as_postgres([str(self.bindir / "pg_ctl"), "-D", str(data), "-l", str(Path(self.workdir) / "log"),
-                               "-o", f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1", "-w", "start"])
+        self._run_as_postgres(
+            [
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(Path(self.workdir) / "log"),
+                "-o",
+                f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1",
+                "-w",
+                "start",
+            ]
+        )
 
     def stop(self) -> None:
         data = Path(self.workdir) / "data"
-        subprocess.run(["runuser", "-u", "postgres", "--", str(self.bindir / "pg_ctl"), "-D", str(data), "-m", "fast",
-                        "-w", "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def restart(self, *, down_for: float = 0.0) -> None:
         self.stop()

@@ -37,8 +37,16 @@ class AlreadyDone(Exception):
     pass
 
 
-@task(name="test.unit_classified", queue=Queue.AI_BATCH, retry_on=(ConnectionError,), fail_on=(ValueError,),
-      ignore=(AlreadyDone,), max_attempts=3, backoff_base=1.0, backoff_max=1.0)
+@task(
+    name="test.unit_classified",
+    queue=Queue.AI_BATCH,
+    retry_on=(ConnectionError,),
+    fail_on=(ValueError,),
+    ignore=(AlreadyDone,),
+    max_attempts=3,
+    backoff_base=1.0,
+    backoff_max=1.0,
+)
 def classified(*, what: str, **kwargs: Any) -> str:
     CALLS.append({"what": what})
     if what == "transient":

@@ -42,11 +42,16 @@ def test_work_queues_are_quorum_queues_on_a_topic_exchange_with_dead_lettering()
 
 def test_prefetch_is_chosen_per_queue() -> None:
     def worker(*queues: str) -> SimpleNamespace:
-        return SimpleNamespace(app=SimpleNamespace(amqp=SimpleNamespace(queues=SimpleNamespace(
-            consume_from={q: None for q in queues}))), prefetch_multiplier=None)
+        return SimpleNamespace(
+            app=SimpleNamespace(amqp=SimpleNamespace(queues=SimpleNamespace(consume_from={q: None for q in queues}))),
+            prefetch_multiplier=None,
+        )
 
-    for queues, expected in (((Queue.AI_REALTIME,), 4), ((Queue.AI_BATCH, Queue.MAINTENANCE), 1),
-                             ((Queue.AI_TRAINING,), 1)):
+    for queues, expected in (
+        ((Queue.AI_REALTIME,), 4),
+        ((Queue.AI_BATCH, Queue.MAINTENANCE), 1),
+        ((Queue.AI_TRAINING,), 1),
+    ):
         sender = worker(*queues)
         _prefetch_for_queues(sender=sender)
         assert sender.prefetch_multiplier == expected, queues

@@ -33,8 +33,13 @@ ARCHIVER_PREFETCH = 20
 
 
 class DeadLetterArchiver(ConsumerMixin):
-    def __init__(self, connection: Connection, *, queues: list[KombuQueue] | None = None,
-                 stop_event: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        queues: list[KombuQueue] | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> None:
         self.connection = connection
         self.queues = queues or archived_queues()
         self.stop_event = stop_event or threading.Event()
@@ -45,8 +50,9 @@ class DeadLetterArchiver(ConsumerMixin):
         declare_topology(channel)
         # on_message gets the raw message: a body that does not decode is
         # archived as it is, never stuck unacked in front of the queue.
-        consumer = consumer_cls(queues=self.queues, on_message=self.on_message, no_ack=False,
-                                prefetch_count=ARCHIVER_PREFETCH)
+        consumer = consumer_cls(
+            queues=self.queues, on_message=self.on_message, no_ack=False, prefetch_count=ARCHIVER_PREFETCH
+        )
         return [consumer]
 
     def on_connection_revived(self) -> None:
@@ -68,7 +74,9 @@ class DeadLetterArchiver(ConsumerMixin):
         try:
             close_old_connections()
             dead_letter, created = dead_letter_archive(
-                dead_letter_queue=queue_name, body=message.body, headers=message.headers,
+                dead_letter_queue=queue_name,
+                body=message.body,
+                headers=message.headers,
                 properties=dict(message.properties),
             )
         except Exception:  # noqa: BLE001 - keep the message; try again after a pause
@@ -80,9 +88,15 @@ class DeadLetterArchiver(ConsumerMixin):
         self.db_failures = 0
         message.ack()
         self.archived += 1
-        logger.info("dead letter archived" if created else "dead letter already archived",
-                    extra={"dead_letter_id": str(dead_letter.id), "queue": dead_letter.queue,
-                           "task": dead_letter.task_name, "reason": dead_letter.reason})
+        logger.info(
+            "dead letter archived" if created else "dead letter already archived",
+            extra={
+                "dead_letter_id": str(dead_letter.id),
+                "queue": dead_letter.queue,
+                "task": dead_letter.task_name,
+                "reason": dead_letter.reason,
+            },
+        )
 
 
 def archived_queues() -> list[KombuQueue]:

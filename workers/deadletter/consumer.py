@@ -25,9 +25,17 @@ def _note(message: Any, exception_class: str, text: str, tb: str = "") -> None:
     properties = getattr(message, "properties", None) or {}
     delivery_info = getattr(message, "delivery_info", None) or {}
     task_id = headers.get("id") or properties.get("correlation_id") or properties.get("message_id")
-    record_task_failure(task_id=task_id, task_name=str(headers.get("task") or ""),
-                        queue=str(delivery_info.get("routing_key") or ""), exc=None, traceback=tb, attempts=0,
-                        reason="rejected", exception_class=exception_class, message=text)
+    record_task_failure(
+        task_id=task_id,
+        task_name=str(headers.get("task") or ""),
+        queue=str(delivery_info.get("routing_key") or ""),
+        exc=None,
+        traceback=tb,
+        attempts=0,
+        reason="rejected",
+        exception_class=exception_class,
+        message=text,
+    )
 
 
 def _reject(message: Any, errors: tuple) -> None:
@@ -55,8 +63,11 @@ class DeadLetteringConsumer(Consumer):
         return connection
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        logger.error("undecodable task message dead-lettered: %s", exc,
-                     extra={"content_type": getattr(message, "content_type", None)})
+        logger.error(
+            "undecodable task message dead-lettered: %s",
+            exc,
+            extra={"content_type": getattr(message, "content_type", None)},
+        )
         _note(message, "MalformedMessage", f"cannot decode the message body ({type(exc).__name__}: {exc})")
         _reject(message, self.connection_errors)
 
@@ -91,4 +102,3 @@ def _on_rejected(message: Any = None, exc: Exception | None = None, **kwargs: An
         _note(message, "InvalidTaskMessage", f"{type(exc).__name__}: {exc}")
     elif message is not None:
         _note(message, "MalformedMessage", "the message is not a Celery task message")
-

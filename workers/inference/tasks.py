@@ -41,8 +41,13 @@ def _task_id() -> str:
     return str(getattr(request, "id", "") or "")
 
 
-@task(name="ai.generate_suggestions", queue=Queue.AI_REALTIME, retry_on=RETRY_ON, fail_on=(PoisonInput,),
-      max_attempts=MAX_ATTEMPTS)
+@task(
+    name="ai.generate_suggestions",
+    queue=Queue.AI_REALTIME,
+    retry_on=RETRY_ON,
+    fail_on=(PoisonInput,),
+    max_attempts=MAX_ATTEMPTS,
+)
 def generate_suggestions(*, request_id: str, **kwargs: Any) -> dict[str, Any]:
     from workers.inference.pipeline import generate_for_request
 
@@ -53,13 +58,19 @@ def generate_suggestions(*, request_id: str, **kwargs: Any) -> dict[str, Any]:
         final = not isinstance(exc, RETRY_ON) or generate_suggestions.attempt_number() >= MAX_ATTEMPTS
         if final:
             # The message is about to be dead-lettered: the request says so too.
-            ai_services.inference_request_fail(request_id=request_id, claim_token=claim_token,
-                                               error=f"{type(exc).__name__}: {exc}")
+            ai_services.inference_request_fail(
+                request_id=request_id, claim_token=claim_token, error=f"{type(exc).__name__}: {exc}"
+            )
         raise
 
 
-@task(name="ai.embed_texts", queue=Queue.AI_REALTIME, retry_on=RETRY_ON, fail_on=(PoisonInput, ValueError),
-      max_attempts=MAX_ATTEMPTS)
+@task(
+    name="ai.embed_texts",
+    queue=Queue.AI_REALTIME,
+    retry_on=RETRY_ON,
+    fail_on=(PoisonInput, ValueError),
+    max_attempts=MAX_ATTEMPTS,
+)
 def embed_texts_task(*, texts: list[str], **kwargs: Any) -> dict[str, Any]:
     from workers.inference.embeddings import embed_texts
 

@@ -26,9 +26,7 @@ def registered_subscribers() -> list[type[Subscriber]]:
     # The env var (comma-separated dotted paths) lets a benchmark or a
     # deployment run a subset without a settings change.
     override = env.get_list("EVENTBUS_SUBSCRIBERS", [])
-    paths = override or getattr(
-        settings, "EVENTBUS_SUBSCRIBERS", DEFAULT_SUBSCRIBERS
-    )
+    paths = override or getattr(settings, "EVENTBUS_SUBSCRIBERS", DEFAULT_SUBSCRIBERS)
     return [import_string(path) for path in paths]
 
 

@@ -87,6 +87,16 @@ class ActivitySubscriber(Subscriber):
                       last_event_at = GREATEST(a.last_event_at, EXCLUDED.last_event_at),
                       updated_at = clock_timestamp()
                     """,
-                    [session_id, json.dumps(dict(d.by_type)), sum(d.by_type.values()), d.joined, d.left,
-                     d.generated, d.accepted, d.rejected, d.first_at, d.last_at],
+                    [
+                        session_id,
+                        json.dumps(dict(d.by_type)),
+                        sum(d.by_type.values()),
+                        d.joined,
+                        d.left,
+                        d.generated,
+                        d.accepted,
+                        d.rejected,
+                        d.first_at,
+                        d.last_at,
+                    ],
                 )

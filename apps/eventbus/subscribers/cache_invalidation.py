@@ -27,8 +27,12 @@ def tags_for(event: Event) -> set[str]:
     if event.session_id is None:
         return set()
     tags = {session_cache_tag(event.session_id)}
-    if event.event_type in (contracts.PARTICIPANT_JOINED, contracts.PARTICIPANT_LEFT, contracts.SESSION_CREATED,
-                            contracts.SESSION_CLOSED):
+    if event.event_type in (
+        contracts.PARTICIPANT_JOINED,
+        contracts.PARTICIPANT_LEFT,
+        contracts.SESSION_CREATED,
+        contracts.SESSION_CLOSED,
+    ):
         tags.add(participants_cache_tag(event.session_id))
     return tags
 

@@ -175,8 +175,11 @@ class SubscriberRunner:
         except TRANSIENT_DB_ERRORS:
             raise
         except Exception:  # noqa: BLE001 - one bad event must not hold back the batch: retry one by one
-            logger.warning("subscriber batch failed; applying events one by one", exc_info=True,
-                           extra={"subscriber": sub.name, "events": len(parsed)})
+            logger.warning(
+                "subscriber batch failed; applying events one by one",
+                exc_info=True,
+                extra={"subscriber": sub.name, "events": len(parsed)},
+            )
             self._apply_one_by_one(channel, sub, parsed)
             return
         self.stats.applied += applied
@@ -216,8 +219,7 @@ class SubscriberRunner:
         except Exception:  # noqa: BLE001 - the events are applied and acked; the audit row is secondary
             logger.exception("could not mark event replays succeeded", extra={"replay_ids": replay_ids})
 
-    def _record_failure(self, message: Any, sub: Subscriber, *, event: Event | None,
-                        exc: BaseException | None) -> None:
+    def _record_failure(self, message: Any, sub: Subscriber, *, event: Event | None, exc: BaseException | None) -> None:
         """Write why the event was refused where the archiver finds it (keyed by queue and event id); never raises.
 
         Like ``workers/base.py`` before its reject: the archiver joins the note
@@ -235,17 +237,27 @@ class SubscriberRunner:
             task_failure_record(
                 task_id=event_failure_key(queue=queue, event_id=event_id),
                 task_name=f"event:{event.event_type if event is not None else message.properties.get('type') or ''}",
-                queue=queue, exception_class=type(exc).__name__,
+                queue=queue,
+                exception_class=type(exc).__name__,
                 exception_message=str(exc) + (f" {exc.errors}" if isinstance(exc, ContractError) else ""),
-                traceback="".join(traceback.format_exception(exc)), attempts=1 + redeliveries,
+                traceback="".join(traceback.format_exception(exc)),
+                attempts=1 + redeliveries,
                 reason=DeadLetterReason.REJECTED,
             )
         except Exception:  # noqa: BLE001 - the dead letter matters more than its annotation
-            logger.exception("could not record the event failure", extra={"subscriber": sub.name,
-                                                                          "event_id": event_id})
+            logger.exception("could not record the event failure", extra={"subscriber": sub.name, "event_id": event_id})
 
-    def _dead_letter(self, channel: Any, message: Any, sub: Subscriber, *, reason: str, event: Event | None = None,
-                     exc_info: bool = False, exc: BaseException | None = None) -> None:
+    def _dead_letter(
+        self,
+        channel: Any,
+        message: Any,
+        sub: Subscriber,
+        *,
+        reason: str,
+        event: Event | None = None,
+        exc_info: bool = False,
+        exc: BaseException | None = None,
+    ) -> None:
         self._record_failure(message, sub, event=event, exc=exc)
         # Reject without requeue: the quorum queue dead-letters it (at least once) into events.<name>.dlq.
         channel.basic_reject(delivery_tag=message.delivery_tag, requeue=False)
@@ -253,9 +265,12 @@ class SubscriberRunner:
         logger.error(
             "subscriber dead-lettered an event",
             exc_info=exc_info,
-            extra={"subscriber": sub.name, "reason": reason[:1000],
-                   "event_id": str(event.event_id) if event else message.properties.get("message_id"),
-                   "event_type": event.event_type if event else message.properties.get("type")},
+            extra={
+                "subscriber": sub.name,
+                "reason": reason[:1000],
+                "event_id": str(event.event_id) if event else message.properties.get("message_id"),
+                "event_type": event.event_type if event else message.properties.get("type"),
+            },
         )
 
     # --- loop ---------------------------------------------------------------

@@ -15,15 +15,17 @@ pytestmark = pytest.mark.django_db
 def _done_request(session, user, *drafts):
     request = services.inference_request_trigger(session_id=session.pk, trigger_seq=1, user_id=user.pk)
     services.inference_request_claim(request_id=request.pk, claim_token="t")
-    services.inference_request_complete(request_id=request.pk, claim_token="t", drafts=list(drafts),
-                                        model_version="m", input_size=1)
+    services.inference_request_complete(
+        request_id=request.pk, claim_token="t", drafts=list(drafts), model_version="m", input_size=1
+    )
     request.refresh_from_db()
     return request
 
 
 def test_post_query_answers_202_with_the_request_id(api_client, ai_session):
-    response = api_client.post(f"/api/v1/sessions/{ai_session.pk}/suggestions/", {"query": "what was decided?"},
-                               format="json")
+    response = api_client.post(
+        f"/api/v1/sessions/{ai_session.pk}/suggestions/", {"query": "what was decided?"}, format="json"
+    )
     assert response.status_code == 202, response.content
     body = response.json()
     assert body["status"] == "pending" and body["kind"] == "query" and body["query"] == "what was decided?"
@@ -37,8 +39,16 @@ def test_post_query_answers_202_with_the_request_id(api_client, ai_session):
 
 @pytest.mark.parametrize(
     "payload",
-    [{}, {"query": ""}, {"query": "   "}, {"query": "x" * 2001}, {"query": 5}, {"query": "ok", "extra": 1}, ["q"],
-     {"query": None}],
+    [
+        {},
+        {"query": ""},
+        {"query": "   "},
+        {"query": "x" * 2001},
+        {"query": 5},
+        {"query": "ok", "extra": 1},
+        ["q"],
+        {"query": None},
+    ],
 )
 def test_bad_query_bodies_are_400_and_write_nothing(api_client, ai_session, payload):
     response = api_client.post(f"/api/v1/sessions/{ai_session.pk}/suggestions/", payload, format="json")
@@ -48,8 +58,9 @@ def test_bad_query_bodies_are_400_and_write_nothing(api_client, ai_session, payl
 
 
 def test_malformed_json_is_400(api_client, ai_session):
-    response = api_client.generic("POST", f"/api/v1/sessions/{ai_session.pk}/suggestions/", "{not json",
-                                  content_type="application/json")
+    response = api_client.generic(
+        "POST", f"/api/v1/sessions/{ai_session.pk}/suggestions/", "{not json", content_type="application/json"
+    )
     assert response.status_code == 400
     assert response.json()["code"] == "malformed_request"
 
@@ -72,11 +83,14 @@ def test_unauthenticated_is_401(client, ai_session):
 
 
 def test_list_is_newest_first_and_filterable_by_kind(api_client, ai_session, user):
-    first = _done_request(ai_session, user, services.SuggestionDraft(kind="next_action", content={"action": "a"},
-                                                                     score=0.2))
-    second = _done_request(ai_session, user,
-                           services.SuggestionDraft(kind="related_context", content={"seq": 1}, score=0.7,
-                                                    source_seqs=[1]))
+    first = _done_request(
+        ai_session, user, services.SuggestionDraft(kind="next_action", content={"action": "a"}, score=0.2)
+    )
+    second = _done_request(
+        ai_session,
+        user,
+        services.SuggestionDraft(kind="related_context", content={"seq": 1}, score=0.7, source_seqs=[1]),
+    )
     response = api_client.get(f"/api/v1/sessions/{ai_session.pk}/suggestions/")
     assert response.status_code == 200
     results = response.json()["results"]
@@ -88,8 +102,11 @@ def test_list_is_newest_first_and_filterable_by_kind(api_client, ai_session, use
 
 
 def test_done_request_shows_its_suggestions(api_client, ai_session, user):
-    request = _done_request(ai_session, user, services.SuggestionDraft(kind="next_action", content={"action": "a"},
-                                                                       score=0.2, source_seqs=[1]))
+    request = _done_request(
+        ai_session,
+        user,
+        services.SuggestionDraft(kind="next_action", content={"action": "a"}, score=0.2, source_seqs=[1]),
+    )
     body = api_client.get(f"/api/v1/inference-requests/{request.pk}/").json()
     assert body["status"] == "done"
     assert body["suggestions"][0]["content"] == {"action": "a"}
@@ -107,5 +124,9 @@ def test_feedback_accept_then_reject(api_client, ai_session, user):
     assert SuggestionFeedback.objects.get().verdict == "reject"
     for bad in ({"verdict": "maybe"}, {}, {"verdict": "accept", "comment": "x" * 2001}, {"verdict": "accept", "x": 1}):
         assert api_client.post(url, bad, format="json").status_code == 400
-    assert api_client.post(f"/api/v1/suggestions/{uuid.uuid4()}/feedback/", {"verdict": "accept"},
-                           format="json").status_code == 404
+    assert (
+        api_client.post(
+            f"/api/v1/suggestions/{uuid.uuid4()}/feedback/", {"verdict": "accept"}, format="json"
+        ).status_code
+        == 404
+    )

@@ -25,8 +25,9 @@ def _events(event_type: str):
 
 
 def test_trigger_creates_one_request_and_one_task_message(ai_session, user):
-    request = services.inference_request_trigger(session_id=ai_session.pk, trigger_seq=1, user_id=user.pk,
-                                                 correlation_id="cid-1")
+    request = services.inference_request_trigger(
+        session_id=ai_session.pk, trigger_seq=1, user_id=user.pk, correlation_id="cid-1"
+    )
     assert request is not None
     assert request.status == InferenceRequest.Status.PENDING
     assert request.kind == InferenceRequest.Kind.AUTO
@@ -119,13 +120,21 @@ def test_complete_stores_suggestions_once_and_publishes_events(ai_session, user,
         services.SuggestionDraft(kind="next_action", content={"action": "comment"}, score=0.3, source_seqs=[1]),
     ]
     stored = services.inference_request_complete(
-        request_id=request.pk, claim_token="t1", drafts=drafts, model_version="m+b", input_size=3,
+        request_id=request.pk,
+        claim_token="t1",
+        drafts=drafts,
+        model_version="m+b",
+        input_size=3,
         model_versions_by_kind={"next_action": "next_action-baseline"},
     )
     assert len(stored) == 3
     # A second completion (a duplicate delivery that somehow got here) writes nothing.
-    assert services.inference_request_complete(request_id=request.pk, claim_token="t1", drafts=drafts,
-                                               model_version="m+b", input_size=3) is None
+    assert (
+        services.inference_request_complete(
+            request_id=request.pk, claim_token="t1", drafts=drafts, model_version="m+b", input_size=3
+        )
+        is None
+    )
     assert Suggestion.objects.count() == 3
     request.refresh_from_db()
     assert request.status == InferenceRequest.Status.DONE and request.finished_at is not None
@@ -133,8 +142,16 @@ def test_complete_stores_suggestions_once_and_publishes_events(ai_session, user,
     assert {s["kind"] for s in body["suggestions"]} == {"related_context", "next_action"}
     na = [s for s in body["suggestions"] if s["kind"] == "next_action"]
     assert {s["model_version"] for s in na} == {"next_action-baseline"}
-    assert set(body["suggestions"][0]) == {"id", "kind", "content", "score", "source_seqs", "trigger_seq",
-                                           "model_version", "created_at"}
+    assert set(body["suggestions"][0]) == {
+        "id",
+        "kind",
+        "content",
+        "score",
+        "source_seqs",
+        "trigger_seq",
+        "model_version",
+        "created_at",
+    }
     generated = _events("suggestion.generated").get()
     assert generated.body["data"]["inference_request_id"] == str(request.id)
     assert len(generated.body["data"]["suggestion_ids"]) == 3
@@ -147,8 +164,12 @@ def test_complete_stores_suggestions_once_and_publishes_events(ai_session, user,
 def test_a_delivery_that_lost_its_claim_cannot_complete(ai_session, user):
     request = services.inference_request_trigger(session_id=ai_session.pk, trigger_seq=1, user_id=user.pk)
     services.inference_request_claim(request_id=request.pk, claim_token="owner")
-    assert services.inference_request_complete(request_id=request.pk, claim_token="intruder", drafts=[],
-                                               model_version="m", input_size=0) is None
+    assert (
+        services.inference_request_complete(
+            request_id=request.pk, claim_token="intruder", drafts=[], model_version="m", input_size=0
+        )
+        is None
+    )
     request.refresh_from_db()
     assert request.status == InferenceRequest.Status.RUNNING
 
@@ -190,7 +211,10 @@ def _suggestion(ai_session, user):
     request = services.inference_request_trigger(session_id=ai_session.pk, trigger_seq=1, user_id=user.pk)
     services.inference_request_claim(request_id=request.pk, claim_token="t")
     return services.inference_request_complete(
-        request_id=request.pk, claim_token="t", model_version="m", input_size=1,
+        request_id=request.pk,
+        claim_token="t",
+        model_version="m",
+        input_size=1,
         drafts=[services.SuggestionDraft(kind="next_action", content={"action": "share"}, score=0.5)],
     )[0]
 

@@ -32,11 +32,25 @@ def test_every_event_type_has_a_schema_and_a_sample():
 
 @pytest.mark.parametrize("event_type", sorted(SAMPLES))
 def test_sample_round_trips_through_the_wire(event_type):
-    event = event_build(event_type=event_type, session_id=uuid.uuid4(), user_id=1, data=SAMPLES[event_type],
-                        occurred_at=timezone.now(), correlation_id="c")
+    event = event_build(
+        event_type=event_type,
+        session_id=uuid.uuid4(),
+        user_id=1,
+        data=SAMPLES[event_type],
+        occurred_at=timezone.now(),
+        correlation_id="c",
+    )
     wire = event.to_wire()
-    assert set(wire) == {"event_id", "event_type", "version", "occurred_at", "session_id", "user_id",
-                         "correlation_id", "data"}
+    assert set(wire) == {
+        "event_id",
+        "event_type",
+        "version",
+        "occurred_at",
+        "session_id",
+        "user_id",
+        "correlation_id",
+        "data",
+    }
     assert event_parse(wire) == event
     assert event_parse(event.model_dump_json().encode()) == event
 
@@ -55,8 +69,9 @@ def test_data_missing_a_required_key_is_refused(event_type):
 
 
 def test_envelope_rules():
-    good = event_build(event_type="session.closed", session_id=None, user_id=None, data={},
-                       occurred_at=timezone.now()).to_wire()
+    good = event_build(
+        event_type="session.closed", session_id=None, user_id=None, data={}, occurred_at=timezone.now()
+    ).to_wire()
     for broken in (
         {**good, "version": 99},
         {**good, "event_type": "session.exploded"},
@@ -76,12 +91,16 @@ def test_envelope_rules():
 def test_every_event_the_context_services_emit_validates(session_factory, user, other_user):
     session = session_factory(metadata={"k": "v"})
     context_services.participant_add(session=session, actor=user, username=other_user.username, role="editor")
-    context_services.context_event_append(session=session, author=other_user, events=[
-        EventInput("context_update", {"text": "a", "extra": [1, 2]}, "m1"),
-        EventInput("user_action", {"action": "share", "target": {"doc": 1}}),
-        EventInput("user_action", {"action": 7}),
-        EventInput("note", {}),
-    ])
+    context_services.context_event_append(
+        session=session,
+        author=other_user,
+        events=[
+            EventInput("context_update", {"text": "a", "extra": [1, 2]}, "m1"),
+            EventInput("user_action", {"action": "share", "target": {"doc": 1}}),
+            EventInput("user_action", {"action": 7}),
+            EventInput("note", {}),
+        ],
+    )
     context_services.participant_remove(session=session, actor=user, username=other_user.username)
     context_services.session_close(session=session, actor=user)
     rows = list(OutboxMessage.objects.order_by("id"))
@@ -92,5 +111,11 @@ def test_every_event_the_context_services_emit_validates(session_factory, user, 
         assert event.session_id == session.id
         event.typed_data  # noqa: B018 - validates data against its own model
         seen.add(event.event_type)
-    assert seen == {"session.created", "participant.joined", "context.updated", "user.action", "participant.left",
-                    "session.closed"}
+    assert seen == {
+        "session.created",
+        "participant.joined",
+        "context.updated",
+        "user.action",
+        "participant.left",
+        "session.closed",
+    }

@@ -27,8 +27,9 @@ def tap():
     """A private queue bound to every event: what the relay actually published."""
     conn = Connection(settings.BROKER_URL)
     channel = conn.channel()
-    queue = Queue("", exchange=Exchange("events", type="topic", durable=True), routing_key="#", exclusive=True,
-                  auto_delete=True)(channel)
+    queue = Queue(
+        "", exchange=Exchange("events", type="topic", durable=True), routing_key="#", exclusive=True, auto_delete=True
+    )(channel)
     queue.exchange.declare()
     queue.declare()
 
@@ -44,8 +45,8 @@ def tap():
 
 def test_relay_publishes_pending_rows_once_with_their_properties(relay, tap):
     events = services.outbox_events_add_bulk(
-        events=[services.OutboxEvent(event_type="session.closed", session_id=None, user_id=None,
-                                     correlation_id="c-9")] * 3
+        events=[services.OutboxEvent(event_type="session.closed", session_id=None, user_id=None, correlation_id="c-9")]
+        * 3
     )
     result = relay.relay_batch()
     assert (result.claimed, result.published, result.failed) == (3, 3, 0)
@@ -78,8 +79,9 @@ def test_unroutable_rows_back_off_then_park_without_blocking_others(relay, tap, 
 
 
 def test_task_rows_reach_their_work_queue_as_celery_messages(relay):
-    task_id = services.outbox_task_add(task_name="ops.ping", kwargs={"n": 1}, queue="maintenance",
-                                       correlation_id="cid-1")
+    task_id = services.outbox_task_add(
+        task_name="ops.ping", kwargs={"n": 1}, queue="maintenance", correlation_id="cid-1"
+    )
     assert relay.relay_batch().published == 1
     with Connection(settings.BROKER_URL) as conn:
         queue = Queue("maintenance", no_declare=True)(conn.channel())

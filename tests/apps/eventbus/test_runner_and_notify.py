@@ -46,15 +46,19 @@ def _publish(bodies: list[bytes]) -> None:
     with Connection(settings.BROKER_URL) as conn:
         channel = conn.channel()
         for body in bodies:
-            channel.basic_publish(amqp.Message(body, content_type="application/json", message_id=str(uuid.uuid4())),
-                                  exchange="events", routing_key="session.closed")
+            channel.basic_publish(
+                amqp.Message(body, content_type="application/json", message_id=str(uuid.uuid4())),
+                exchange="events",
+                routing_key="session.closed",
+            )
 
 
 def _body(**data) -> bytes:
     import json
 
-    event = event_build(event_type="session.closed", session_id=uuid.uuid4(), user_id=None, data=data,
-                        occurred_at=timezone.now())
+    event = event_build(
+        event_type="session.closed", session_id=uuid.uuid4(), user_id=None, data=data, occurred_at=timezone.now()
+    )
     return json.dumps(event.to_wire()).encode()
 
 

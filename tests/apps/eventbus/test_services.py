@@ -23,7 +23,9 @@ def test_event_add_writes_a_valid_row_with_the_ambient_correlation_id(session_fa
     token = set_correlation_id("cid-123")
     try:
         event = services.outbox_event_add(
-            event_type="context.updated", session_id=session.id, user_id=user.pk,
+            event_type="context.updated",
+            session_id=session.id,
+            user_id=user.pk,
             data={"seq": 1, "event_type": "context_update", "data": {"text": "hi"}},
         )
     finally:
@@ -65,8 +67,13 @@ def test_rolled_back_transaction_leaves_no_row(db):
 
 
 def test_task_add_builds_a_celery_protocol_2_message(db):
-    task_id = services.outbox_task_add(task_name="ai.generate_suggestions", kwargs={"request_id": "r1"},
-                                       queue="ai.realtime", correlation_id="c1", countdown=5)
+    task_id = services.outbox_task_add(
+        task_name="ai.generate_suggestions",
+        kwargs={"request_id": "r1"},
+        queue="ai.realtime",
+        correlation_id="c1",
+        countdown=5,
+    )
     row = OutboxMessage.objects.get(message_id=task_id)
     assert row.kind == "task" and row.exchange == "tasks" and row.routing_key == "ai.realtime"
     assert row.headers["task"] == "ai.generate_suggestions" and row.headers["id"] == task_id
@@ -132,8 +139,7 @@ def test_admin_lists_parked_rows_and_requeues_them(db, client, staff_user):
     page = client.get("/admin/eventbus/outboxmessage/?status__exact=parked")
     assert page.status_code == 200 and b"unroutable" in page.content
     row = OutboxMessage.objects.get()
-    response = client.post("/admin/eventbus/outboxmessage/",
-                           {"action": "requeue_parked", "_selected_action": [row.pk]})
+    response = client.post("/admin/eventbus/outboxmessage/", {"action": "requeue_parked", "_selected_action": [row.pk]})
     assert response.status_code == 302
     row.refresh_from_db()
     assert row.status == "pending" and row.attempts == 0

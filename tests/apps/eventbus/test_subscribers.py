@@ -19,8 +19,9 @@ pytestmark = pytest.mark.django_db
 
 
 def _event(event_type: str, session_id, data: dict, user_id: int | None = None) -> Event:
-    return event_build(event_type=event_type, session_id=session_id, user_id=user_id, data=data,
-                       occurred_at=timezone.now())
+    return event_build(
+        event_type=event_type, session_id=session_id, user_id=user_id, data=data, occurred_at=timezone.now()
+    )
 
 
 def test_the_platform_subscribers_are_registered():
@@ -44,8 +45,14 @@ def test_activity_counts_each_event_once_even_when_redelivered():
     assert subscriber_apply(subscriber=sub, events=events) == 0
     a = SessionActivity.objects.get(session_id=sid)
     assert a.events_total == 7
-    assert a.events_by_type == {"session.created": 1, "participant.joined": 1, "context.updated": 1,
-                                "suggestion.generated": 1, "suggestion.feedback": 2, "participant.left": 1}
+    assert a.events_by_type == {
+        "session.created": 1,
+        "participant.joined": 1,
+        "context.updated": 1,
+        "suggestion.generated": 1,
+        "suggestion.feedback": 2,
+        "participant.left": 1,
+    }
     assert (a.participants_joined, a.participants_left, a.participants_active) == (2, 1, 1)
     assert (a.suggestions_generated, a.suggestions_accepted, a.suggestions_rejected) == (3, 1, 1)
     assert ProcessedEvent.objects.filter(subscriber="activity").count() == 7
@@ -70,8 +77,12 @@ def test_ai_trigger_asks_once_per_session_for_the_latest_update(session_factory,
 
     session = session_factory()
     events = [
-        _event("context.updated", session.id, {"seq": s, "event_type": "context_update", "data": {"text": "x"}},
-               user_id=user.pk)
+        _event(
+            "context.updated",
+            session.id,
+            {"seq": s, "event_type": "context_update", "data": {"text": "x"}},
+            user_id=user.pk,
+        )
         for s in (1, 2, 3)
     ] + [_event("context.updated", session.id, {"seq": 4, "event_type": "note", "data": {}}, user_id=user.pk)]
     subscriber_apply(subscriber=AiTriggerSubscriber(), events=events)
@@ -85,8 +96,9 @@ def test_ai_trigger_asks_for_next_actions_on_a_user_action(session_factory, user
     from apps.ai.models import InferenceRequest
 
     session = session_factory()
-    action = _event("user.action", session.id, {"seq": 7, "action": "open_doc", "data": {"action": "open_doc"}},
-                    user_id=user.pk)
+    action = _event(
+        "user.action", session.id, {"seq": 7, "action": "open_doc", "data": {"action": "open_doc"}}, user_id=user.pk
+    )
     subscriber_apply(subscriber=AiTriggerSubscriber(), events=[action])
     requests = list(InferenceRequest.objects.filter(session_id=session.id))
     assert len(requests) == 1 and requests[0].trigger_seq == 7
@@ -106,6 +118,8 @@ def test_cache_invalidation_drops_the_sessions_cached_views(session_factory):
     key = f"test.eventbus.snapshot:{session.id}"
     assert get_or_load(key, loader, ttl=60, tags=[session_cache_tag(session.id)]) == {"n": 1}
     assert get_or_load(key, loader, ttl=60, tags=[session_cache_tag(session.id)]) == {"n": 1}
-    subscriber_apply(subscriber=CacheInvalidationSubscriber(),
-                     events=[_event("context.updated", session.id, {"seq": 1, "event_type": "note", "data": {}})])
+    subscriber_apply(
+        subscriber=CacheInvalidationSubscriber(),
+        events=[_event("context.updated", session.id, {"seq": 1, "event_type": "note", "data": {}})],
+    )
     assert get_or_load(key, loader, ttl=60, tags=[session_cache_tag(session.id)]) == {"n": 2}

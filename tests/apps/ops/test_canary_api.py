@@ -32,8 +32,9 @@ def test_bad_canary_requests_change_nothing(api_client_for, staff_user) -> None:
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
 
 
-def test_canary_is_sent_after_commit_to_the_maintenance_queue(api_client_for, staff_user,
-                                                              django_capture_on_commit_callbacks) -> None:
+def test_canary_is_sent_after_commit_to_the_maintenance_queue(
+    api_client_for, staff_user, django_capture_on_commit_callbacks
+) -> None:
     client = api_client_for(staff_user)
     with Connection(settings.BROKER_URL) as conn:
         declare_topology(conn.default_channel)

@@ -44,29 +44,60 @@ def _purge_work_queues() -> Iterator[None]:
                 channel = conn.channel()
 
 
-def archive(*, task_name: str = "test.api_task", queue: str = "ai.batch", reason: str = "rejected",
-            task_id: str | None = None, count: int = 1, kwargs: dict | None = None,
-            failure: dict | None = None) -> DeadLetter:
+def archive(
+    *,
+    task_name: str = "test.api_task",
+    queue: str = "ai.batch",
+    reason: str = "rejected",
+    task_id: str | None = None,
+    count: int = 1,
+    kwargs: dict | None = None,
+    failure: dict | None = None,
+) -> DeadLetter:
     task_id = task_id or str(uuid.uuid4())
     if failure is not None:
         services.task_failure_record(task_id=task_id, task_name=task_name, queue=queue, **failure)
     headers = {
-        "task": task_name, "id": task_id, "root_id": task_id, "retries": 0, "ce_attempt": 1,
+        "task": task_name,
+        "id": task_id,
+        "root_id": task_id,
+        "retries": 0,
+        "ce_attempt": 1,
         "ce_correlation_id": "cid-1",
-        "x-death": [{"count": count, "reason": reason, "queue": queue, "exchange": "tasks",
-                     "routing-keys": [queue], "time": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)}],
-        "x-first-death-queue": queue, "x-first-death-reason": reason,
+        "x-death": [
+            {
+                "count": count,
+                "reason": reason,
+                "queue": queue,
+                "exchange": "tasks",
+                "routing-keys": [queue],
+                "time": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+            }
+        ],
+        "x-first-death-queue": queue,
+        "x-first-death-reason": reason,
     }
-    body = f'[[], {{"tag": "t", "n": {len(task_id)}}}, {{}}]' if kwargs is None else __import__("json").dumps(
-        [[], kwargs, {}])
-    dead_letter, _ = services.dead_letter_archive(dead_letter_queue=f"{queue}.dlq", body=body.encode(),
-                                                  headers=headers, properties={"content_type": "application/json"})
+    body = (
+        f'[[], {{"tag": "t", "n": {len(task_id)}}}, {{}}]'
+        if kwargs is None
+        else __import__("json").dumps([[], kwargs, {}])
+    )
+    dead_letter, _ = services.dead_letter_archive(
+        dead_letter_queue=f"{queue}.dlq",
+        body=body.encode(),
+        headers=headers,
+        properties={"content_type": "application/json"},
+    )
     return dead_letter
 
 
-PERMANENT = {"exception_class": "PermanentError", "exception_message": "bad input 42",
-             "traceback": "Traceback (most recent call last):\n  ...\nPermanentError: bad input 42\n",
-             "attempts": 1, "reason": "rejected"}
+PERMANENT = {
+    "exception_class": "PermanentError",
+    "exception_message": "bad input 42",
+    "traceback": "Traceback (most recent call last):\n  ...\nPermanentError: bad input 42\n",
+    "attempts": 1,
+    "reason": "rejected",
+}
 
 
 def test_operators_only(api_client, client) -> None:
@@ -92,8 +123,9 @@ def test_archive_stores_reason_traceback_and_is_idempotent(db) -> None:
 def test_archive_maps_broker_reasons(db) -> None:
     assert archive(reason="delivery_limit").reason == "delivery_limit"
     assert archive(reason="expired").reason == "expired"
-    exhausted = archive(failure={**PERMANENT, "exception_class": "TransientError", "reason": "retries_exhausted",
-                                 "attempts": 5})
+    exhausted = archive(
+        failure={**PERMANENT, "exception_class": "TransientError", "reason": "retries_exhausted", "attempts": 5}
+    )
     assert exhausted.reason == "retries_exhausted" and exhausted.attempts == 5
 
 

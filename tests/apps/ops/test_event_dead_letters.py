@@ -35,27 +35,56 @@ class OpsEventsSubscriber:
 
 
 def _event(**data: object) -> dict:
-    event = event_build(event_type="context.updated", session_id=uuid.uuid4(), user_id=7, correlation_id="cid-9",
-                        data={"seq": 3, "event_type": "note", "data": dict(data)},
-                        occurred_at=datetime(2026, 1, 2, tzinfo=UTC))
+    event = event_build(
+        event_type="context.updated",
+        session_id=uuid.uuid4(),
+        user_id=7,
+        correlation_id="cid-9",
+        data={"seq": 3, "event_type": "note", "data": dict(data)},
+        occurred_at=datetime(2026, 1, 2, tzinfo=UTC),
+    )
     return event.to_wire()
 
 
-def _archive(envelope: dict | None = None, *, body: bytes | None = None, queue: str = QUEUE, count: int = 1,
-             extra_headers: dict | None = None, properties: dict | None = None) -> tuple[DeadLetter, bool]:
+def _archive(
+    envelope: dict | None = None,
+    *,
+    body: bytes | None = None,
+    queue: str = QUEUE,
+    count: int = 1,
+    extra_headers: dict | None = None,
+    properties: dict | None = None,
+) -> tuple[DeadLetter, bool]:
     envelope = envelope if envelope is not None else _event()
     headers = {
-        "x-death": [{"count": count, "reason": "rejected", "queue": queue, "exchange": "events",
-                     "routing-keys": ["context.updated"], "time": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)}],
-        "x-first-death-queue": queue, "x-first-death-reason": "rejected",
+        "x-death": [
+            {
+                "count": count,
+                "reason": "rejected",
+                "queue": queue,
+                "exchange": "events",
+                "routing-keys": ["context.updated"],
+                "time": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+            }
+        ],
+        "x-first-death-queue": queue,
+        "x-first-death-reason": "rejected",
         **(extra_headers or {}),
     }
-    props = {"content_type": "application/json", "content_encoding": "utf-8",
-             "message_id": envelope.get("event_id", ""), "correlation_id": "cid-9", "type": "context.updated",
-             **(properties or {})}
-    return services.dead_letter_archive(dead_letter_queue=f"{queue}.dlq",
-                                        body=body if body is not None else json.dumps(envelope).encode(),
-                                        headers=headers, properties=props)
+    props = {
+        "content_type": "application/json",
+        "content_encoding": "utf-8",
+        "message_id": envelope.get("event_id", ""),
+        "correlation_id": "cid-9",
+        "type": "context.updated",
+        **(properties or {}),
+    }
+    return services.dead_letter_archive(
+        dead_letter_queue=f"{queue}.dlq",
+        body=body if body is not None else json.dumps(envelope).encode(),
+        headers=headers,
+        properties=props,
+    )
 
 
 # --- decode --------------------------------------------------------------------
@@ -63,8 +92,9 @@ def _archive(envelope: dict | None = None, *, body: bytes | None = None, queue: 
 
 def test_decode_of_an_event_envelope():
     envelope = _event(text="hi")
-    decoded = services.event_dead_letter_decode(body=json.dumps(envelope).encode(),
-                                                properties={"content_type": "application/json"})
+    decoded = services.event_dead_letter_decode(
+        body=json.dumps(envelope).encode(), properties={"content_type": "application/json"}
+    )
     assert decoded["payload"] == envelope
     assert decoded["problem"] is None and decoded["raw_body"] == ""
     assert decoded["event_id"] == envelope["event_id"]
@@ -76,17 +106,24 @@ def test_decode_of_an_event_envelope():
 def test_decode_of_a_body_that_is_not_json_keeps_it_and_reads_the_properties():
     event_id = str(uuid.uuid4())
     decoded = services.event_dead_letter_decode(
-        body=b"\xff not json", properties={"message_id": event_id, "type": "user.action", "correlation_id": "c"})
+        body=b"\xff not json", properties={"message_id": event_id, "type": "user.action", "correlation_id": "c"}
+    )
     assert decoded["problem"] == "body is not valid JSON"
     assert decoded["raw_body"].endswith("not json") and decoded["payload"] == {}
     assert (decoded["event_id"], decoded["task_name"], decoded["correlation_id"]) == (
-        event_id, "event:user.action", "c")
+        event_id,
+        "event:user.action",
+        "c",
+    )
 
 
-@pytest.mark.parametrize(("body", "properties", "problem"), [
-    (b"[1, 2]", {}, "body is not a JSON object (an event envelope)"),
-    (b"{}", {"content_type": "application/x-python-serialize"}, "content type"),
-])
+@pytest.mark.parametrize(
+    ("body", "properties", "problem"),
+    [
+        (b"[1, 2]", {}, "body is not a JSON object (an event envelope)"),
+        (b"{}", {"content_type": "application/x-python-serialize"}, "content type"),
+    ],
+)
 def test_decode_flags_bodies_that_are_not_an_envelope(body, properties, problem):
     decoded = services.event_dead_letter_decode(body=body, properties=properties)
     assert decoded["problem"].startswith(problem)
@@ -107,16 +144,25 @@ def test_archived_event_row_has_queue_reason_payload_and_the_runners_failure_not
     envelope = _event(text="boom")
     services.task_failure_record(
         task_id=services.event_failure_key(queue=QUEUE, event_id=envelope["event_id"]),
-        task_name="event:context.updated", queue=QUEUE, exception_class="ValueError",
-        exception_message="cannot apply", traceback="Traceback ...", attempts=1, reason="rejected")
+        task_name="event:context.updated",
+        queue=QUEUE,
+        exception_class="ValueError",
+        exception_message="cannot apply",
+        traceback="Traceback ...",
+        attempts=1,
+        reason="rejected",
+    )
     row, created = _archive(envelope)
     assert created
     assert (row.queue, row.dead_letter_queue, row.reason) == (QUEUE, f"{QUEUE}.dlq", "rejected")
     assert row.task_name == "event:context.updated" and row.task_id == envelope["event_id"]
     assert row.kwargs == envelope and row.args == [] and row.raw_body == ""
     assert row.correlation_id == "cid-9"
-    assert (row.exception_class, row.exception_message, row.traceback) == ("ValueError", "cannot apply",
-                                                                         "Traceback ...")
+    assert (row.exception_class, row.exception_message, row.traceback) == (
+        "ValueError",
+        "cannot apply",
+        "Traceback ...",
+    )
     assert row.attempts == 1 and row.x_death[0]["queue"] == QUEUE
 
 

@@ -14,8 +14,15 @@ from workers.queues import TASKS_EXCHANGE, Queue, declare_topology
 
 def test_more_workers_when_arrival_rate_exceeds_service_rate():
     # 10 tasks/s arrive; each takes 0.5 s, so 2 slots serve only 4/s.
-    rec = fleet.queue_recommendation(queue="ai.batch", arrival_rate=10.0, service_time=0.5, service_time_source="t",
-                                     latency_target=5.0, depth=0, current_workers=2)
+    rec = fleet.queue_recommendation(
+        queue="ai.batch",
+        arrival_rate=10.0,
+        service_time=0.5,
+        service_time_source="t",
+        latency_target=5.0,
+        depth=0,
+        current_workers=2,
+    )
 
     assert rec.action == "scale_up"
     # a = 5 busy slots; at most 80 % busy: ceil(5 / 0.8) = 7.
@@ -25,8 +32,16 @@ def test_more_workers_when_arrival_rate_exceeds_service_rate():
 
 
 def test_fewer_workers_when_idle():
-    rec = fleet.queue_recommendation(queue="ai.batch", arrival_rate=0.0, service_time=0.5, service_time_source="t",
-                                     latency_target=5.0, depth=0, current_workers=6, min_workers=1)
+    rec = fleet.queue_recommendation(
+        queue="ai.batch",
+        arrival_rate=0.0,
+        service_time=0.5,
+        service_time_source="t",
+        latency_target=5.0,
+        depth=0,
+        current_workers=6,
+        min_workers=1,
+    )
 
     assert rec.action == "scale_down"
     assert rec.recommended_workers == 1
@@ -34,8 +49,15 @@ def test_fewer_workers_when_idle():
 
 def test_backlog_must_drain_within_the_target():
     # No new arrivals but 100 waiting tasks of 1 s each must be done within 10 s: 10 slots.
-    rec = fleet.queue_recommendation(queue="ai.batch", arrival_rate=0.0, service_time=1.0, service_time_source="t",
-                                     latency_target=10.0, depth=100, current_workers=2)
+    rec = fleet.queue_recommendation(
+        queue="ai.batch",
+        arrival_rate=0.0,
+        service_time=1.0,
+        service_time_source="t",
+        latency_target=10.0,
+        depth=100,
+        current_workers=2,
+    )
 
     assert rec.recommended_workers == 10
     assert rec.action == "scale_up"
@@ -43,8 +65,15 @@ def test_backlog_must_drain_within_the_target():
 
 def test_latency_target_can_need_more_than_utilisation_alone():
     # a = 0.8: one slot would be 80 % busy, but the M/M/1 wait (S·ρ/(1-ρ) = 0.4 s) + S exceeds T = 0.3 s.
-    rec = fleet.queue_recommendation(queue="ai.realtime", arrival_rate=8.0, service_time=0.1, service_time_source="t",
-                                     latency_target=0.3, depth=0, current_workers=1)
+    rec = fleet.queue_recommendation(
+        queue="ai.realtime",
+        arrival_rate=8.0,
+        service_time=0.1,
+        service_time_source="t",
+        latency_target=0.3,
+        depth=0,
+        current_workers=1,
+    )
 
     assert rec.recommended_workers >= 2
     assert fleet.erlang_c_wait(servers=1, arrival_rate=8.0, service_time=0.1) == pytest.approx(0.4)
@@ -52,8 +81,15 @@ def test_latency_target_can_need_more_than_utilisation_alone():
 
 
 def test_hold_when_workers_match():
-    rec = fleet.queue_recommendation(queue="maintenance", arrival_rate=1.0, service_time=1.0, service_time_source="t",
-                                     latency_target=60.0, depth=0, current_workers=2)
+    rec = fleet.queue_recommendation(
+        queue="maintenance",
+        arrival_rate=1.0,
+        service_time=1.0,
+        service_time_source="t",
+        latency_target=60.0,
+        depth=0,
+        current_workers=2,
+    )
 
     assert (rec.recommended_workers, rec.action) == (2, "hold")
 
@@ -63,8 +99,14 @@ def test_rates_and_oldest_age_from_samples():
     first = fleet.Sample(t=t0, depth=10, consumers=1, started=100, finished=100, busy=50.0)
     now = fleet.Sample(t=t0 + 10, depth=30, consumers=1, started=120, finished=118, busy=59.0)
 
-    stat = fleet.queue_stat_compute(name="ai.batch", kind="work", current=now, history=[first],
-                                    counters={"last_start": t0 + 9, "last_wait": 4.0}, window=60)
+    stat = fleet.queue_stat_compute(
+        name="ai.batch",
+        kind="work",
+        current=now,
+        history=[first],
+        counters={"last_start": t0 + 9, "last_wait": 4.0},
+        window=60,
+    )
 
     assert stat.rate_out == pytest.approx(2.0)  # 20 started in 10 s
     assert stat.rate_in == pytest.approx(4.0)  # 20 more waiting + 20 delivered in 10 s
@@ -213,10 +255,14 @@ def management_api(settings):
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server API
             seen.append((self.path, self.headers.get("Authorization", "")))
-            body = jsonlib.dumps({"name": "ai.batch", "messages_ready": 4,
-                                  "head_message_timestamp": int(time.time()) - 42,
-                                  "message_stats": {"publish_details": {"rate": 3.5},
-                                                    "deliver_get_details": {"rate": 1.25}}}).encode()
+            body = jsonlib.dumps(
+                {
+                    "name": "ai.batch",
+                    "messages_ready": 4,
+                    "head_message_timestamp": int(time.time()) - 42,
+                    "message_stats": {"publish_details": {"rate": 3.5}, "deliver_get_details": {"rate": 1.25}},
+                }
+            ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
@@ -251,18 +297,28 @@ def test_management_api_down_falls_back_to_own_figures(settings):
     from tests.support.services import free_port
 
     settings.RABBITMQ_MANAGEMENT_URL = f"http://127.0.0.1:{free_port()}"
-    stat = fleet.QueueStat(name="ai.batch", kind="work", depth=4, consumers=0, oldest_age_seconds=7.0,
-                           oldest_age_source="stalled_since")
+    stat = fleet.QueueStat(
+        name="ai.batch", kind="work", depth=4, consumers=0, oldest_age_seconds=7.0, oldest_age_source="stalled_since"
+    )
 
     fleet._apply_management(stat, now=time.time())
 
     assert (stat.oldest_age_seconds, stat.oldest_age_source) == (7.0, "stalled_since")
 
 
-def _stat(name: str, *, depth: int = 0, rate_in: float | None = 0.0, service: float | None = 0.1,
-          kind: str = "work") -> fleet.QueueStat:
-    return fleet.QueueStat(name=name, kind=kind, depth=depth, consumers=1, rate_in=rate_in, rate_out=0.0,
-                           service_time_seconds=service, service_time_source="window" if service else None)
+def _stat(
+    name: str, *, depth: int = 0, rate_in: float | None = 0.0, service: float | None = 0.1, kind: str = "work"
+) -> fleet.QueueStat:
+    return fleet.QueueStat(
+        name=name,
+        kind=kind,
+        depth=depth,
+        consumers=1,
+        rate_in=rate_in,
+        rate_out=0.0,
+        service_time_seconds=service,
+        service_time_source="window" if service else None,
+    )
 
 
 def test_report_names_no_bottleneck_when_everything_keeps_up():
@@ -277,10 +333,17 @@ def test_report_names_no_bottleneck_when_everything_keeps_up():
 
 
 def test_report_names_the_overloaded_queue_and_counts_pool_slots():
-    stats = [_stat("ai.realtime", rate_in=50.0, service=0.1), _stat("ai.batch"), _stat("maintenance"),
-             _stat("ai.training"), _stat("ai.batch.dlq", depth=3, kind="dead_letter")]
-    nodes = [fleet.WorkerNode(name="realtime@h", queues=["ai.realtime"], concurrency=2),
-             fleet.WorkerNode(name="batch@h", queues=["ai.batch", "maintenance"], concurrency=2)]
+    stats = [
+        _stat("ai.realtime", rate_in=50.0, service=0.1),
+        _stat("ai.batch"),
+        _stat("maintenance"),
+        _stat("ai.training"),
+        _stat("ai.batch.dlq", depth=3, kind="dead_letter"),
+    ]
+    nodes = [
+        fleet.WorkerNode(name="realtime@h", queues=["ai.realtime"], concurrency=2),
+        fleet.WorkerNode(name="batch@h", queues=["ai.batch", "maintenance"], concurrency=2),
+    ]
 
     report = fleet.fleet_report(stats=stats, nodes=nodes)
 

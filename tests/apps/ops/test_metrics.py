@@ -25,17 +25,32 @@ def test_metrics_exposes_the_platform_families(client):
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain")
     text = response.content.decode()
-    for family in ("ce_http_request_duration_seconds", "ce_websocket_connections", "ce_websocket_messages_total",
-                   "ce_task_duration_seconds", "ce_tasks_total", "ce_inference_batch_size",
-                   "ce_inference_batch_latency_seconds", "ce_queue_stats_up",
-                   "ce_outbox_pending", "ce_outbox_lag_seconds", "ce_cache_level_hits", "ce_dead_letters"):
+    for family in (
+        "ce_http_request_duration_seconds",
+        "ce_websocket_connections",
+        "ce_websocket_messages_total",
+        "ce_task_duration_seconds",
+        "ce_tasks_total",
+        "ce_inference_batch_size",
+        "ce_inference_batch_latency_seconds",
+        "ce_queue_stats_up",
+        "ce_outbox_pending",
+        "ce_outbox_lag_seconds",
+        "ce_cache_level_hits",
+        "ce_dead_letters",
+    ):
         assert f"# HELP {family}" in text, family
 
 
 @pytest.mark.django_db
 def test_request_latency_histogram_moves_by_route_pattern(client):
-    before = _sample(client.get("/metrics").content.decode(), "ce_http_request_duration_seconds_count",
-                     route="healthz", method="GET", status="200")
+    before = _sample(
+        client.get("/metrics").content.decode(),
+        "ce_http_request_duration_seconds_count",
+        route="healthz",
+        method="GET",
+        status="200",
+    )
 
     for _ in range(3):
         client.get("/healthz")

@@ -26,8 +26,14 @@ class Seeing(Subscriber):
 
 
 def _event(cid: str | None):  # noqa: ANN202
-    return event_build(event_type="session.closed", session_id=uuid.uuid4(), user_id=None, data={},
-                       occurred_at=timezone.now(), correlation_id=cid)
+    return event_build(
+        event_type="session.closed",
+        session_id=uuid.uuid4(),
+        user_id=None,
+        data={},
+        occurred_at=timezone.now(),
+        correlation_id=cid,
+    )
 
 
 @pytest.mark.django_db

@@ -359,12 +359,12 @@ def test_removed_participant_is_disconnected_and_others_are_told(room, make_user
     async def scenario():
         alice = await open_client(room["sid"], room["alice_token"])
         bob = await open_client(room["sid"], room["bob_token"])
-        await database_sync_to_async(participant_add)(session=room["session"], actor=room["alice"], username="erin",
-                                                      role=Participant.Role.VIEWER)
+        await database_sync_to_async(participant_add)(
+            session=room["session"], actor=room["alice"], username="erin", role=Participant.Role.VIEWER
+        )
         added = await bob.recv_type("presence", event="added")
         assert added["user"] == "erin" and added["role"] == "viewer"
-        await database_sync_to_async(participant_remove)(session=room["session"], actor=room["alice"],
-                                                         username="bob")
+        await database_sync_to_async(participant_remove)(session=room["session"], actor=room["alice"], username="bob")
         assert (await alice.recv_type("presence", event="removed"))["user"] == "bob"
         assert await bob.closed_with() == 4404
         # Bob no longer gets the session's events.

@@ -82,13 +82,43 @@ class AiStack:
 def start_stack(log_dir: Path, **env: str) -> AiStack:
     port = free_port()
     commands = {
-        "worker": [sys.executable, "-m", "celery", "-A", "project", "worker", "-Q", "ai.realtime", "-n",
-                   f"ai-test-{os.getpid()}@%h", "--pool", "threads", "--concurrency", "8", "--without-mingle",
-                   "--without-gossip", "--loglevel", "INFO"],
+        "worker": [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "project",
+            "worker",
+            "-Q",
+            "ai.realtime",
+            "-n",
+            f"ai-test-{os.getpid()}@%h",
+            "--pool",
+            "threads",
+            "--concurrency",
+            "8",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "INFO",
+        ],
         "relay": [sys.executable, "manage.py", "run_outbox_relay", "--poll-interval", "0.5"],
         "subscribers": [sys.executable, "manage.py", "run_event_subscribers"],
-        "web": [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1", "--port",
-                str(port), "--ws", "websockets", "--log-level", "warning", "--no-access-log"],
+        "web": [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "project.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--ws",
+            "websockets",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
     }
     procs: dict[str, StackProc] = {}
     environment = stack_env(**env)
@@ -96,8 +126,9 @@ def start_stack(log_dir: Path, **env: str) -> AiStack:
         for name, command in commands.items():
             log_path = log_dir / f"{name}.log"
             log = log_path.open("wb")
-            popen = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+            popen = subprocess.Popen(
+                command, cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
             procs[name] = StackProc(name=name, popen=popen, log_path=log_path, _log=log)
         procs["relay"].wait_for_output("outbox relay started", timeout=90)
         procs["subscribers"].wait_for_output("subscribers ready", timeout=90)

@@ -25,8 +25,18 @@ from workers.queues import dead_letter_queue
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
-FRAME_KEYS = {"type", "request_id", "id", "kind", "content", "score", "source_seqs", "trigger_seq", "model_version",
-              "created_at"}
+FRAME_KEYS = {
+    "type",
+    "request_id",
+    "id",
+    "kind",
+    "content",
+    "score",
+    "source_seqs",
+    "trigger_seq",
+    "model_version",
+    "created_at",
+}
 
 
 def _user_with_token(username: str) -> tuple[Any, str]:
@@ -46,8 +56,9 @@ def _session(user: Any) -> Any:
 async def _append(stack, session_id, token: str, events: list[dict[str, Any]]) -> list[int]:
     body: dict[str, Any] = events[0] if len(events) == 1 else {"events": events}
     async with httpx.AsyncClient(base_url=stack.http, timeout=20) as client:
-        response = await client.post(f"/api/v1/sessions/{session_id}/events/", json=body,
-                                     headers={"Authorization": f"Token {token}"})
+        response = await client.post(
+            f"/api/v1/sessions/{session_id}/events/", json=body, headers={"Authorization": f"Token {token}"}
+        )
     assert response.status_code == 201, response.text
     data = response.json()
     return [e["seq"] for e in data["events"]] if "events" in data else [data["seq"]]
@@ -83,16 +94,18 @@ def test_events_appended_over_rest_bring_suggestion_frames_pointing_at_the_close
         async with connect(ai_stack.ws_url(session.pk, token), open_timeout=10, ping_interval=None) as ws:
             hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
             assert hello["type"] == "hello"
-            actions = [{"event_type": "user_action", "data": {"action": a}} for a in ("open_doc", "comment",
-                                                                                      "open_doc")]
+            actions = [
+                {"event_type": "user_action", "data": {"action": a}} for a in ("open_doc", "comment", "open_doc")
+            ]
             texts = [{"event_type": "context_update", "data": {"text": t}} for t in CONVERSATION]
             seqs = await _append(ai_stack, session.pk, token, actions + texts)
             # The conversation's own request(s) finish first: updates while one
             # is pending are coalesced, so the last seq is among the triggers.
             settled = await _suggestions_for(ws, seqs[-1], timeout=120)
             assert settled, ai_stack.logs()
-            [trigger_seq] = await _append(ai_stack, session.pk, token,
-                                          [{"event_type": "context_update", "data": {"text": trigger_text}}])
+            [trigger_seq] = await _append(
+                ai_stack, session.pk, token, [{"event_type": "context_update", "data": {"text": trigger_text}}]
+            )
             frames = await _suggestions_for(ws, trigger_seq, timeout=60)
             return seqs, trigger_seq, frames
 
@@ -126,10 +139,12 @@ def test_an_explicit_query_is_answered_and_pollable(ai_stack):
     async def scenario() -> dict[str, Any]:
         texts = [{"event_type": "context_update", "data": {"text": t}} for t in CONVERSATION]
         await _append(ai_stack, session.pk, token, texts)
-        async with httpx.AsyncClient(base_url=ai_stack.http, timeout=20,
-                                     headers={"Authorization": f"Token {token}"}) as client:
-            response = await client.post(f"/api/v1/sessions/{session.pk}/suggestions/",
-                                         json={"query": "who is arranging the dinner?"})
+        async with httpx.AsyncClient(
+            base_url=ai_stack.http, timeout=20, headers={"Authorization": f"Token {token}"}
+        ) as client:
+            response = await client.post(
+                f"/api/v1/sessions/{session.pk}/suggestions/", json={"query": "who is arranging the dinner?"}
+            )
             assert response.status_code == 202, response.text
             request_id = response.json()["id"]
             deadline = time.monotonic() + 90
@@ -170,12 +185,14 @@ def test_a_promoted_model_is_used_by_the_running_worker_without_restart(ai_stack
         raise AssertionError("no next_action suggestion:\n" + ai_stack.logs())
 
     asyncio.run(append_and_wait("first pass"))
-    assert set(Suggestion.objects.filter(session=session, kind="next_action").values_list(
-        "model_version", flat=True)) == {"next_action-baseline"}
+    assert set(
+        Suggestion.objects.filter(session=session, kind="next_action").values_list("model_version", flat=True)
+    ) == {"next_action-baseline"}
 
     model, vocab = train_model([actions * 4], epochs=2)
-    version = services.model_version_register(artifact=save_artifact(model, vocab), metrics={"note": "test"},
-                                              promote=True)
+    version = services.model_version_register(
+        artifact=save_artifact(model, vocab), metrics={"note": "test"}, promote=True
+    )
     asyncio.run(append_and_wait("second pass"))
     latest = Suggestion.objects.filter(session=session, kind="next_action").order_by("-trigger_seq").first()
     assert latest.model_version == version.label

@@ -109,7 +109,11 @@ def test_no_stale_read_once_the_invalidation_after_commit_is_delivered(nodes, sh
     # participant_remove sends two invalidations (tag, snapshot key), once inside
     # its transaction and once after commit: after the fourth, nothing is stale.
     after = reader.ask(
-        op="reads_after_delivery", session=shared_session, user="bob", received_more_than=received + 3, reads=50,
+        op="reads_after_delivery",
+        session=shared_session,
+        user="bob",
+        received_more_than=received + 3,
+        reads=50,
         timeout=5,
     )
     assert after["delivered"]

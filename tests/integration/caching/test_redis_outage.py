@@ -31,8 +31,18 @@ def api_server(subprocess_env, python_bin, private_redis) -> Iterator[str]:
     # Only the cache uses the private Redis; throttling and the channel layer stay on the shared one.
     env = subprocess_env(CACHE_REDIS_URL=private_redis.url)
     process = subprocess.Popen(
-        [python_bin, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning"],
+        [
+            python_bin,
+            "-m",
+            "uvicorn",
+            "project.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -93,8 +103,10 @@ def test_no_error_reaches_the_api_while_redis_goes_away_and_comes_back(api_serve
         private_redis.stop()
         time.sleep(0.5)
         # a write while Redis is down: answered, and its invalidation must not be lost
-        written = client.post(f"/api/v1/sessions/{session.pk}/events/",
-                              json={"event_type": "context_update", "data": {"text": "during outage"}})
+        written = client.post(
+            f"/api/v1/sessions/{session.pk}/events/",
+            json={"event_type": "context_update", "data": {"text": "during outage"}},
+        )
         assert written.status_code == 201, written.text
         time.sleep(1.5)
         private_redis.start()

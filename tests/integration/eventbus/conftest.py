@@ -20,8 +20,9 @@ class Proc:
     def __init__(self, args: list[str], env: dict[str, str], log: Path):
         self.log_path = log
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(args, env=env, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+        self.popen = subprocess.Popen(
+            args, env=env, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -110,8 +111,13 @@ class Tap:
 
     def __init__(self, broker_url: str, name: str):
         self.conn = Connection(broker_url)
-        self.queue = Queue(name, exchange=Exchange("events", type="topic", durable=True), routing_key="#",
-                           durable=False, auto_delete=False)(self.conn.channel())
+        self.queue = Queue(
+            name,
+            exchange=Exchange("events", type="topic", durable=True),
+            routing_key="#",
+            durable=False,
+            auto_delete=False,
+        )(self.conn.channel())
         self.queue.exchange.declare()
         self.queue.declare()
         self.messages: list = []

@@ -53,8 +53,11 @@ def test_broker_restart_under_steady_appends_loses_no_event(
     producer = threading.Thread(target=produce, daemon=True)
     producer.start()
     try:
-        wait_until(lambda: ProcessedEvent.objects.filter(subscriber="activity").count() >= 30, timeout=60,
-                   what="events flowing before the restart")
+        wait_until(
+            lambda: ProcessedEvent.objects.filter(subscriber="activity").count() >= 30,
+            timeout=60,
+            what="events flowing before the restart",
+        )
         private_rabbit.restart(down_for=1.0)
         # Keep appending for a while after the broker is back.
         time.sleep(2.0)
@@ -64,10 +67,16 @@ def test_broker_restart_under_steady_appends_loses_no_event(
     assert not errors, errors
     total = committed["events"]
     assert OutboxMessage.objects.count() == total
-    wait_until(lambda: not OutboxMessage.objects.exclude(status="published").exists(), timeout=90,
-               what="every row published after the restart")
-    wait_until(lambda: ProcessedEvent.objects.filter(subscriber="activity").count() == total, timeout=90,
-               what="every committed event applied")
+    wait_until(
+        lambda: not OutboxMessage.objects.exclude(status="published").exists(),
+        timeout=90,
+        what="every row published after the restart",
+    )
+    wait_until(
+        lambda: ProcessedEvent.objects.filter(subscriber="activity").count() == total,
+        timeout=90,
+        what="every committed event applied",
+    )
     time.sleep(1.0)  # any redelivered duplicate has arrived by now
     activity = SessionActivity.objects.get(session_id=session.id)
     lost = total - activity.events_total

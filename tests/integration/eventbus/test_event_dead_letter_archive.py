@@ -113,8 +113,10 @@ def test_refused_event_is_archived_and_a_replay_after_the_fix_applies_it_once(
     # The fix, then a replay: applied exactly once by the subscriber process.
     flags.delete(broken_flag_key())
     second = _replay(client, redeath)
-    wait_until(lambda: ProcessedEvent.objects.filter(subscriber="test_flaky", event_id=poison_id).exists(),
-               what="the replayed event applied")
+    wait_until(
+        lambda: ProcessedEvent.objects.filter(subscriber="test_flaky", event_id=poison_id).exists(),
+        what="the replayed event applied",
+    )
     wait_until(lambda: _replay_status(second["id"]) == ReplayStatus.SUCCEEDED, what="replay succeeded")
     assert flags.get(applied_key(poison_id)) == "1"
 

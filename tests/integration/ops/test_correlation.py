@@ -29,8 +29,15 @@ def relay_and_subscribers(transactional_db, subprocess_env, tmp_path) -> Iterato
     procs = []
     for command in ("run_outbox_relay", "run_event_subscribers"):
         log = (tmp_path / f"{command}.log").open("wb")
-        procs.append(subprocess.Popen([sys.executable, "manage.py", command], cwd=REPO_ROOT, env=subprocess_env(),
-                                      stdout=log, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "manage.py", command],
+                cwd=REPO_ROOT,
+                env=subprocess_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
         log.close()
     try:
         yield
@@ -62,14 +69,22 @@ def test_rest_correlation_id_reaches_the_event_and_the_ai_task(client, user, ses
     session = session_factory()
     with Connection(settings.BROKER_URL) as conn:
         declare_topology(conn.default_channel)
-        tap = KombuQueue("ops-test-tap", exchange=Exchange("events", type="topic"), routing_key="context.updated",
-                         exclusive=True, auto_delete=True)
+        tap = KombuQueue(
+            "ops-test-tap",
+            exchange=Exchange("events", type="topic"),
+            routing_key="context.updated",
+            exclusive=True,
+            auto_delete=True,
+        )
         tap(conn.default_channel).declare()
         client.force_login(user)
 
-        response = client.post(f"/api/v1/sessions/{session.id}/events/",
-                               {"event_type": "context_update", "data": {"text": "ship the release notes"}},
-                               content_type="application/json", HTTP_X_CORRELATION_ID=cid)
+        response = client.post(
+            f"/api/v1/sessions/{session.id}/events/",
+            {"event_type": "context_update", "data": {"text": "ship the release notes"}},
+            content_type="application/json",
+            HTTP_X_CORRELATION_ID=cid,
+        )
 
         assert response.status_code == 201, response.content
         assert response["X-Correlation-ID"] == cid
@@ -77,6 +92,5 @@ def test_rest_correlation_id_reaches_the_event_and_the_ai_task(client, user, ses
         body = json.loads(event.body)
         assert body["correlation_id"] == cid
         assert event.properties.get("correlation_id") == cid
-        task = _get(conn, Queue.AI_REALTIME.value,
-                    match=lambda m: m.headers.get("task") == "ai.generate_suggestions")
+        task = _get(conn, Queue.AI_REALTIME.value, match=lambda m: m.headers.get("task") == "ai.generate_suggestions")
         assert task.headers["ce_correlation_id"] == cid

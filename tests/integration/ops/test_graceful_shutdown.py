@@ -34,11 +34,31 @@ def start_worker(transactional_db, subprocess_env, tmp_path: Path) -> Iterator[C
     def start(name: str, *, slow_seconds: float) -> subprocess.Popen:
         log = (tmp_path / f"{name}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "project", "worker", "-Q", "maintenance", "-n", f"{name}@%h",
-             "--pool", "prefork", "--concurrency", "1", "--without-mingle", "--without-gossip",
-             "--loglevel", "WARNING"],
-            cwd=REPO_ROOT, env=subprocess_env(CANARY_SLOW_SECONDS=str(slow_seconds)), stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,  # its own process group: we can kill it whole
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "project",
+                "worker",
+                "-Q",
+                "maintenance",
+                "-n",
+                f"{name}@%h",
+                "--pool",
+                "prefork",
+                "--concurrency",
+                "1",
+                "--without-mingle",
+                "--without-gossip",
+                "--loglevel",
+                "WARNING",
+            ],
+            cwd=REPO_ROOT,
+            env=subprocess_env(CANARY_SLOW_SECONDS=str(slow_seconds)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: we can kill it whole
         )
         log.close()
         started.append(proc)

@@ -41,8 +41,9 @@ def _wait_ready(url: str, *, ready: bool, timeout: float = 40.0) -> dict:
 
 def test_readiness_names_each_stopped_service_and_recovers(private_services, subprocess_env):
     postgres, redis_, rabbit = private_services
-    web = WebInstance(name="readyz", env=subprocess_env(
-        DATABASE_URL=postgres.url, REDIS_URL=redis_.url, TEST_BROKER_URL=rabbit.url))
+    web = WebInstance(
+        name="readyz", env=subprocess_env(DATABASE_URL=postgres.url, REDIS_URL=redis_.url, TEST_BROKER_URL=rabbit.url)
+    )
     web.start()
     url = f"http://127.0.0.1:{web.port}/readyz"
     try:

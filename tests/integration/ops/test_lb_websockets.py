@@ -68,8 +68,9 @@ class Client(threading.Thread):
                     self.seqs.append(frame["seq"])
 
 
-def test_websocket_clients_reconnect_and_resume_without_missing_an_event(lb, web_pair, transactional_db, user,
-                                                                         session_factory):
+def test_websocket_clients_reconnect_and_resume_without_missing_an_event(
+    lb, web_pair, transactional_db, user, session_factory
+):
     haproxy = lb
     from rest_framework.authtoken.models import Token
 
@@ -85,12 +86,13 @@ def test_websocket_clients_reconnect_and_resume_without_missing_an_event(lb, web
     failures: list[str] = []
 
     def write(count: int) -> None:
-        with httpx.Client(base_url=haproxy.url, timeout=15,
-                          headers={"Authorization": f"Token {token}"}) as http:
+        with httpx.Client(base_url=haproxy.url, timeout=15, headers={"Authorization": f"Token {token}"}) as http:
             for i in range(count):
-                response = http.post(f"/api/v1/sessions/{session.id}/events/",
-                                     json={"event_type": "context_update", "data": {"text": f"update {i}"}},
-                                     headers={"Idempotency-Key": uuid.uuid4().hex})
+                response = http.post(
+                    f"/api/v1/sessions/{session.id}/events/",
+                    json={"event_type": "context_update", "data": {"text": f"update {i}"}},
+                    headers={"Idempotency-Key": uuid.uuid4().hex},
+                )
                 if response.status_code == 201:
                     sent.append(response.json()["seq"])
                 else:

@@ -51,13 +51,44 @@ def live_fleet(transactional_db, subprocess_env, tmp_path) -> Iterator[dict]:
     web = WebInstance(name="web-metrics", env=env)
     try:
         with logs["worker"].open("wb") as log:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "project", "worker", "-Q", "maintenance", "-n", "ops-m@%h",
-                 "--pool", "prefork", "--concurrency", "2", "--without-mingle", "--without-gossip",
-                 "--loglevel", "WARNING"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "project",
+                        "worker",
+                        "-Q",
+                        "maintenance",
+                        "-n",
+                        "ops-m@%h",
+                        "--pool",
+                        "prefork",
+                        "--concurrency",
+                        "2",
+                        "--without-mingle",
+                        "--without-gossip",
+                        "--loglevel",
+                        "WARNING",
+                    ],
+                    cwd=REPO_ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         with logs["archiver"].open("wb") as log:
-            procs.append(subprocess.Popen([sys.executable, "manage.py", "run_deadletter_archiver"], cwd=REPO_ROOT,
-                                          env=env, stdout=log, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "manage.py", "run_deadletter_archiver"],
+                    cwd=REPO_ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         web.start()
 
         def consumers() -> bool:
@@ -108,7 +139,8 @@ def test_metrics_move_with_requests_tasks_and_dead_letters(live_fleet, staff_use
     assert _sample(after, "ce_dead_letters_total", queue="maintenance", reason=reason) >= 1
     assert _sample(after, "ce_http_request_duration_seconds_count", route="api/v1/sessions/", status="200") >= 3
     assert _sample(after, "ce_dead_letters_total", queue="maintenance", reason=reason) > _sample(
-        before, "ce_dead_letters_total", queue="maintenance", reason=reason)
+        before, "ce_dead_letters_total", queue="maintenance", reason=reason
+    )
 
     ready = httpx.get(f"{url}/readyz?workers=1", timeout=30)
     assert ready.status_code == 200, ready.text

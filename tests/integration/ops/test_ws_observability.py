@@ -34,8 +34,13 @@ def _sample(text: str, name: str, **labels: str) -> float:
 @pytest.fixture
 def relay(transactional_db, subprocess_env, tmp_path) -> Iterator[None]:
     log = (tmp_path / "relay.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "manage.py", "run_outbox_relay"], cwd=REPO_ROOT, env=subprocess_env(),
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "run_outbox_relay"],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     log.close()
     yield
     proc.terminate()
@@ -67,8 +72,10 @@ def test_websocket_connections_and_frames_are_counted(lb, web_pair, transactiona
     assert _sample(during, "ce_websocket_connections") == _sample(before, "ce_websocket_connections") + 1
     assert _sample(after, "ce_websocket_connections") == _sample(before, "ce_websocket_connections")
     for direction, kind in (("out", "hello"), ("in", "ping"), ("out", "pong")):
-        assert _sample(during, "ce_websocket_messages_total", direction=direction, type=kind) >= _sample(
-            before, "ce_websocket_messages_total", direction=direction, type=kind) + 1, (direction, kind)
+        assert (
+            _sample(during, "ce_websocket_messages_total", direction=direction, type=kind)
+            >= _sample(before, "ce_websocket_messages_total", direction=direction, type=kind) + 1
+        ), (direction, kind)
 
 
 def test_websocket_frame_correlation_id_reaches_the_published_event(lb, web_pair, relay, user, session_factory):
@@ -79,14 +86,27 @@ def test_websocket_frame_correlation_id_reaches_the_published_event(lb, web_pair
     session = session_factory()
     with Connection(settings.BROKER_URL) as conn:
         declare_topology(conn.default_channel)
-        tap = KombuQueue("ops-test-ws-tap", exchange=Exchange("events", type="topic"), routing_key="context.updated",
-                         exclusive=True, auto_delete=True)
+        tap = KombuQueue(
+            "ops-test-ws-tap",
+            exchange=Exchange("events", type="topic"),
+            routing_key="context.updated",
+            exclusive=True,
+            auto_delete=True,
+        )
         tap(conn.default_channel).declare()
 
         with connect(f"ws://127.0.0.1:{web.port}/ws/sessions/{session.id}/?token={token}", open_timeout=10) as ws:
             assert json.loads(ws.recv(timeout=10))["type"] == "hello"
-            ws.send(json.dumps({"type": "context_update", "data": {"text": "from the socket"},
-                                "client_msg_id": "m1", "correlation_id": "ws-corr-42"}))
+            ws.send(
+                json.dumps(
+                    {
+                        "type": "context_update",
+                        "data": {"text": "from the socket"},
+                        "client_msg_id": "m1",
+                        "correlation_id": "ws-corr-42",
+                    }
+                )
+            )
             while json.loads(ws.recv(timeout=10))["type"] != "ack":
                 pass
 

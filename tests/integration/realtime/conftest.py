@@ -39,8 +39,21 @@ def start_server(subprocess_env) -> Iterator[Callable[..., Server]]:
     def factory(**env: str) -> Server:
         port = free_port()
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-             "--ws", "websockets", "--log-level", "warning", "--no-access-log"],
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "project.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--ws",
+                "websockets",
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
             env=subprocess_env(**env),
         )
         server = Server(port=port, process=process)
@@ -64,8 +77,9 @@ async def rest_append(server: Server, session_id: Any, token: str, *texts: str) 
     events = [{"event_type": "context_update", "data": {"text": t}} for t in texts]
     body: dict[str, Any] = events[0] if len(events) == 1 else {"events": events}
     async with httpx.AsyncClient(base_url=server.http, timeout=10) as client:
-        response = await client.post(f"/api/v1/sessions/{session_id}/events/", json=body,
-                                     headers={"Authorization": f"Token {token}"})
+        response = await client.post(
+            f"/api/v1/sessions/{session_id}/events/", json=body, headers={"Authorization": f"Token {token}"}
+        )
     assert response.status_code == 201, response.text
     data = response.json()
     return [e["seq"] for e in data["events"]] if "events" in data else [data["seq"]]

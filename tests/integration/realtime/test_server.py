@@ -38,8 +38,11 @@ def team(session_factory, user, make_user):
 def _append_directly(team: dict, *texts: str) -> None:
     """A commit that no live broadcast reaches (the writer's Redis is not the server's)."""
     try:
-        context_event_append(session=team["session"], author=team["users"]["alice"],
-                             events=[EventInput(event_type="context_update", data={"text": t}) for t in texts])
+        context_event_append(
+            session=team["session"],
+            author=team["users"]["alice"],
+            events=[EventInput(event_type="context_update", data={"text": t}) for t in texts],
+        )
     finally:
         connection.close()
 
@@ -68,8 +71,9 @@ def test_broadcast_reaches_everyone_and_a_dropped_client_resumes_in_order(team, 
             await rest_append(server, team["sid"], team["tokens"]["alice"], f"missed-{i}")
         await rest_append(server, team["sid"], team["tokens"]["dave"], *[f"batch-{i}" for i in range(25)])
         for i in range(5):
-            await clients["bob"].send({"type": "context_update", "data": {"text": f"bob-{i}"},
-                                       "client_msg_id": f"b-more-{i}"})
+            await clients["bob"].send(
+                {"type": "context_update", "data": {"text": f"bob-{i}"}, "client_msg_id": f"b-more-{i}"}
+            )
         last = 2 + 10 + 25 + 5
         for name in ("alice", "bob", "dave"):
             await clients[name].collect_until(last, reconnect=False)

@@ -20,8 +20,9 @@ from tests.support.processes import REPO_ROOT, child_env
 PROBE_MODULE = "tests.integration.workers.probe_tasks"
 
 
-def wait_for(predicate: Callable[[], object], *, timeout: float = 30.0, interval: float = 0.1,
-             message: str = "condition") -> object:
+def wait_for(
+    predicate: Callable[[], object], *, timeout: float = 30.0, interval: float = 0.1, message: str = "condition"
+) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -84,18 +85,46 @@ class Starter:
         self.log_dir = log_dir
         self.started: list[Proc] = []
 
-    def __call__(self, kind: str, *, name: str = "w1", queues: str = "ai.batch", pool: str = "prefork",
-                 concurrency: int = 1, broker_url: str | None = None, env: dict[str, str] | None = None,
-                 wait_ready: bool = True) -> Proc:
+    def __call__(
+        self,
+        kind: str,
+        *,
+        name: str = "w1",
+        queues: str = "ai.batch",
+        pool: str = "prefork",
+        concurrency: int = 1,
+        broker_url: str | None = None,
+        env: dict[str, str] | None = None,
+        wait_ready: bool = True,
+    ) -> Proc:
         overrides = {"PROBE_WORKER_NAME": name, **(env or {})}
         if broker_url:
             overrides["TEST_BROKER_URL"] = broker_url
         environment = _env(**overrides)
         log_path = self.log_dir / f"{kind}-{name}-{len(self.started)}.log"
         if kind == "worker":
-            cmd = [sys.executable, "-m", "celery", "-A", "project", "worker", "-Q", queues, "-n", f"{name}@%h",
-                   "-I", PROBE_MODULE, "--pool", pool, "--concurrency", str(concurrency), "--without-mingle",
-                   "--without-gossip", "--loglevel", "WARNING"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "project",
+                "worker",
+                "-Q",
+                queues,
+                "-n",
+                f"{name}@%h",
+                "-I",
+                PROBE_MODULE,
+                "--pool",
+                pool,
+                "--concurrency",
+                str(concurrency),
+                "--without-mingle",
+                "--without-gossip",
+                "--loglevel",
+                "WARNING",
+            ]
         else:
             cmd = [sys.executable, "manage.py", "run_deadletter_archiver"]
         with log_path.open("wb") as log:
@@ -110,8 +139,11 @@ class Starter:
         """Until the worker consumes (its worker_ready hook in probe_tasks sets a Redis key)."""
         client = redis.Redis.from_url(settings.REDIS_URL)
         try:
-            wait_for(lambda: proc.process.poll() is not None or client.get(probe_key("ready", proc.name)),
-                     timeout=90, message=f"worker {proc.name} ready")
+            wait_for(
+                lambda: proc.process.poll() is not None or client.get(probe_key("ready", proc.name)),
+                timeout=90,
+                message=f"worker {proc.name} ready",
+            )
             client.delete(probe_key("ready", proc.name))
         finally:
             client.close()
@@ -136,8 +168,9 @@ def fleet(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[dict
     """One prefork worker on ai.batch and maintenance (2 processes) and the archiver, shared by a module."""
     starter = Starter(tmp_path_factory.mktemp("fleet"))
     with django_db_blocker.unblock():
-        worker = starter("worker", name="fleet", queues="ai.batch,maintenance", concurrency=2,
-                         env={"CANARY_SLOW_SECONDS": "1"})
+        worker = starter(
+            "worker", name="fleet", queues="ai.batch,maintenance", concurrency=2, env={"CANARY_SLOW_SECONDS": "1"}
+        )
         archiver = starter("archiver", name="fleet-archiver")
     yield {"worker": worker, "archiver": archiver}
     starter.stop_all()

@@ -49,8 +49,14 @@ def sleep_record(*, tag: str, item: str, seconds: float, **kwargs: Any) -> None:
     r.hincrby(key(tag, "by_worker"), os.environ.get("PROBE_WORKER_NAME", "worker"), 1)
 
 
-@task(name="test.flaky", queue=Queue.AI_BATCH, retry_on=(ConnectionError,), max_attempts=4, backoff_base=1.0,
-      backoff_max=2.0)
+@task(
+    name="test.flaky",
+    queue=Queue.AI_BATCH,
+    retry_on=(ConnectionError,),
+    max_attempts=4,
+    backoff_base=1.0,
+    backoff_max=2.0,
+)
 def flaky(*, tag: str, fail_times: int, **kwargs: Any) -> None:
     """Raises a transient error ``fail_times`` times, then succeeds."""
     r = client()

@@ -29,8 +29,9 @@ def _send(name: str, **kwargs) -> str:
 def _dead_letter(task_id: str, timeout: float = 60.0):
     from apps.ops.models import DeadLetter
 
-    return wait_for(lambda: DeadLetter.objects.filter(task_id=task_id).first(), timeout=timeout,
-                    message=f"dead letter of {task_id}")
+    return wait_for(
+        lambda: DeadLetter.objects.filter(task_id=task_id).first(), timeout=timeout, message=f"dead letter of {task_id}"
+    )
 
 
 def test_permanent_failure_is_dead_lettered_with_traceback_and_replay_records_the_result(fleet, rds, staff_user):
@@ -59,8 +60,11 @@ def test_permanent_failure_is_dead_lettered_with_traceback_and_replay_records_th
     replay = dead_letter_replay(dead_letter_id=dead.id, user=staff_user)
     assert replay.status == ReplayStatus.PUBLISHED
     # then it runs again and the audit row records the success
-    wait_for(lambda: DeadLetterReplay.objects.get(id=replay.id).status == ReplayStatus.SUCCEEDED, timeout=30,
-             message="replay succeeded")
+    wait_for(
+        lambda: DeadLetterReplay.objects.get(id=replay.id).status == ReplayStatus.SUCCEEDED,
+        timeout=30,
+        message="replay succeeded",
+    )
     assert rds.sismember(probe_key("perm", "done"), "ok")
     assert DeadLetterReplay.objects.get(id=replay.id).requested_by_id == staff_user.id
 
@@ -83,8 +87,11 @@ def test_transient_failure_is_retried_with_backoff_and_succeeds_without_a_dead_l
     time.sleep(1.0)
     assert not DeadLetter.objects.exists()
     # and the worker's structured log lines carry the task id and the publisher's correlation id
-    retries = [json.loads(line) for line in fleet["worker"].log().splitlines()
-               if line.startswith("{") and '"task retry' in line and task_id in line]
+    retries = [
+        json.loads(line)
+        for line in fleet["worker"].log().splitlines()
+        if line.startswith("{") and '"task retry' in line and task_id in line
+    ]
     assert len(retries) == 2, retries
     assert all(r["correlation_id"] == "cid-flaky-1" and r["task_id"] == task_id for r in retries)
     assert [r["attempt"] for r in retries] == [1, 2]
@@ -136,8 +143,11 @@ def test_canary_modes_end_to_end_through_the_api(fleet, api_client_for, staff_us
         return client.get(f"/api/v1/ops/canary/{ids[mode]}/").json()
 
     final = {"succeeded", "dead_lettered"}
-    wait_for(lambda: all(CanaryRun.objects.get(id=i).status in final for i in ids.values()), timeout=120,
-             message="every canary finished")
+    wait_for(
+        lambda: all(CanaryRun.objects.get(id=i).status in final for i in ids.values()),
+        timeout=120,
+        message="every canary finished",
+    )
     # then ok and slow succeed, fail dead-letters as rejected, crash at the delivery limit
     assert status("ok")["status"] == "succeeded" and status("ok")["dead_letter"] is None
     assert status("slow")["status"] == "succeeded"
@@ -158,8 +168,12 @@ def test_quorum_queue_consumers_get_a_per_queue_prefetch(fleet):
     from django.conf import settings
 
     def consumers(column: str) -> dict[str, str]:
-        out = subprocess.run(["rabbitmqctl", "list_consumers", "-q", "-p", settings.TEST_VHOST, "queue_name", column],
-                             capture_output=True, text=True, timeout=60).stdout
+        out = subprocess.run(
+            ["rabbitmqctl", "list_consumers", "-q", "-p", settings.TEST_VHOST, "queue_name", column],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
         return {line.split()[0]: line.split()[1] for line in out.splitlines() if len(line.split()) == 2}
 
     prefetch, acks = consumers("prefetch_count"), consumers("ack_required")
@@ -170,11 +184,21 @@ def test_quorum_queue_consumers_get_a_per_queue_prefetch(fleet):
     assert all(acks[q] == "true" for q in acks if q.endswith(".dlq"))
 
 
-def _publish(producer: Producer, body: str | bytes, *, headers: dict, content_type: str = "application/json",
-             message_id: str) -> None:
-    producer.publish(body, exchange="tasks", routing_key="ai.batch", headers=headers, content_type=content_type,
-                     content_encoding="utf-8", delivery_mode=2, message_id=message_id, correlation_id=message_id,
-                     retry=True)
+def _publish(
+    producer: Producer, body: str | bytes, *, headers: dict, content_type: str = "application/json", message_id: str
+) -> None:
+    producer.publish(
+        body,
+        exchange="tasks",
+        routing_key="ai.batch",
+        headers=headers,
+        content_type=content_type,
+        content_encoding="utf-8",
+        delivery_mode=2,
+        message_id=message_id,
+        correlation_id=message_id,
+        retry=True,
+    )
 
 
 def test_malformed_messages_dead_letter_with_a_clear_reason_and_the_worker_keeps_working(fleet, rds):
@@ -184,8 +208,9 @@ def test_malformed_messages_dead_letter_with_a_clear_reason_and_the_worker_keeps
     cases: dict[str, tuple[str | bytes, dict, str]] = {}
     ok = build_task_message("test.record", {"tag": "m", "item": "x"}, correlation_id="c")
     cases["not_json"] = ("{this is not json", {**ok.headers, "id": "m-not-json"}, "application/json")
-    unknown = build_task_message("test.no_such_task", {"tag": "m"}, correlation_id="c", queue="ai.batch",
-                                 task_id="m-unknown")
+    unknown = build_task_message(
+        "test.no_such_task", {"tag": "m"}, correlation_id="c", queue="ai.batch", task_id="m-unknown"
+    )
     cases["unknown"] = (unknown.body, unknown.headers, "application/json")
     missing = build_task_message("test.needs_args", {"tag": "m"}, correlation_id="c", task_id="m-missing")
     cases["missing"] = (missing.body, missing.headers, "application/json")
@@ -201,8 +226,14 @@ def test_malformed_messages_dead_letter_with_a_clear_reason_and_the_worker_keeps
             _publish(producer, body, headers=headers, content_type=content_type, message_id=f"m-{label}")
         # a good task after the bad ones still runs: the worker survived
         good = build_task_message("test.record", {"tag": "m", "item": "after"}, correlation_id="c")
-        producer.publish(good.body, exchange=good.exchange, routing_key=good.routing_key, headers=good.headers,
-                         retry=True, **good.properties)
+        producer.publish(
+            good.body,
+            exchange=good.exchange,
+            routing_key=good.routing_key,
+            headers=good.headers,
+            retry=True,
+            **good.properties,
+        )
 
     wait_for(lambda: rds.sismember(probe_key("m", "done"), "after"), timeout=30, message="good task done")
     wait_for(lambda: DeadLetter.objects.count() >= len(cases), timeout=30, message="all dead letters archived")
@@ -232,12 +263,21 @@ def test_a_message_whose_ttl_runs_out_is_archived_as_expired(fleet):
     from workers.base import build_task_message
 
     # ai.training has no consumer in this module: the message waits until its TTL runs out
-    msg = build_task_message("test.record", {"tag": "ttl", "item": "x"}, correlation_id="c", queue="ai.training",
-                             task_id="m-expired")
+    msg = build_task_message(
+        "test.record", {"tag": "ttl", "item": "x"}, correlation_id="c", queue="ai.training", task_id="m-expired"
+    )
     with Connection(settings.BROKER_URL) as conn:
-        Producer(conn.default_channel).publish(msg.body, exchange=msg.exchange, routing_key=msg.routing_key,
-                                               headers=msg.headers, expiration=0.05, retry=True, **msg.properties)
-    dead = wait_for(lambda: DeadLetter.objects.filter(task_id="m-expired").first(), timeout=30,
-                    message="expired message archived")
+        Producer(conn.default_channel).publish(
+            msg.body,
+            exchange=msg.exchange,
+            routing_key=msg.routing_key,
+            headers=msg.headers,
+            expiration=0.05,
+            retry=True,
+            **msg.properties,
+        )
+    dead = wait_for(
+        lambda: DeadLetter.objects.filter(task_id="m-expired").first(), timeout=30, message="expired message archived"
+    )
     assert dead.reason == "expired" and dead.queue == "ai.training"
     assert dead.exception_class == "MessageExpired" and dead.kwargs == {"tag": "ttl", "item": "x"}

@@ -24,12 +24,18 @@ def _publish_all(url: str, items: list[str], *, tag: str, seconds: float) -> Non
         conn.ensure_connection(max_retries=30, interval_start=0.5, interval_step=0.5, interval_max=2)
         producer = Producer(conn.default_channel)
         for item in items:
-            msg = build_task_message("test.sleep_record", {"tag": tag, "item": item, "seconds": seconds},
-                                     correlation_id=f"c-{item}")
-            producer.publish(msg.body, exchange=msg.exchange, routing_key=msg.routing_key, headers=msg.headers,
-                             retry=True, retry_policy={"max_retries": 30, "interval_start": 0.5,
-                                                       "interval_step": 0.5, "interval_max": 2},
-                             **msg.properties)
+            msg = build_task_message(
+                "test.sleep_record", {"tag": tag, "item": item, "seconds": seconds}, correlation_id=f"c-{item}"
+            )
+            producer.publish(
+                msg.body,
+                exchange=msg.exchange,
+                routing_key=msg.routing_key,
+                headers=msg.headers,
+                retry=True,
+                retry_policy={"max_retries": 30, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 2},
+                **msg.properties,
+            )
 
 
 def _publish_task(url: str, name: str, kwargs: dict, *, task_id: str) -> None:
@@ -37,8 +43,14 @@ def _publish_task(url: str, name: str, kwargs: dict, *, task_id: str) -> None:
 
     msg = build_task_message(name, kwargs, correlation_id="c", task_id=task_id)
     with Connection(url) as conn:
-        Producer(conn.default_channel).publish(msg.body, exchange=msg.exchange, routing_key=msg.routing_key,
-                                               headers=msg.headers, retry=True, **msg.properties)
+        Producer(conn.default_channel).publish(
+            msg.body,
+            exchange=msg.exchange,
+            routing_key=msg.routing_key,
+            headers=msg.headers,
+            retry=True,
+            **msg.properties,
+        )
 
 
 def test_kill_9_of_a_worker_mid_task_redelivers_the_task_and_it_completes(processes, rds):
@@ -66,8 +78,9 @@ def test_rabbitmq_restart_with_tasks_in_flight_loses_nothing_and_workers_resume(
     try:
         rabbit.start()
         # given two workers on a private broker, and tasks in flight
-        workers = [processes("worker", name=f"rr{i}", concurrency=2, broker_url=rabbit.url, wait_ready=False)
-                   for i in range(2)]
+        workers = [
+            processes("worker", name=f"rr{i}", concurrency=2, broker_url=rabbit.url, wait_ready=False) for i in range(2)
+        ]
         archiver = processes("archiver", name="rr-archiver", broker_url=rabbit.url)
         for worker in workers:
             processes.wait_ready(worker)
@@ -80,14 +93,20 @@ def test_rabbitmq_restart_with_tasks_in_flight_loses_nothing_and_workers_resume(
         after = [f"a{i}" for i in range(10)]
         _publish_all(rabbit.url, after, tag="rr", seconds=0.05)
         # then every task completes (side effects deduplicated by item), with no operator action
-        wait_for(lambda: rds.scard(probe_key("rr", "done")) == len(before) + len(after), timeout=120,
-                 message="every task done after the restart")
+        wait_for(
+            lambda: rds.scard(probe_key("rr", "done")) == len(before) + len(after),
+            timeout=120,
+            message="every task done after the restart",
+        )
         assert rds.smembers(probe_key("rr", "done")) == set(before + after)
         assert all(w.process.poll() is None for w in workers)
         # and the archiver reconnected by itself too: a failure after the restart becomes a row
         _publish_task(rabbit.url, "test.permanent", {"tag": "rr-dead"}, task_id="rr-dead")
-        wait_for(lambda: DeadLetter.objects.filter(task_id="rr-dead", reason="rejected").exists(), timeout=60,
-                 message="dead letter archived after the restart")
+        wait_for(
+            lambda: DeadLetter.objects.filter(task_id="rr-dead", reason="rejected").exists(),
+            timeout=60,
+            message="dead letter archived after the restart",
+        )
         assert archiver.process.poll() is None
     finally:
         rabbit.cleanup()

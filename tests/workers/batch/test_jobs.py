@@ -116,17 +116,21 @@ def test_retention_deletes_exactly_the_old_rows(db):
     from apps.context.models import IdempotencyKey
     from apps.eventbus.models import ProcessedEvent
 
-    pe_old, pe_young = (ProcessedEvent.objects.create(subscriber="activity", event_id=uuid.uuid4(), event_type="x")
-                        for _ in range(2))
+    pe_old, pe_young = (
+        ProcessedEvent.objects.create(subscriber="activity", event_id=uuid.uuid4(), event_type="x") for _ in range(2)
+    )
     ProcessedEvent.objects.filter(pk=pe_old.pk).update(processed_at=now - timedelta(days=8))
     ProcessedEvent.objects.filter(pk=pe_young.pk).update(processed_at=now - timedelta(days=6))
     owner = get_user_model().objects.create_user(username="keys")
-    ik_old, ik_young = (IdempotencyKey.objects.create(user=owner, key=k, scope="/x", request_hash="h")
-                        for k in ("old", "young"))
+    ik_old, ik_young = (
+        IdempotencyKey.objects.create(user=owner, key=k, scope="/x", request_hash="h") for k in ("old", "young")
+    )
     IdempotencyKey.objects.filter(pk=ik_old.pk).update(created_at=now - timedelta(hours=25))
 
-    run = job_execute(name="retention_purge", params={"dead_letter_days": 30, "outbox_days": 7, "job_run_days": 30,
-                                                      "processed_event_days": 7})
+    run = job_execute(
+        name="retention_purge",
+        params={"dead_letter_days": 30, "outbox_days": 7, "job_run_days": 30, "processed_event_days": 7},
+    )
 
     assert set(DeadLetter.objects.values_list("pk", flat=True)) == {dl_young}
     assert dl_old not in set(DeadLetter.objects.values_list("pk", flat=True))
@@ -135,8 +139,13 @@ def test_retention_deletes_exactly_the_old_rows(db):
     assert {jr_young, jr_running, run.pk} <= remaining and not {jr_old, jr_failed_old} & remaining
     assert set(ProcessedEvent.objects.values_list("pk", flat=True)) == {pe_young.pk}
     assert set(IdempotencyKey.objects.values_list("pk", flat=True)) == {ik_young.pk}
-    assert run.result == {"deleted_dead_letters": 1, "deleted_outbox": 1, "deleted_processed_events": 1,
-                          "deleted_idempotency_keys": 1, "deleted_job_runs": 2}
+    assert run.result == {
+        "deleted_dead_letters": 1,
+        "deleted_outbox": 1,
+        "deleted_processed_events": 1,
+        "deleted_idempotency_keys": 1,
+        "deleted_job_runs": 2,
+    }
     assert run.progress_done == run.progress_total == 5
 
 

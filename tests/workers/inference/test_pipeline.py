@@ -23,7 +23,8 @@ def _append_texts(session, user, texts):
     from apps.context.services import EventInput
 
     return context_services.context_event_append(
-        session=session, author=user,
+        session=session,
+        author=user,
         events=[EventInput(event_type="context_update", data={"text": t}) for t in texts],
     )
 
@@ -40,9 +41,11 @@ def _run(request) -> list[dict]:
 def test_real_model_batches_and_a_poison_text_fails_alone(real_runtime):
     batcher = real_runtime.batcher
     texts = [f"sentence number {i} about databases" for i in range(7)]
-    futures = [batcher.submit(t) for t in texts[:3]] + [batcher.submit("bad \ud800 text")] + [
-        batcher.submit(t) for t in texts[3:]
-    ]
+    futures = (
+        [batcher.submit(t) for t in texts[:3]]
+        + [batcher.submit("bad \ud800 text")]
+        + [batcher.submit(t) for t in texts[3:]]
+    )
     results = []
     for future in futures:
         try:
@@ -100,8 +103,9 @@ def test_concurrent_requests_for_one_new_text_embed_it_once(real_runtime, fresh_
 
 
 @pytest.mark.parametrize("trigger,expected_seq", sorted(CLOSEST.items()))
-def test_related_context_points_at_the_closest_earlier_event(real_runtime, fresh_caches, session_factory, user,
-                                                            trigger, expected_seq):
+def test_related_context_points_at_the_closest_earlier_event(
+    real_runtime, fresh_caches, session_factory, user, trigger, expected_seq
+):
     # Given a session with the hand-written conversation and a new update about one of its topics
     session = session_factory()
     _append_texts(session, user, CONVERSATION)
@@ -140,8 +144,9 @@ def test_related_context_reaches_the_users_other_sessions(real_runtime, fresh_ca
 def test_query_answers_from_the_session(real_runtime, fresh_caches, session_factory, user):
     session = session_factory()
     _append_texts(session, user, CONVERSATION)
-    request = services.inference_request_create_query(session_id=session.pk, user=user,
-                                                      query="who is arranging the dinner?")
+    request = services.inference_request_create_query(
+        session_id=session.pk, user=user, query="who is arranging the dinner?"
+    )
     suggestions = _run(request)
     assert suggestions and {s["kind"] for s in suggestions} == {"query"}
     assert max(suggestions, key=lambda s: s["score"])["source_seqs"] == [3]
@@ -157,7 +162,8 @@ def test_next_action_uses_the_baseline_then_a_promoted_model_then_the_rollback(
     session = session_factory()
     actions = ["search", "open_doc", "edit", "save", "search", "open_doc", "edit"]
     context_services.context_event_append(
-        session=session, author=user,
+        session=session,
+        author=user,
         events=[EventInput(event_type="user_action", data={"action": a}) for a in actions],
     )
     [event] = _append_texts(session, user, ["let us keep editing"])

@@ -11,8 +11,10 @@ from apps.eventbus.deadletters import event_archived_dead_letters_replay, event_
 
 
 class Command(BaseCommand):
-    help = ("Send a subscriber's dead letters back into its queue (events.NAME), once the cause is fixed: "
-            "those still in events.NAME.dlq and those the dead-letter archiver stored as DeadLetter rows.")
+    help = (
+        "Send a subscriber's dead letters back into its queue (events.NAME), once the cause is fixed: "
+        "those still in events.NAME.dlq and those the dead-letter archiver stored as DeadLetter rows."
+    )
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("name", help="The subscriber, e.g. activity.")
@@ -23,8 +25,7 @@ class Command(BaseCommand):
         name, limit = options["name"], options["limit"]
         try:
             moved = event_dead_letters_replay(subscriber=name, limit=limit)
-            archived = event_archived_dead_letters_replay(subscriber=name, limit=limit or 1000,
-                                                          force=options["force"])
+            archived = event_archived_dead_letters_replay(subscriber=name, limit=limit or 1000, force=options["force"])
         except ApplicationError as exc:
             raise CommandError(f"{exc.message} {exc.details}") from exc
         self.stdout.write(

@@ -17,10 +17,19 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("names", nargs="*", help="Subscriber names to run (default: all registered).")
-        parser.add_argument("--subscriber", action="append", default=[], metavar="DOTTED.PATH",
-                            help="An extra Subscriber class to run (repeatable).")
-        parser.add_argument("--max-wait", type=float, default=0.05,
-                            help="Seconds a message waits for its batch to fill before it is applied.")
+        parser.add_argument(
+            "--subscriber",
+            action="append",
+            default=[],
+            metavar="DOTTED.PATH",
+            help="An extra Subscriber class to run (repeatable).",
+        )
+        parser.add_argument(
+            "--max-wait",
+            type=float,
+            default=0.05,
+            help="Seconds a message waits for its batch to fill before it is applied.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         classes = registered_subscribers()
@@ -48,5 +57,7 @@ class Command(BaseCommand):
         self.stdout.flush()
         runner.ready_event.set()
         runner.run()
-        self.stdout.write(f"subscribers stopped; applied {runner.stats.applied}, "
-                          f"duplicates {runner.stats.duplicates}, dead-lettered {runner.stats.dead_lettered}")
+        self.stdout.write(
+            f"subscribers stopped; applied {runner.stats.applied}, "
+            f"duplicates {runner.stats.duplicates}, dead-lettered {runner.stats.dead_lettered}"
+        )

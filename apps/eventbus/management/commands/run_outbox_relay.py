@@ -14,17 +14,26 @@ class Command(BaseCommand):
     help = "Publish committed outbox rows to RabbitMQ with publisher confirms (at least once)."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--batch-size", type=int, default=500,
-                            help="Rows claimed, published and confirmed per transaction.")
-        parser.add_argument("--poll-interval", type=float, default=2.0,
-                            help="Seconds between polls when no NOTIFY arrives (the fallback).")
-        parser.add_argument("--max-attempts", type=int, default=5,
-                            help="Per-row publish failures before the row is parked.")
+        parser.add_argument(
+            "--batch-size", type=int, default=500, help="Rows claimed, published and confirmed per transaction."
+        )
+        parser.add_argument(
+            "--poll-interval",
+            type=float,
+            default=2.0,
+            help="Seconds between polls when no NOTIFY arrives (the fallback).",
+        )
+        parser.add_argument(
+            "--max-attempts", type=int, default=5, help="Per-row publish failures before the row is parked."
+        )
         parser.add_argument("--once", action="store_true", help="Drain what is pending, then exit.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        relay = OutboxRelay(batch_size=options["batch_size"], poll_interval=options["poll_interval"],
-                            max_attempts=options["max_attempts"])
+        relay = OutboxRelay(
+            batch_size=options["batch_size"],
+            poll_interval=options["poll_interval"],
+            max_attempts=options["max_attempts"],
+        )
 
         def stop(signum: int, frame: Any) -> None:
             relay.stop_event.set()
