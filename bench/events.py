@@ -57,7 +57,7 @@ NAME = "bench_events"
 RESULTS = REPO / "bench" / "results" / "events.md"
 PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
 AMQP = os.environ.get("BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672")
-SUBSCRIBER = "apps.eventbus.subscribers.activity.ActivitySubscriber"
+SUBSCRIBER = "apps.batch.subscribers.ActivitySubscriber"
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -39,8 +39,8 @@ sys.path.insert(0, str(REPO))
 
 from celery import signals  # noqa: E402
 
+from apps.eventbus.queues import Queue  # noqa: E402
 from workers.base import task  # noqa: E402
-from workers.queues import Queue  # noqa: E402
 
 _client: Any = None
 
@@ -196,7 +196,7 @@ def main() -> None:
     try:
         from kombu import Connection
 
-        from workers.queues import declare_topology
+        from apps.eventbus.queues import declare_topology
 
         with Connection(env["BROKER_URL"]) as conn:
             declare_topology(conn.default_channel)
@@ -251,7 +251,7 @@ def main() -> None:
         "prefetch finishes sooner here. The batch, training and maintenance queues run tasks of seconds to "
         "minutes, where the round trip is negligible and holding unacked messages also counts against "
         "RabbitMQ's consumer timeout; the realtime queue (short tasks) uses prefetch 4 for that reason "
-        "(workers/queues.py).",
+        "(apps/eventbus/queues.py).",
     ]
     (REPO / "bench" / "results" / "fairness.md").write_text("\n".join(lines) + "\n")
     print(f"goal CV <= 5%: {ours['cv_count'] * 100:.1f}% ({goal}); wrote bench/results/fairness.md")

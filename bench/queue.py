@@ -72,8 +72,8 @@ def _redis() -> Any:
 
 
 def _define_tasks() -> None:
+    from apps.eventbus.queues import Queue
     from workers.base import PermanentError, task
-    from workers.queues import Queue
 
     @task(name="bench.noop", queue=Queue.AI_REALTIME)
     def noop(*, n: int = 0, **kwargs: Any) -> None:
@@ -162,7 +162,7 @@ def raw_consumer_main() -> None:
     import django
     from kombu import Connection
 
-    from workers.queues import Queue, declare_topology, work_queue
+    from apps.eventbus.queues import Queue, declare_topology, work_queue
 
     django.setup()
     client = _redis()
@@ -186,7 +186,7 @@ def raw_consumer_main() -> None:
 def raw_publish(n: int) -> None:
     from kombu import Connection, Producer
 
-    from workers.base import build_task_message
+    from apps.eventbus.messages import build_task_message
 
     msg = build_task_message("bench.noop", {"n": 0}, correlation_id="bench")
     with Connection(os.environ["BROKER_URL"], transport_options={"confirm_publish": True}) as conn:
@@ -285,7 +285,7 @@ def main() -> None:
     setup_resources(env)
     from kombu import Connection
 
-    from workers.queues import declare_topology
+    from apps.eventbus.queues import declare_topology
 
     with Connection(env["BROKER_URL"]) as conn:
         declare_topology(conn.default_channel)

@@ -1,7 +1,7 @@
-"""The Celery application: settings that lose nothing. Topology lives in workers/queues.py.
+"""The Celery application: settings that lose nothing. Topology lives in apps/eventbus/queues.py.
 
 Declaring a task: see ``workers/base.py`` (``@task(name=..., queue=...)``).
-Publishing from outside Celery (the outbox relay): ``workers.base.build_task_message``.
+Publishing from outside Celery (the outbox relay): ``apps.eventbus.messages.build_task_message``.
 
 Why each setting (https://docs.celeryq.dev/en/stable/userguide/configuration.html):
 
@@ -34,7 +34,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.dev")
 # Imported for its before_task_publish hook: every message published by this
 # process (web, relay, beat) carries the correlation id and attempt headers.
 import workers.base  # noqa: E402, F401
-from workers.queues import (  # noqa: E402 - after the settings module is chosen
+from apps.eventbus.queues import (  # noqa: E402 - after the settings module is chosen
     PREFETCH_MULTIPLIER,
     TASKS_EXCHANGE,
     WORK_QUEUES,

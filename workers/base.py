@@ -3,7 +3,7 @@
 Declaring a task (module ``workers/<pkg>/tasks.py``, autodiscovered)::
 
     from workers.base import PermanentError, TransientError, task
-    from workers.queues import Queue
+    from apps.eventbus.queues import Queue
 
     @task(name="ai.generate_suggestions", queue=Queue.AI_REALTIME,
           retry_on=(TransientError, ConnectionError), fail_on=(ValueError,),
@@ -40,13 +40,8 @@ Correlation id: ``before_task_publish`` copies the current id
 (``apps.common.logging``) into the ``ce_correlation_id`` header; the base class
 restores it around the task so every log line of the task carries it.
 
-Publishing a task message without Celery (the outbox relay, with confirms)::
-
-    msg = build_task_message("ai.generate_suggestions", {"request_id": rid}, correlation_id=cid)
-    producer.publish(msg.body, exchange=msg.exchange, routing_key=msg.routing_key,
-                     headers=msg.headers, **msg.properties)  # properties carry content type, delivery mode
-
-``msg.body`` is the JSON text of Celery protocol 2 ``[args, kwargs, embed]``.
+Publishing a task message without Celery (the outbox relay, dead-letter
+replay): ``apps.eventbus.messages.build_task_message``.
 """
 
 from __future__ import annotations
@@ -58,7 +53,6 @@ import random
 import threading
 import time
 import traceback as traceback_module
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,20 +62,35 @@ from celery import shared_task, signals
 from celery.exceptions import Ignore, Reject, Retry
 
 from apps.common.logging import get_correlation_id, new_correlation_id, set_correlation_id
-from workers.queues import TASKS_EXCHANGE, Queue, queue_for_task_name
+from apps.eventbus.messages import (
+    HEADER_ATTEMPT,
+    HEADER_CORRELATION_ID,
+    HEADER_DELIVERY_COUNT,
+    HEADER_REPLAY_ID,
+    TASK_PAYLOAD_MAX_BYTES,
+    PayloadTooLargeError,
+)
+from apps.eventbus.queues import Queue, queue_for_task_name
 
 logger = logging.getLogger("workers.task")
 
-HEADER_CORRELATION_ID = "ce_correlation_id"
-HEADER_ATTEMPT = "ce_attempt"
-# Set on a message published by a dead-letter replay: the DeadLetterReplay id.
-HEADER_REPLAY_ID = "ce_replay_id"
-
-# Task payload cap (JSON of args + kwargs); larger payloads are dead-lettered
-# unrun, and build_task_message refuses to produce them.
-TASK_PAYLOAD_MAX_BYTES = 256 * 1024
-
 DEFAULT_MAX_ATTEMPTS = 5
+
+
+@dataclass
+class TaskHooks:
+    """What the operations layer above does with a task's outcome; it sets these at startup.
+
+    ``apps/ops/apps.py`` installs its services here (the failure record the
+    dead-letter archiver joins, the replay audit), so this layer never imports
+    the one above it. Unset (a process without the ops app), they are skipped.
+    """
+
+    failure_recorded: Callable[..., None] | None = None
+    replay_finished: Callable[..., None] | None = None
+
+
+hooks = TaskHooks()
 
 
 class PermanentError(Exception):
@@ -96,8 +105,8 @@ class InvalidTaskArguments(PermanentError):
     pass
 
 
-class PayloadTooLarge(PermanentError):
-    pass
+class PayloadTooLarge(PayloadTooLargeError, PermanentError):
+    """An oversized task payload: dead-lettered unrun (the builder's own refusal, made permanent)."""
 
 
 # --- metrics ---------------------------------------------------------------
@@ -138,7 +147,7 @@ def task_metrics_snapshot() -> dict[str, dict[str, Any]]:
 def _observe(task_name: str, queue: str, outcome: str, seconds: float) -> None:
     try:
         # The Prometheus series are defined once, by the ops app (multi-process aware).
-        from apps.ops.metrics import TASK_DURATION, TASKS
+        from apps.common.metrics import TASK_DURATION, TASKS
 
         label = _PROM_OUTCOME.get(outcome, outcome)
         TASKS.labels(task=task_name, queue=queue, outcome=label).inc()
@@ -196,7 +205,7 @@ class BaseTask(celery.Task):
 
     def attempt_number(self) -> int:
         """1 for the first run; counts Celery retries and crash redeliveries alike."""
-        return _header_int(self.request, HEADER_ATTEMPT, 1) + _header_int(self.request, "x-delivery-count", 0)
+        return _header_int(self.request, HEADER_ATTEMPT, 1) + _header_int(self.request, HEADER_DELIVERY_COUNT, 0)
 
     def _check_arguments(self, args: tuple, kwargs: dict) -> None:
         try:
@@ -291,10 +300,10 @@ class BaseTask(celery.Task):
         replay_id = _header(self.request, HEADER_REPLAY_ID)
         if not replay_id:
             return
+        if hooks.replay_finished is None:
+            return
         try:
-            from apps.ops.services import dead_letter_replay_finish
-
-            dead_letter_replay_finish(replay_id=str(replay_id), status=status, error=error)
+            hooks.replay_finished(replay_id=str(replay_id), status=status, error=error)
         except Exception:  # noqa: BLE001 - auditing must not fail the task
             logger.exception("could not record the replay outcome", extra={"replay_id": replay_id})
 
@@ -321,12 +330,10 @@ def record_task_failure(
     message: str | None = None,
 ) -> None:
     """Write the failure where the archiver finds it; never raises (the reject must still happen)."""
-    if not task_id:
+    if not task_id or hooks.failure_recorded is None:
         return
     try:
-        from apps.ops.services import task_failure_record
-
-        task_failure_record(
+        hooks.failure_recorded(
             task_id=str(task_id),
             task_name=task_name,
             queue=queue,
@@ -380,57 +387,3 @@ def _stamp_headers(headers: dict | None = None, **kwargs: Any) -> None:
         return
     headers.setdefault(HEADER_CORRELATION_ID, get_correlation_id() or new_correlation_id())
     headers.setdefault(HEADER_ATTEMPT, 1)
-
-
-@dataclass(frozen=True)
-class TaskMessage:
-    body: str
-    headers: dict[str, Any]
-    properties: dict[str, Any]
-    exchange: str
-    routing_key: str
-    queue: str
-    task_id: str
-
-
-def build_task_message(
-    task_name: str,
-    kwargs: dict[str, Any],
-    *,
-    correlation_id: str | None,
-    task_id: str | None = None,
-    queue: Queue | str | None = None,
-    extra_headers: dict[str, Any] | None = None,
-) -> TaskMessage:
-    """A Celery protocol 2 task message ready for ``kombu.Producer.publish`` (see the module docstring)."""
-    from project.celery import app
-
-    task_id = task_id or str(uuid.uuid4())
-    body = json.dumps([[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
-    if len(body) > TASK_PAYLOAD_MAX_BYTES:
-        raise PayloadTooLarge(f"task payload is {len(body)} bytes, over the {TASK_PAYLOAD_MAX_BYTES} byte limit")
-    registered = app.tasks.get(task_name)
-    target = Queue(queue) if queue else Queue(getattr(registered, "queue", None) or queue_for_task_name(task_name))
-    message = app.amqp.as_task_v2(task_id, task_name, args=(), kwargs=kwargs)
-    headers = dict(message.headers)
-    headers.update({HEADER_CORRELATION_ID: correlation_id or new_correlation_id(), HEADER_ATTEMPT: 1})
-    # When the work was asked for (the outbox row's transaction): the ops fleet
-    # figures measure queue wait and oldest-message age from it (apps/ops/fleet.py).
-    headers["published_at"] = time.time()
-    headers.update(extra_headers or {})
-    properties = {
-        "content_type": "application/json",
-        "content_encoding": "utf-8",
-        "delivery_mode": 2,
-        "correlation_id": task_id,
-        "message_id": task_id,
-    }
-    return TaskMessage(
-        body=body,
-        headers=headers,
-        properties=properties,
-        exchange=TASKS_EXCHANGE.name,
-        routing_key=target.value,
-        queue=target.value,
-        task_id=task_id,
-    )

@@ -13,7 +13,7 @@ class CachingConfig(AppConfig):
         from django.db.models.signals import post_delete, post_save
         from rest_framework.authtoken.models import Token
 
-        from apps.caching import auth
+        from apps.caching import auth, subscribers  # noqa: F401 - subscribers registers cache invalidation
 
         post_save.connect(auth.on_token_changed, sender=Token, dispatch_uid="caching.token_saved")
         post_delete.connect(auth.on_token_changed, sender=Token, dispatch_uid="caching.token_deleted")

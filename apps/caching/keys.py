@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from functools import cache
+from typing import Any
 
 from django.db import models
 
@@ -34,3 +35,13 @@ def cache_key(namespace: str, *parts: object, version: int | str = 1) -> str:
     if not namespace or ":" in namespace:
         raise ValueError("namespace must be non-empty and contain no ':'")
     return ":".join([namespace, f"v{version}", *(str(p) for p in parts)])
+
+
+# Tags of the collaboration-session views (``apps.context.selectors`` caches
+# under them; the invalidation subscriber drops them on the session's events).
+def session_cache_tag(session_id: Any) -> str:
+    return f"ctx.session:{session_id}"
+
+
+def participants_cache_tag(session_id: Any) -> str:
+    return f"ctx.participants:{session_id}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import uuid
 from datetime import UTC, datetime
 
@@ -29,6 +30,19 @@ def get_correlation_id() -> str | None:
 
 def set_correlation_id(value: str | None) -> contextvars.Token:
     return correlation_id.set(value)
+
+
+# The HTTP header that carries it in and out (apps.ops.middleware).
+HEADER = "X-Correlation-ID"
+# Accept a caller's id only if it is short and plain: it ends up in every log
+# line, so an arbitrary string would let a client forge or flood log fields.
+# HAProxy's unique-id (docker/haproxy.cfg) uses hex digits, ':' and '_'.
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def correlation_id_accept(given: object) -> str:
+    """``given`` if it is a safe correlation id, else a new one (HTTP header, WebSocket frame field)."""
+    return given if isinstance(given, str) and _VALID_ID.match(given) else new_correlation_id()
 
 
 class CorrelationIdFilter(logging.Filter):

@@ -9,7 +9,13 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 
-from apps.caching.selectors import cache_key, get_or_load, model_fingerprint
+from apps.caching.selectors import (
+    cache_key,
+    get_or_load,
+    model_fingerprint,
+    participants_cache_tag,
+    session_cache_tag,
+)
 from apps.common.exceptions import NotFound
 from apps.context.models import ContextEvent, Participant, Session, UserPreference
 
@@ -18,14 +24,6 @@ from apps.context.models import ContextEvent, Participant, Session, UserPreferen
 # after commit. TTLs only bound the damage of a write that bypasses services.
 SESSION_CACHE_TTL = 60.0
 SNAPSHOT_CACHE_TTL = 30.0
-
-
-def session_cache_tag(session_id: Any) -> str:
-    return f"ctx.session:{session_id}"
-
-
-def participants_cache_tag(session_id: Any) -> str:
-    return f"ctx.participants:{session_id}"
 
 
 def session_cache_key(session_id: Any) -> str:

@@ -74,7 +74,7 @@ def _backoff(attempt: int, *, base: float = 0.5, cap: float = 30.0) -> float:
 
 def _count_published(n: int) -> None:
     try:
-        from apps.ops.metrics import OUTBOX_PUBLISHED
+        from apps.common.metrics import OUTBOX_PUBLISHED
     except ImportError:
         return
     OUTBOX_PUBLISHED.inc(n)
@@ -136,8 +136,8 @@ class BrokerPublisher:
         # Declare everything the relay publishes to, so a message committed
         # before any consumer started is still routed and kept (mandatory
         # routing would otherwise return it).
+        from apps.eventbus.queues import dead_letter_queue, declare_topology, subscriber_queue
         from apps.eventbus.subscribers import registered_subscribers
-        from workers.queues import dead_letter_queue, declare_topology, subscriber_queue
 
         declare_topology(channel)
         for subscriber in registered_subscribers():

@@ -21,6 +21,7 @@ from django.utils import timezone
 from apps.common.exceptions import ValidationFailed
 from apps.common.logging import get_correlation_id
 from apps.eventbus.contracts import ContractError, Event, event_build
+from apps.eventbus.messages import PayloadTooLargeError, build_task_message
 from apps.eventbus.models import OutboxMessage
 
 EVENTS_EXCHANGE_NAME = "events"
@@ -177,13 +178,11 @@ def outbox_task_add(
     """Write a Celery task message to the outbox; the relay sends it to ``tasks`` with routing key ``queue``.
 
     The task is sent if and only if the caller's transaction commits. The
-    message is built by ``workers.base.build_task_message`` (Celery protocol 2,
+    message is built by ``apps.eventbus.messages.build_task_message`` (Celery protocol 2,
     JSON, correlation id and attempt headers), so it is exactly what
     ``apply_async`` would send. ``countdown`` sets the protocol's ``eta``
     header: the worker holds the task until then. Returns the task id.
     """
-    from workers.base import PayloadTooLarge, build_task_message
-
     if not isinstance(kwargs, dict):
         raise ValidationFailed("Task kwargs must be an object.", code="invalid_task")
     cid = correlation_id if correlation_id is not None else get_correlation_id()
@@ -192,7 +191,7 @@ def outbox_task_add(
     except (TypeError, ValueError) as exc:
         # ValueError: an unknown queue (the Queue enum) or kwargs that are not JSON.
         raise ValidationFailed("Invalid task message.", code="invalid_task", details={"error": str(exc)}) from exc
-    except PayloadTooLarge as exc:
+    except PayloadTooLargeError as exc:
         raise ValidationFailed(str(exc), code="task_too_large") from exc
     now = timezone.now()
     headers = dict(message.headers)

@@ -57,7 +57,7 @@ from urllib.parse import quote, urlsplit
 
 from django.conf import settings
 
-from workers.queues import Queue, dead_letter_queue_name
+from apps.eventbus.queues import Queue, dead_letter_queue_name
 
 logger = logging.getLogger(__name__)
 

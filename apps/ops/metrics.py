@@ -11,9 +11,8 @@ gauges stop counting (``mark_process_dead``).
 
 Two kinds of figures:
 
-* **Recorded** (counters, histograms, gauges below): incremented where the
-  thing happens. Others import them from here, e.g.
-  ``from apps.ops.metrics import WS_CONNECTIONS; WS_CONNECTIONS.inc()``.
+* **Recorded** (the families in ``apps.common.metrics``): incremented where
+  the thing happens, in any layer.
 * **Collected at scrape time** (:class:`ScrapeCollector`): queue depth,
   consumers and oldest-message age per queue (``*.dlq`` included), dead letters
   by reason, outbox lag, cache stats. They are read from RabbitMQ, PostgreSQL
@@ -30,91 +29,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
-
-# Latency buckets: sub-millisecond cache hits up to slow 10 s requests.
-_HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-# Tasks run from milliseconds (realtime inference) to an hour (training).
-_TASK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
-
-# --- HTTP ---------------------------------------------------------------------
-HTTP_REQUEST_DURATION = Histogram(
-    "ce_http_request_duration_seconds",
-    "HTTP request latency by route pattern (not raw path: bounded cardinality), method and status.",
-    ["method", "route", "status"],
-    buckets=_HTTP_BUCKETS,
-)
-
-# --- WebSockets ---------------------------------------------------------------
-WS_CONNECTIONS = Gauge(
-    "ce_websocket_connections",
-    "Open WebSocket connections (summed over live processes).",
-    multiprocess_mode="livesum",
-)
-WS_MESSAGES = Counter(
-    "ce_websocket_messages_total",
-    "WebSocket frames by direction (in = client to server, out = server to client) and frame type.",
-    ["direction", "type"],
-)
-
-# --- Tasks --------------------------------------------------------------------
-TASK_DURATION = Histogram(
-    "ce_task_duration_seconds",
-    "Celery task run time by task name, queue and outcome.",
-    ["task", "queue", "outcome"],
-    buckets=_TASK_BUCKETS,
-)
-TASKS = Counter(
-    "ce_tasks_total",
-    "Celery tasks finished by task name, queue and outcome (success, failure, retry, rejected, revoked).",
-    ["task", "queue", "outcome"],
-)
-TASK_QUEUE_WAIT = Histogram(
-    "ce_task_queue_wait_seconds",
-    "Time a task message waited between publish and the start of its run (when the publisher stamped it).",
-    ["queue"],
-    buckets=_TASK_BUCKETS,
-)
-
-# --- Dead letters (recorded by the archiver; the scrape adds the stored totals) -
-DEAD_LETTERS_ARCHIVED = Counter(
-    "ce_dead_letters_archived_total",
-    "Dead letters this fleet's archiver stored, by source queue and reason.",
-    ["queue", "reason"],
-)
-
-# --- Cache ----------------------------------------------------------------------
-# Per-level hits and misses are read from apps.caching's own counters at scrape
-# time (ce_cache_level_hits_total / _misses_total, ScrapeCollector._cache): the
-# L1 hit path costs microseconds and stays free of Prometheus bookkeeping.
-
-# --- Inference ------------------------------------------------------------------
-INFERENCE_BATCH_SIZE = Histogram(
-    "ce_inference_batch_size",
-    "Items per micro-batch sent to the model.",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-)
-INFERENCE_BATCH_LATENCY = Histogram(
-    "ce_inference_batch_latency_seconds",
-    "Model forward time per micro-batch.",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-)
-INFERENCE_WAIT = Histogram(
-    "ce_inference_queue_wait_seconds",
-    "Time an item waited in the micro-batcher before its batch ran.",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
-)
-
-# --- Outbox ---------------------------------------------------------------------
-OUTBOX_PUBLISHED = Counter(
-    "ce_outbox_published_total",
-    "Outbox rows the relay published with a broker confirm.",
-)
 
 
 def multiprocess_dir() -> str | None:

@@ -7,26 +7,14 @@ thread hop (it is sync and async capable).
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Awaitable, Callable
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 
-from apps.common.logging import new_correlation_id, set_correlation_id
-from apps.ops.metrics import HTTP_REQUEST_DURATION
-
-HEADER = "X-Correlation-ID"
-# Accept a caller's id only if it is short and plain: it ends up in every log
-# line, so an arbitrary string would let a client forge or flood log fields.
-# HAProxy's unique-id (docker/haproxy.cfg) uses hex digits, ':' and '_'.
-_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-def correlation_id_accept(given: object) -> str:
-    """``given`` if it is a safe correlation id, else a new one (HTTP header, WebSocket frame field)."""
-    return given if isinstance(given, str) and _VALID_ID.match(given) else new_correlation_id()
+from apps.common.logging import HEADER, correlation_id_accept, set_correlation_id
+from apps.common.metrics import HTTP_REQUEST_DURATION
 
 
 def correlation_id_from(request: HttpRequest) -> str:

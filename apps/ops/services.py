@@ -257,7 +257,7 @@ def dead_letter_archive(
     elif reason == DeadLetterReason.DELIVERY_LIMIT:
         # The dead-lettered copy carries no x-delivery-count: the broker gave
         # up after its limit, so the deliveries were the first plus the limit.
-        from workers.queues import DELIVERY_LIMIT
+        from apps.eventbus.queues import DELIVERY_LIMIT
 
         deliveries = max(redeliveries, DELIVERY_LIMIT) + 1
         exception_class = "DeliveryLimitExceeded"
@@ -371,8 +371,8 @@ def _replay_message(dead_letter: DeadLetter, *, replay_id: str, new_task_id: str
 
 def _publish(*, queue: str, body: str, headers: dict, properties: dict) -> None:
     """Publish to ``tasks`` with publisher confirms (Celery's producer pool has them on)."""
+    from apps.eventbus.queues import TASKS_EXCHANGE, declare_topology
     from project.celery import app
-    from workers.queues import TASKS_EXCHANGE, declare_topology
 
     with app.producer_or_acquire() as producer:
         declare_topology(producer.channel)

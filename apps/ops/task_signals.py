@@ -19,8 +19,9 @@ from typing import Any
 
 from celery import signals
 
+from apps.common.metrics import TASK_QUEUE_WAIT
 from apps.ops import fleet
-from apps.ops.metrics import TASK_QUEUE_WAIT, mark_process_dead
+from apps.ops.metrics import mark_process_dead
 from project import env
 
 logger = logging.getLogger(__name__)

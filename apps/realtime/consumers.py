@@ -16,11 +16,10 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from apps.common.exceptions import ApplicationError, NotFound, ValidationFailed
-from apps.common.logging import correlation_id, set_correlation_id
+from apps.common.logging import correlation_id, correlation_id_accept, set_correlation_id
+from apps.common.metrics import WS_CONNECTIONS, WS_MESSAGES
 from apps.context import selectors as context_selectors
 from apps.context import services as context_services
-from apps.ops.metrics import WS_CONNECTIONS, WS_MESSAGES
-from apps.ops.middleware import correlation_id_accept
 from apps.realtime import presence
 from apps.realtime.auth import origin_allowed, selected_subprotocol
 from apps.realtime.broadcast import session_broadcast_async, session_group_name

@@ -194,6 +194,11 @@ SPECTACULAR_SETTINGS = {
 # --- Celery (read by project/celery.py with the CELERY_ namespace) ---------
 CELERY_BROKER_URL = BROKER_URL
 
+# --- Event bus (apps/eventbus) -------------------------------------------------
+# Dotted paths of the Subscriber classes a subscriber process runs; empty means
+# every subscriber the domain apps register (apps/eventbus/subscribers/__init__.py).
+EVENTBUS_SUBSCRIBERS = env.get_list("EVENTBUS_SUBSCRIBERS", [])
+
 # --- AI -------------------------------------------------------------------
 AI_DEVICE = env.get_str("AI_DEVICE", "auto")
 AI_MAX_BATCH = env.get_int("AI_MAX_BATCH", 32)

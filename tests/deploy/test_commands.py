@@ -7,8 +7,8 @@ import importlib
 import pytest
 from django.core.management import get_commands
 
+from apps.eventbus.queues import Queue
 from tests.deploy.conftest import entrypoint_roles, k8s_documents, procfile_commands
-from workers.queues import Queue
 
 ROLES = entrypoint_roles()
 PROCESS_ROLES = {
@@ -39,7 +39,7 @@ def check_command(argv: list[str]) -> None:
             queues = _option(argv, "-Q")
             assert queues, f"a worker must name its queues: {argv}"
             for queue in queues.split(","):
-                assert queue in {q.value for q in Queue}, f"queue {queue!r} is not in workers.queues.Queue"
+                assert queue in {q.value for q in Queue}, f"queue {queue!r} is not in apps.eventbus.queues.Queue"
             assert _option(argv, "-n"), "every worker node gets a distinct name (-n)"
         elif argv[3] == "beat":
             module, _, attr = _option(argv, "-S").partition(":")

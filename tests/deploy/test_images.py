@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
+from apps.eventbus.queues import Queue
 from tests.deploy.conftest import DOCKER, REPO_ROOT, entrypoint_roles, k8s_documents
-from workers.queues import Queue
 
 
 def _option(argv: list[str], flag: str) -> str | None:

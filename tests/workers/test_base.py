@@ -13,22 +13,24 @@ import pytest
 from celery.exceptions import Reject
 
 from apps.common.logging import set_correlation_id
-from workers.base import (
+from apps.eventbus.messages import (
     HEADER_ATTEMPT,
     HEADER_CORRELATION_ID,
     TASK_PAYLOAD_MAX_BYTES,
+    PayloadTooLargeError,
+    build_task_message,
+)
+from apps.eventbus.queues import Queue, queue_for_task_name
+from workers.base import (
     BaseTask,
     InvalidTaskArguments,
-    PayloadTooLarge,
     PermanentError,
     TransientError,
     _stamp_headers,
     backoff_seconds,
-    build_task_message,
     task,
     task_metrics_snapshot,
 )
-from workers.queues import Queue, queue_for_task_name
 
 CALLS: list[dict[str, Any]] = []
 
@@ -176,7 +178,7 @@ def test_build_task_message_is_a_protocol_2_message() -> None:
     args, kwargs, embed = json.loads(msg.body)
     assert args == [] and kwargs == {"canary_id": "c", "mode": "ok"} and "callbacks" in embed
     assert msg.properties["content_type"] == "application/json" and msg.properties["delivery_mode"] == 2
-    with pytest.raises(PayloadTooLarge):
+    with pytest.raises(PayloadTooLargeError):
         build_task_message("ops.canary", {"blob": "x" * TASK_PAYLOAD_MAX_BYTES}, correlation_id=None)
 
 

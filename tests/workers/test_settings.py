@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+from apps.eventbus.queues import DELIVERY_LIMIT, PREFETCH_MULTIPLIER, WORK_QUEUES, Queue, quorum_arguments
 from project.celery import _prefetch_for_queues, app
-from workers.queues import DELIVERY_LIMIT, PREFETCH_MULTIPLIER, WORK_QUEUES, Queue, quorum_arguments
 
 # RabbitMQ closes the channel of a consumer holding an unacked message this
 # long (the 30 min default of consumer_timeout).

@@ -18,7 +18,7 @@ from apps.batch import services as batch_services
 from apps.batch.jobs import Job, Param, Step, register
 from apps.batch.models import JobRun
 from apps.common.exceptions import ValidationFailed
-from workers.queues import Queue
+from apps.eventbus.queues import Queue
 
 
 @register

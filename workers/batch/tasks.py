@@ -21,8 +21,8 @@ from django.db import DatabaseError, InterfaceError
 
 from apps.batch.jobs import JobAlreadyRunning, job_execute
 from apps.common.exceptions import NotFound, ValidationFailed
+from apps.eventbus.queues import Queue
 from workers.base import task
-from workers.queues import Queue
 
 RETRY_ON = (DatabaseError, InterfaceError)
 FAIL_ON = (ValidationFailed, NotFound)

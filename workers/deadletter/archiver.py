@@ -23,7 +23,7 @@ from kombu import Connection, Message
 from kombu import Queue as KombuQueue
 from kombu.mixins import ConsumerMixin
 
-from workers.queues import DEAD_LETTER_QUEUES, dead_letter_queue, declare_topology, subscriber_queue_name
+from apps.eventbus.queues import DEAD_LETTER_QUEUES, dead_letter_queue, declare_topology, subscriber_queue_name
 
 logger = logging.getLogger("workers.deadletter.archiver")
 

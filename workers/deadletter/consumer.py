@@ -52,7 +52,7 @@ class DeadLetteringConsumer(Consumer):
         bound on ``dlx`` a dead-lettered message would be dropped, and native
         delayed delivery (set up right after) binds every queue of the app.
         """
-        from workers.queues import declare_topology
+        from apps.eventbus.queues import declare_topology
 
         connection = super().connect()
         channel = connection.channel()

@@ -55,9 +55,9 @@ class BatcherClosed(RuntimeError):
 
 
 def _observe(size: int, waits: list[float], seconds: float) -> None:
-    """Batch size, forward time and item waits into the Prometheus series of apps.ops.metrics."""
+    """Batch size, forward time and item waits into the Prometheus series of apps.common.metrics."""
     try:
-        from apps.ops.metrics import INFERENCE_BATCH_LATENCY, INFERENCE_BATCH_SIZE, INFERENCE_WAIT
+        from apps.common.metrics import INFERENCE_BATCH_LATENCY, INFERENCE_BATCH_SIZE, INFERENCE_WAIT
 
         INFERENCE_BATCH_SIZE.observe(size)
         INFERENCE_BATCH_LATENCY.observe(seconds)

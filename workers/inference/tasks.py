@@ -22,10 +22,10 @@ from celery import current_task, signals
 from django.db import InterfaceError, OperationalError
 
 from apps.ai import services as ai_services
+from apps.eventbus.queues import Queue
 from project import env
 from workers.base import TransientError, task
 from workers.inference.runtime import PoisonInput
-from workers.queues import Queue
 
 logger = logging.getLogger(__name__)
 

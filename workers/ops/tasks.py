@@ -11,9 +11,9 @@ import os
 import time
 from typing import Any
 
+from apps.eventbus.queues import Queue
 from project import env
 from workers.base import PermanentError, task
-from workers.queues import Queue
 
 CANARY_SLOW_SECONDS = env.get_float("CANARY_SLOW_SECONDS", 5.0)
 

@@ -8,7 +8,7 @@ from typing import Any
 from apps.batch.jobs import Job, Param, Step, register
 from apps.batch.models import JobRun
 from apps.common.exceptions import ValidationFailed
-from workers.queues import Queue
+from apps.eventbus.queues import Queue
 from workers.training.train import TrainingConfig
 
 _DEFAULTS = TrainingConfig()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from apps.eventbus.queues import Queue
 from workers.base import task
 from workers.batch.tasks import FAIL_ON, IGNORE, RETRY_ON, run_job_task
-from workers.queues import Queue
 
 
 # One attempt at a time and few retries: a training round is minutes of CPU,

@@ -119,7 +119,7 @@ class SubscriberRunner:
 
     # --- broker -------------------------------------------------------------
     def connect(self) -> None:
-        from workers.queues import dead_letter_queue, subscriber_queue
+        from apps.eventbus.queues import dead_letter_queue, subscriber_queue
 
         self.close()
         conn = Connection(self.broker_url, connect_timeout=5, heartbeat=0)

@@ -6,8 +6,8 @@ import json
 
 from django_celery_beat.models import PeriodicTask
 
+from apps.eventbus.queues import Queue
 from project.celery import app
-from workers.queues import Queue
 
 EXPECTED = {
     "batch: session expiry": ("maintenance.session_expiry", "maintenance"),

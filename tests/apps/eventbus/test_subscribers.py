@@ -7,12 +7,12 @@ import uuid
 import pytest
 from django.utils import timezone
 
+from apps.ai.subscribers import AiTriggerSubscriber
+from apps.batch.subscribers import ActivitySubscriber
+from apps.caching.subscribers import CacheInvalidationSubscriber
 from apps.eventbus.contracts import Event, event_build
 from apps.eventbus.models import ProcessedEvent, SessionActivity
 from apps.eventbus.subscribers import registered_subscribers
-from apps.eventbus.subscribers.activity import ActivitySubscriber
-from apps.eventbus.subscribers.ai_trigger import AiTriggerSubscriber
-from apps.eventbus.subscribers.cache_invalidation import CacheInvalidationSubscriber
 from apps.eventbus.subscribers.runner import subscriber_apply
 
 pytestmark = pytest.mark.django_db
@@ -106,7 +106,7 @@ def test_ai_trigger_asks_for_next_actions_on_a_user_action(session_factory, user
 
 def test_cache_invalidation_drops_the_sessions_cached_views(session_factory):
     from apps.caching.cache import get_or_load
-    from apps.context.selectors import session_cache_tag
+    from apps.caching.keys import session_cache_tag
 
     session = session_factory()
     loads = []

@@ -8,8 +8,8 @@ import uuid
 from django.conf import settings
 from kombu import Connection
 
+from apps.eventbus.queues import Queue, declare_topology, work_queue
 from apps.ops.models import CanaryRun
-from workers.queues import Queue, declare_topology, work_queue
 
 URL = "/api/v1/ops/canary/"
 

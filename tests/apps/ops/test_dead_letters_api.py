@@ -17,9 +17,9 @@ from django.test import override_settings
 from django.utils import timezone
 from kombu import Connection
 
+from apps.eventbus.queues import declare_topology
 from apps.ops import services
 from apps.ops.models import DeadLetter, DeadLetterReplay, TaskFailure
-from workers.queues import declare_topology
 
 URL = "/api/v1/dead-letters/"
 
@@ -33,7 +33,7 @@ def _queue_depth(name: str) -> int:
 def _purge_work_queues() -> Iterator[None]:
     """Replayed messages must not reach the workers of the integration tests."""
     yield
-    from workers.queues import Queue
+    from apps.eventbus.queues import Queue
 
     with Connection(settings.BROKER_URL) as conn:
         channel = conn.default_channel

@@ -19,9 +19,9 @@ from django.core.management import call_command
 from kombu import Connection
 
 from apps.eventbus.contracts import event_build
+from apps.eventbus.queues import dead_letter_queue, subscriber_queue
 from apps.ops import services
 from apps.ops.models import DeadLetter, DeadLetterReplay, DeadLetterStatus, ReplayStatus
-from workers.queues import dead_letter_queue, subscriber_queue
 
 SUBSCRIBER = "test_ops_events"
 QUEUE = f"events.{SUBSCRIBER}"

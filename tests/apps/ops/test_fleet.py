@@ -8,8 +8,8 @@ import pytest
 from django.conf import settings
 from kombu import Connection
 
+from apps.eventbus.queues import TASKS_EXCHANGE, Queue, declare_topology
 from apps.ops import fleet
-from workers.queues import TASKS_EXCHANGE, Queue, declare_topology
 
 
 def test_more_workers_when_arrival_rate_exceeds_service_rate():

@@ -20,8 +20,8 @@ from django.conf import settings
 from kombu import Connection
 from websockets.asyncio.client import connect
 
+from apps.eventbus.queues import dead_letter_queue
 from tests.workers.inference.conftest import CLOSEST, CONVERSATION
-from workers.queues import dead_letter_queue
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

@@ -155,7 +155,7 @@ def processes(transactional_db, tmp_path, subprocess_env) -> Iterator[Starter]:
 @pytest.fixture
 def broker() -> Iterator[Connection]:
     """A connection to this run's vhost with the work queues declared and empty."""
-    from workers.queues import declare_topology
+    from apps.eventbus.queues import declare_topology
 
     with Connection(settings.BROKER_URL) as conn:
         channel = conn.default_channel

@@ -18,8 +18,8 @@ from django.conf import settings
 from kombu import Connection, Exchange
 from kombu import Queue as KombuQueue
 
+from apps.eventbus.queues import Queue, declare_topology
 from tests.support.haproxy import REPO_ROOT
-from workers.queues import Queue, declare_topology
 
 pytestmark = [pytest.mark.integration]
 

@@ -15,8 +15,8 @@ from kombu import Connection, Exchange
 from kombu import Queue as KombuQueue
 from websockets.sync.client import connect
 
+from apps.eventbus.queues import declare_topology
 from tests.support.haproxy import REPO_ROOT
-from workers.queues import declare_topology
 
 pytestmark = [pytest.mark.integration]
 

@@ -13,8 +13,8 @@ import redis
 from celery import signals
 from django.conf import settings
 
+from apps.eventbus.queues import Queue
 from workers.base import PermanentError, TransientError, task
-from workers.queues import Queue
 
 
 def client() -> redis.Redis:

@@ -112,7 +112,7 @@ def test_a_task_that_keeps_failing_dead_letters_after_its_attempt_budget(fleet, 
 
 
 def test_a_task_that_crashes_its_worker_every_time_dead_letters_at_the_delivery_limit(fleet, rds):
-    from workers.queues import DELIVERY_LIMIT
+    from apps.eventbus.queues import DELIVERY_LIMIT
 
     worker = fleet["worker"]
     task_id = _send("test.crash", tag="crashy")
@@ -202,8 +202,8 @@ def _publish(
 
 
 def test_malformed_messages_dead_letter_with_a_clear_reason_and_the_worker_keeps_working(fleet, rds):
+    from apps.eventbus.messages import build_task_message
     from apps.ops.models import DeadLetter
-    from workers.base import build_task_message
 
     cases: dict[str, tuple[str | bytes, dict, str]] = {}
     ok = build_task_message("test.record", {"tag": "m", "item": "x"}, correlation_id="c")
@@ -259,8 +259,8 @@ def test_malformed_messages_dead_letter_with_a_clear_reason_and_the_worker_keeps
 
 
 def test_a_message_whose_ttl_runs_out_is_archived_as_expired(fleet):
+    from apps.eventbus.messages import build_task_message
     from apps.ops.models import DeadLetter
-    from workers.base import build_task_message
 
     # ai.training has no consumer in this module: the message waits until its TTL runs out
     msg = build_task_message(

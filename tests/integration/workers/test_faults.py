@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True), 
 
 
 def _publish_all(url: str, items: list[str], *, tag: str, seconds: float) -> None:
-    from workers.base import build_task_message
+    from apps.eventbus.messages import build_task_message
 
     with Connection(url) as conn:
         conn.ensure_connection(max_retries=30, interval_start=0.5, interval_step=0.5, interval_max=2)
@@ -39,7 +39,7 @@ def _publish_all(url: str, items: list[str], *, tag: str, seconds: float) -> Non
 
 
 def _publish_task(url: str, name: str, kwargs: dict, *, task_id: str) -> None:
-    from workers.base import build_task_message
+    from apps.eventbus.messages import build_task_message
 
     msg = build_task_message(name, kwargs, correlation_id="c", task_id=task_id)
     with Connection(url) as conn:

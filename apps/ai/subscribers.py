@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from apps.ai.services import inference_request_trigger
 from apps.eventbus import contracts
 from apps.eventbus.contracts import Event
-from apps.eventbus.subscribers.base import Subscriber
+from apps.eventbus.subscribers import Subscriber, subscriber_register
 
 
+@subscriber_register
 class AiTriggerSubscriber(Subscriber):
     name = "ai_trigger"
     patterns = (contracts.CONTEXT_UPDATED, contracts.USER_ACTION)

@@ -13,7 +13,7 @@ from django.db import connection
 
 from apps.eventbus import contracts
 from apps.eventbus.contracts import Event
-from apps.eventbus.subscribers.base import Subscriber
+from apps.eventbus.subscribers import Subscriber, subscriber_register
 
 
 @dataclass
@@ -28,6 +28,7 @@ class _Delta:
     last_at: datetime | None = None
 
 
+@subscriber_register
 class ActivitySubscriber(Subscriber):
     name = "activity"
     patterns = ("#",)

@@ -5,25 +5,22 @@ transaction: if the invalidation fails, the transaction rolls back and the
 event is retried; an invalidation whose transaction then fails only costs a
 cache miss. The context services already invalidate after their own commit;
 this is the backstop for every process and every writer, at event lag.
-Tags: ``ctx.session:<id>`` and ``ctx.participants:<id>`` (apps.context.selectors).
+Tags: ``ctx.session:<id>`` and ``ctx.participants:<id>`` (apps.caching.keys).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
+from apps.caching.keys import participants_cache_tag, session_cache_tag
+from apps.caching.services import cache_invalidate_tags
 from apps.eventbus import contracts
 from apps.eventbus.contracts import Event
-from apps.eventbus.subscribers.base import Subscriber
-
-logger = logging.getLogger("apps.eventbus.subscribers")
+from apps.eventbus.subscribers import Subscriber, subscriber_register
 
 
 def tags_for(event: Event) -> set[str]:
-    """The context app's cache tags this event makes stale (its selectors own the tag names)."""
-    from apps.context.selectors import participants_cache_tag, session_cache_tag
-
+    """The session view tags this event makes stale (``apps.caching.keys``)."""
     if event.session_id is None:
         return set()
     tags = {session_cache_tag(event.session_id)}
@@ -37,6 +34,7 @@ def tags_for(event: Event) -> set[str]:
     return tags
 
 
+@subscriber_register
 class CacheInvalidationSubscriber(Subscriber):
     name = "cache_invalidation"
     patterns = ("session.*", "participant.*", contracts.CONTEXT_UPDATED, contracts.USER_ACTION)
@@ -49,10 +47,5 @@ class CacheInvalidationSubscriber(Subscriber):
         for event in events:
             tags |= tags_for(event)
         if not tags:
-            return
-        try:
-            from apps.caching.services import cache_invalidate_tags
-        except ImportError:
-            logger.info("cache_invalidation: apps.caching.services.cache_invalidate_tags not available yet; skipped")
             return
         cache_invalidate_tags(tags=sorted(tags))
