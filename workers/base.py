@@ -62,6 +62,7 @@ from celery import shared_task, signals
 from celery.exceptions import Ignore, Reject, Retry
 
 from apps.common.logging import get_correlation_id, new_correlation_id, set_correlation_id
+from apps.eventbus.hooks import hooks
 from apps.eventbus.messages import (
     HEADER_ATTEMPT,
     HEADER_CORRELATION_ID,
@@ -75,22 +76,6 @@ from apps.eventbus.queues import Queue, queue_for_task_name
 logger = logging.getLogger("workers.task")
 
 DEFAULT_MAX_ATTEMPTS = 5
-
-
-@dataclass
-class TaskHooks:
-    """What the operations layer above does with a task's outcome; it sets these at startup.
-
-    ``apps/ops/apps.py`` installs its services here (the failure record the
-    dead-letter archiver joins, the replay audit), so this layer never imports
-    the one above it. Unset (a process without the ops app), they are skipped.
-    """
-
-    failure_recorded: Callable[..., None] | None = None
-    replay_finished: Callable[..., None] | None = None
-
-
-hooks = TaskHooks()
 
 
 class PermanentError(Exception):
