@@ -47,15 +47,22 @@ up: setup
 	@rm -rf run/prometheus && mkdir -p run/prometheus
 	PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/run/prometheus exec $(BIN)/honcho start -f Procfile
 
-test: install
+test: lint
 	$(BIN)/python -m project.bootstrap --for-tests
 	DJANGO_SETTINGS_MODULE=project.settings.test $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Lint: ruff (rules and format), the layer contract (import-linter, pyproject.toml),
+# and mypy held to its error budget (scripts/type_budget.json).
+LINT_PATHS := apps workers project tests bench scripts
+
 lint: install
-	$(BIN)/ruff check apps workers project tests bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/lint-imports
+	$(BIN)/python scripts/type_budget.py
 
 format: install
-	$(BIN)/ruff format apps workers project tests bench
+	$(BIN)/ruff format $(LINT_PATHS)
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
