@@ -1,12 +1,15 @@
-"""Admin for job runs and rollups. The beat schedule itself is edited under
+"""Admin for job runs, rollups and the activity counters. The beat schedule itself is edited under
 "Periodic tasks" (django-celery-beat's admin): beat reads it from the database,
 so a change there takes effect within a few seconds, without a deploy."""
 
 from __future__ import annotations
 
-from django.contrib import admin
+from typing import Any
 
-from apps.batch.models import DailySessionRollup, DailyUserRollup, JobRun
+from django.contrib import admin
+from django.http import HttpRequest
+
+from apps.batch.models import DailySessionRollup, DailyUserRollup, JobRun, SessionActivity
 
 
 @admin.register(JobRun)
@@ -21,7 +24,7 @@ class JobRunAdmin(admin.ModelAdmin):
     def progress(self, obj: JobRun) -> str:
         return f"{obj.progress_done}/{obj.progress_total if obj.progress_total is not None else '?'}"
 
-    def has_add_permission(self, request) -> bool:  # noqa: ANN001
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # runs are created by the runner (beat, run_job), never by hand
 
 
@@ -37,3 +40,26 @@ class DailyUserRollupAdmin(admin.ModelAdmin):
     list_display = ("day", "user", "events", "sessions", "suggestions_shown", "suggestions_accepted")
     list_filter = ("day",)
     raw_id_fields = ("user",)
+
+
+@admin.register(SessionActivity)
+class SessionActivityAdmin(admin.ModelAdmin):
+    """Read-only: the ``activity`` subscriber owns these counters."""
+
+    list_display = (
+        "session_id",
+        "events_total",
+        "participants_joined",
+        "participants_left",
+        "suggestions_generated",
+        "suggestions_accepted",
+        "last_event_at",
+    )
+    search_fields = ("=session_id",)
+    ordering = ("-last_event_at",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -1,4 +1,4 @@
-"""Batch job runs and the daily activity rollups they produce.
+"""Batch job runs, the daily activity rollups they produce, and the live activity counters.
 
 Writes go through ``apps.batch.services``; reads through ``apps.batch.selectors``.
 """
@@ -102,3 +102,35 @@ class DailyUserRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} user {self.user_id}"
+
+
+class SessionActivity(models.Model):
+    """Per-session counters kept by the ``activity`` subscriber (``apps.batch.subscribers``).
+
+    The table keeps its first name, ``eventbus_sessionactivity``: the model
+    moved here from the event bus by a state-only migration.
+    """
+
+    session_id = models.UUIDField(primary_key=True)
+    # {"context.updated": 12, "user.action": 3, ...}
+    events_by_type = models.JSONField(default=dict)
+    events_total = models.BigIntegerField(default=0)
+    participants_joined = models.IntegerField(default=0)
+    participants_left = models.IntegerField(default=0)
+    suggestions_generated = models.IntegerField(default=0)
+    suggestions_accepted = models.IntegerField(default=0)
+    suggestions_rejected = models.IntegerField(default=0)
+    first_event_at = models.DateTimeField(null=True, blank=True)
+    last_event_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "eventbus_sessionactivity"
+        verbose_name_plural = "session activity"
+
+    def __str__(self) -> str:
+        return f"activity of {self.session_id}"
+
+    @property
+    def participants_active(self) -> int:
+        return self.participants_joined - self.participants_left

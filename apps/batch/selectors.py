@@ -1,4 +1,4 @@
-"""Reads for job runs, the activity the rollups aggregate, and the stats endpoint.
+"""Reads for job runs, the activity the rollups aggregate, the live activity counters and the stats endpoint.
 
 The activity aggregates read ``apps.context`` and ``apps.ai`` tables directly,
 read-only: they are GROUP BY queries over a day's rows that neither app has a
@@ -15,7 +15,7 @@ from typing import Any
 
 from django.db.models import Count, QuerySet, Sum
 
-from apps.batch.models import DailySessionRollup, DailyUserRollup, JobRun
+from apps.batch.models import DailySessionRollup, DailyUserRollup, JobRun, SessionActivity
 from apps.common.exceptions import NotFound
 
 
@@ -42,6 +42,11 @@ def job_run_get(*, run_id: Any) -> JobRun:
     if run is None:
         raise NotFound("Job run not found.")
     return run
+
+
+def session_activity_get(*, session_id: uuid.UUID | str) -> SessionActivity | None:
+    """The live counters of one session (kept by the ``activity`` subscriber), or None before its first event."""
+    return SessionActivity.objects.filter(session_id=session_id).first()
 
 
 def _models() -> tuple[Any, Any, Any, Any]:

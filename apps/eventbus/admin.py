@@ -1,4 +1,4 @@
-"""Admin for the outbox (parked rows first of all), processed events and activity counters.
+"""Admin for the outbox (parked rows first of all) and processed events.
 
 Outbox rows are read-only: editing a committed message would publish
 something no transaction wrote. Operators requeue parked rows (after fixing
@@ -14,7 +14,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from apps.eventbus import services
-from apps.eventbus.models import OutboxMessage, ProcessedEvent, SessionActivity
+from apps.eventbus.models import OutboxMessage, ProcessedEvent
 
 
 class _ReadOnly(admin.ModelAdmin):
@@ -71,18 +71,3 @@ class ProcessedEventAdmin(_ReadOnly):
     list_filter = ("subscriber", "event_type")
     search_fields = ("=event_id",)
     show_full_result_count = False
-
-
-@admin.register(SessionActivity)
-class SessionActivityAdmin(_ReadOnly):
-    list_display = (
-        "session_id",
-        "events_total",
-        "participants_joined",
-        "participants_left",
-        "suggestions_generated",
-        "suggestions_accepted",
-        "last_event_at",
-    )
-    search_fields = ("=session_id",)
-    ordering = ("-last_event_at",)

@@ -76,30 +76,3 @@ class ProcessedEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subscriber}:{self.event_id}"
-
-
-class SessionActivity(models.Model):
-    """Per-session counters kept by the ``activity`` subscriber."""
-
-    session_id = models.UUIDField(primary_key=True)
-    # {"context.updated": 12, "user.action": 3, ...}
-    events_by_type = models.JSONField(default=dict)
-    events_total = models.BigIntegerField(default=0)
-    participants_joined = models.IntegerField(default=0)
-    participants_left = models.IntegerField(default=0)
-    suggestions_generated = models.IntegerField(default=0)
-    suggestions_accepted = models.IntegerField(default=0)
-    suggestions_rejected = models.IntegerField(default=0)
-    first_event_at = models.DateTimeField(null=True, blank=True)
-    last_event_at = models.DateTimeField(null=True, blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    class Meta:
-        verbose_name_plural = "session activity"
-
-    def __str__(self) -> str:
-        return f"activity of {self.session_id}"
-
-    @property
-    def participants_active(self) -> int:
-        return self.participants_joined - self.participants_left

@@ -1,13 +1,12 @@
-"""Reads for the event bus: outbox lag for monitoring, activity counters."""
+"""Reads for the event bus: outbox lag for monitoring."""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 
 from django.db import connection
 
-from apps.eventbus.models import OutboxMessage, SessionActivity
+from apps.eventbus.models import OutboxMessage
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,3 @@ def outbox_message_list(*, status: str | None = None):  # noqa: ANN201 - a Query
     if status:
         qs = qs.filter(status=status)
     return qs.order_by("id")
-
-
-def session_activity_get(*, session_id: uuid.UUID | str) -> SessionActivity | None:
-    return SessionActivity.objects.filter(session_id=session_id).first()

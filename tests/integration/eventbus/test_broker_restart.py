@@ -8,9 +8,10 @@ import time
 import pytest
 from django.db import connection
 
+from apps.batch.models import SessionActivity
 from apps.context import services as context_services
 from apps.context.services import EventInput
-from apps.eventbus.models import OutboxMessage, ProcessedEvent, SessionActivity
+from apps.eventbus.models import OutboxMessage, ProcessedEvent
 from tests.integration.eventbus.conftest import wait_until
 from tests.support.services import PrivateRabbitMQ
 

@@ -11,10 +11,11 @@ from django.conf import settings
 from django.db import transaction
 from kombu import Connection, Queue
 
+from apps.batch.models import SessionActivity
 from apps.context import services as context_services
 from apps.context.services import EventInput
 from apps.eventbus.contracts import event_parse
-from apps.eventbus.models import OutboxMessage, ProcessedEvent, SessionActivity
+from apps.eventbus.models import OutboxMessage, ProcessedEvent
 from tests.integration.eventbus.conftest import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
