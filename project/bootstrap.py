@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.dev")
 
-from project import env  # noqa: E402  (reads .env)
+from project import env  # (reads .env)
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
 COMPOSE_HINT = "or run the services in containers: docker compose up -d postgres redis rabbitmq"
@@ -51,7 +51,13 @@ def _wait(check: Callable[[], bool], seconds: float) -> bool:
 
 def _run(cmd: str) -> None:
     _say(f"starting: {cmd}")
-    subprocess.run(cmd, shell=True, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    subprocess.run(  # noqa: S602 - the fixed start commands built in this module
+        cmd,
+        shell=True,
+        check=False,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _postgres_start_command() -> str | None:
@@ -66,8 +72,8 @@ def _postgres_start_command() -> str | None:
 def _redis_start_command(port: int) -> str | None:
     if not shutil.which("redis-server"):
         return None
-    workdir = "/var/lib/redis" if Path("/var/lib/redis").is_dir() else "/tmp"
-    logfile = "/var/log/redis/ci.log" if Path("/var/log/redis").is_dir() else "/tmp/redis-context-engine.log"
+    workdir = "/var/lib/redis" if Path("/var/lib/redis").is_dir() else "/tmp"  # noqa: S108 - Redis keeps nothing there
+    logfile = "/var/log/redis/ci.log" if Path("/var/log/redis").is_dir() else "/tmp/redis-context-engine.log"  # noqa: S108 - a log
     return (
         f'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port {port} --save "" --appendonly no '
         f"--dir {workdir} --logfile {logfile}"
@@ -167,7 +173,7 @@ def ensure_tools_for_tests() -> None:
         return
     if os.geteuid() == 0 and shutil.which("apt-get"):
         _say("installing haproxy (Debian package) for the load-balancing tests")
-        subprocess.run(
+        subprocess.run(  # noqa: S602 - a fixed command line
             "apt-get install -y -q haproxy || (apt-get update -q && apt-get install -y -q haproxy)",
             shell=True,
             check=False,

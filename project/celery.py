@@ -33,8 +33,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.dev")
 
 # Imported for its before_task_publish hook: every message published by this
 # process (web, relay, beat) carries the correlation id and attempt headers.
-import workers.base  # noqa: E402, F401
-from apps.eventbus.queues import (  # noqa: E402 - after the settings module is chosen
+import workers.base  # noqa: F401
+from apps.eventbus.queues import (  # after the settings module is chosen
     PREFETCH_MULTIPLIER,
     TASKS_EXCHANGE,
     WORK_QUEUES,
@@ -105,7 +105,7 @@ app.conf.update(
     worker_cancel_long_running_tasks_on_connection_loss=True,
 )
 
-app.autodiscover_tasks(["workers.inference", "workers.batch", "workers.training", "workers.ops"], related_name="tasks")
+app.autodiscover_tasks(["workers.inference", "workers.batch", "workers.training", "apps.ops"], related_name="tasks")
 
 
 @signals.worker_init.connect

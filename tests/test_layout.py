@@ -73,6 +73,8 @@ def test_long_modules_say_why():
     unexplained = []
     for path in _code_files():
         text = path.read_text()
-        if len(text.splitlines()) > MODULE_LINE_LIMIT and LONG_MODULE_MARK not in (ast.get_docstring(ast.parse(text)) or ""):
+        if len(text.splitlines()) > MODULE_LINE_LIMIT and LONG_MODULE_MARK not in (
+            ast.get_docstring(ast.parse(text)) or ""
+        ):
             unexplained.append(f"{path.relative_to(REPO_ROOT)} ({len(text.splitlines())} lines)")
     assert unexplained == []

@@ -46,15 +46,14 @@ replay): ``apps.eventbus.messages.build_task_message``.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
 import random
-import threading
 import time
 import traceback as traceback_module
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import celery
@@ -68,6 +67,8 @@ from apps.eventbus.messages import (
     HEADER_CORRELATION_ID,
     HEADER_DELIVERY_COUNT,
     HEADER_REPLAY_ID,
+    REASON_REJECTED,
+    REASON_RETRIES_EXHAUSTED,
     TASK_PAYLOAD_MAX_BYTES,
     PayloadTooLargeError,
 )
@@ -106,44 +107,14 @@ _PROM_OUTCOME = {
 }
 
 
-@dataclass
-class _Stats:
-    count: int = 0
-    total_seconds: float = 0.0
-    outcomes: dict[str, int] = field(default_factory=dict)
-
-
-_stats_lock = threading.Lock()
-_stats: dict[tuple[str, str], _Stats] = {}
-
-
-def task_metrics_snapshot() -> dict[str, dict[str, Any]]:
-    """This process's counters, ``{"<task>@<queue>": {"count", "total_seconds", "outcomes": {...}}}``.
-
-    The same observations go to Prometheus through ``apps.ops.metrics``.
-    """
-    with _stats_lock:
-        return {
-            f"{name}@{queue}": {"count": s.count, "total_seconds": s.total_seconds, "outcomes": dict(s.outcomes)}
-            for (name, queue), s in _stats.items()
-        }
-
-
 def _observe(task_name: str, queue: str, outcome: str, seconds: float) -> None:
-    try:
-        # The Prometheus series are defined once, by the ops app (multi-process aware).
-        from apps.common.metrics import TASK_DURATION, TASKS
+    """One finished run into the Prometheus series of ``apps.common.metrics`` (multi-process aware)."""
+    from apps.common.metrics import TASK_DURATION, TASKS
 
-        label = _PROM_OUTCOME.get(outcome, outcome)
+    label = _PROM_OUTCOME.get(outcome, outcome)
+    with contextlib.suppress(Exception):  # metrics must never fail a task
         TASKS.labels(task=task_name, queue=queue, outcome=label).inc()
         TASK_DURATION.labels(task=task_name, queue=queue, outcome=label).observe(seconds)
-    except Exception:  # noqa: BLE001 - metrics must never fail a task
-        pass
-    with _stats_lock:
-        stats = _stats.setdefault((task_name, queue), _Stats())
-        stats.count += 1
-        stats.total_seconds += seconds
-        stats.outcomes[outcome] = stats.outcomes.get(outcome, 0) + 1
 
 
 # --- the base class --------------------------------------------------------
@@ -152,7 +123,7 @@ def _observe(task_name: str, queue: str, outcome: str, seconds: float) -> None:
 def backoff_seconds(attempt: int, *, base: float, cap: float) -> int:
     """Exponential backoff with full jitter, whole seconds (native delayed delivery's unit), at least 1."""
     ceiling = min(cap, base * (2 ** max(attempt - 1, 0)))
-    return max(1, round(random.uniform(ceiling / 2, ceiling)))
+    return max(1, round(random.uniform(ceiling / 2, ceiling)))  # noqa: S311 - jitter, not a secret
 
 
 def _header_int(request: Any, key: str, default: int) -> int:
@@ -234,7 +205,7 @@ class BaseTask(celery.Task):
         except (Retry, Ignore, Reject):
             outcome = "control"
             raise
-        except BaseException as exc:  # noqa: BLE001 - every failure is classified below
+        except BaseException as exc:  # every failure is classified below
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 outcome = "killed"
                 raise
@@ -254,7 +225,7 @@ class BaseTask(celery.Task):
                 if replay_id:
                     headers[HEADER_REPLAY_ID] = replay_id
                 raise self.retry(exc=exc, countdown=countdown, max_retries=None, headers=headers) from exc
-            reason = "retries_exhausted" if decision == "retry" else "rejected"
+            reason = REASON_RETRIES_EXHAUSTED if decision == "retry" else REASON_REJECTED
             outcome = "dead_lettered"
             tb = "".join(traceback_module.format_exception(type(exc), exc, exc.__traceback__))
             logger.error(
@@ -289,7 +260,7 @@ class BaseTask(celery.Task):
             return
         try:
             hooks.replay_finished(replay_id=str(replay_id), status=status, error=error)
-        except Exception:  # noqa: BLE001 - auditing must not fail the task
+        except Exception:  # auditing must not fail the task
             logger.exception("could not record the replay outcome", extra={"replay_id": replay_id})
 
 
@@ -328,7 +299,7 @@ def record_task_failure(
             attempts=attempts,
             reason=reason,
         )
-    except Exception:  # noqa: BLE001 - the dead letter matters more than its annotation
+    except Exception:  # the dead letter matters more than its annotation
         logger.exception("could not record the task failure", extra={"task_id": task_id})
 
 

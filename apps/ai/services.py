@@ -22,6 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
+from asgiref.sync import async_to_sync
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import F, Max, Q
@@ -34,6 +35,8 @@ from apps.common.exceptions import NotFound, ValidationFailed
 from apps.common.logging import get_correlation_id
 from apps.context import selectors as context_selectors
 from apps.context.models import Session
+from apps.eventbus.services import outbox_event_add, outbox_task_add
+from apps.realtime.broadcast import presence_set_ai_state, session_broadcast, session_broadcast_async
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +61,8 @@ class SuggestionDraft:
 
 def _broadcast(*, session_id: Any, message: dict[str, Any]) -> None:
     try:
-        from apps.realtime.broadcast import session_broadcast
-    except ImportError:  # the realtime app is not deployed in this build
-        logger.debug("session_broadcast unavailable; dropping %s frame", message.get("type"))
-        return
-    try:
         session_broadcast(session_id=session_id, message=message)
-    except Exception:  # noqa: BLE001 - the live push is best effort; clients resync from REST
+    except Exception:  # the live push is best effort; clients resync from REST
         logger.warning("suggestion broadcast failed", exc_info=True, extra={"session_id": str(session_id)})
 
 
@@ -77,14 +75,6 @@ def _broadcast_many(*, session_id: Any, messages: list[dict[str, Any]]) -> None:
     """
     if not messages:
         return
-    try:
-        from asgiref.sync import async_to_sync
-
-        from apps.realtime.broadcast import session_broadcast_async
-    except ImportError:
-        for message in messages:
-            _broadcast(session_id=session_id, message=message)
-        return
 
     async def send_all() -> None:
         for message in messages:
@@ -92,7 +82,7 @@ def _broadcast_many(*, session_id: Any, messages: list[dict[str, Any]]) -> None:
 
     try:
         async_to_sync(send_all)()
-    except Exception:  # noqa: BLE001 - the live push is best effort; clients read the REST list
+    except Exception:  # the live push is best effort; clients read the REST list
         logger.warning("suggestion broadcast failed", exc_info=True, extra={"session_id": str(session_id)})
 
 
@@ -105,12 +95,8 @@ _presence_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ai-pr
 
 def _presence_ai_state_now(*, session_id: Any, state: str | None) -> None:
     try:
-        from apps.realtime.broadcast import presence_set_ai_state
-    except ImportError:
-        return
-    try:
         presence_set_ai_state(session_id=session_id, state=state)
-    except Exception:  # noqa: BLE001 - presence is advisory
+    except Exception:  # presence is advisory
         logger.warning("presence_set_ai_state failed", exc_info=True, extra={"session_id": str(session_id)})
 
 
@@ -121,11 +107,6 @@ def _presence_ai_state(*, session_id: Any, state: str | None) -> None:
 def _outbox_event(
     *, event_type: str, session_id: Any, user_id: int | None, data: dict[str, Any], correlation_id: str | None
 ) -> None:
-    try:
-        from apps.eventbus.services import outbox_event_add
-    except ImportError:
-        logger.debug("outbox unavailable; %s not published", event_type)
-        return
     outbox_event_add(
         event_type=event_type, session_id=session_id, user_id=user_id, data=data, correlation_id=correlation_id or None
     )
@@ -134,24 +115,7 @@ def _outbox_event(
 def _enqueue(request: InferenceRequest) -> None:
     """Send the task if and only if the request commits (outbox row in this transaction)."""
     kwargs = {"request_id": str(request.id)}
-    try:
-        from apps.eventbus.services import outbox_task_add
-    except ImportError:
-        outbox_task_add = None
-    if outbox_task_add is not None:
-        outbox_task_add(
-            task_name=TASK_NAME, kwargs=kwargs, queue=TASK_QUEUE, correlation_id=request.correlation_id or None
-        )
-        return
-
-    def send() -> None:
-        from project.celery import app
-
-        app.send_task(TASK_NAME, kwargs=kwargs, queue=TASK_QUEUE)
-
-    # Without the outbox (an early build) the send happens after commit: a
-    # crash in between loses the message, which the outbox exists to prevent.
-    transaction.on_commit(send)
+    outbox_task_add(task_name=TASK_NAME, kwargs=kwargs, queue=TASK_QUEUE, correlation_id=request.correlation_id or None)
 
 
 # --- requests ---------------------------------------------------------------

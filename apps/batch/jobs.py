@@ -55,8 +55,6 @@ logger = logging.getLogger(__name__)
 # collide with another feature's advisory locks (ASCII "JOBS").
 ADVISORY_NAMESPACE = 0x4A4F4253
 
-DEFAULT_JOB_MODULES = ("workers.batch.jobs", "workers.training.jobs")
-
 
 class JobAlreadyRunning(Conflict):
     code = "job_running"
@@ -150,7 +148,7 @@ def register(job_cls: type[Job]) -> type[Job]:
 
 
 def load_job_modules() -> None:
-    for module in getattr(settings, "BATCH_JOB_MODULES", DEFAULT_JOB_MODULES):
+    for module in settings.BATCH_JOB_MODULES:
         importlib.import_module(module)
 
 
@@ -184,7 +182,7 @@ def _unlock(name: str) -> None:
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [ADVISORY_NAMESPACE, _lock_key(name)])
-    except Exception:  # noqa: BLE001 - a dead connection has dropped the lock already
+    except Exception:  # a dead connection has dropped the lock already
         logger.warning("advisory unlock failed", extra={"job": name}, exc_info=True)
 
 

@@ -15,8 +15,14 @@ from typing import Any
 
 from django.db.models import Count, QuerySet, Sum
 
+from apps.ai.models import Suggestion, SuggestionFeedback
 from apps.batch.models import DailySessionRollup, DailyUserRollup, JobRun, SessionActivity
 from apps.common.exceptions import NotFound
+from apps.context.models import ContextEvent, Participant, Session
+
+# The counters of a DailySessionRollup / DailyUserRollup row.
+SESSION_FIELDS = ("events", "participants", "suggestions_shown", "suggestions_accepted")
+USER_FIELDS = ("events", "sessions", "suggestions_shown", "suggestions_accepted")
 
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:
@@ -49,16 +55,8 @@ def session_activity_get(*, session_id: uuid.UUID | str) -> SessionActivity | No
     return SessionActivity.objects.filter(session_id=session_id).first()
 
 
-def _models() -> tuple[Any, Any, Any, Any]:
-    from apps.ai.models import Suggestion, SuggestionFeedback
-    from apps.context.models import ContextEvent, Participant
-
-    return ContextEvent, Participant, Suggestion, SuggestionFeedback
-
-
 def sessions_active_on(*, day: date, after: str | None, limit: int) -> list[uuid.UUID]:
     """Sessions with events, suggestions or feedback on ``day``, ordered by id, after ``after``."""
-    ContextEvent, _, Suggestion, SuggestionFeedback = _models()
     start, end = day_bounds(day)
     ids: set[uuid.UUID] = set()
     for model, column in (
@@ -74,7 +72,6 @@ def sessions_active_on(*, day: date, after: str | None, limit: int) -> list[uuid
 
 
 def users_active_on(*, day: date, after: int | None, limit: int) -> list[int]:
-    ContextEvent, _, _, SuggestionFeedback = _models()
     start, end = day_bounds(day)
     ids: set[int] = set()
     for model, column in ((ContextEvent, "author_id"), (SuggestionFeedback, "user_id")):
@@ -85,76 +82,67 @@ def users_active_on(*, day: date, after: int | None, limit: int) -> list[int]:
     return sorted(ids)[:limit]
 
 
-def session_activity(*, day: date, session_ids: list[Any]) -> dict[Any, dict[str, int]]:
-    ContextEvent, _, Suggestion, SuggestionFeedback = _models()
+def _grouped_on(
+    model: Any, *, day: date, column: str, ids: list[Any], where: dict[str, Any] | None = None, **counts: Count
+) -> QuerySet:
+    """``model``'s rows created on ``day`` whose ``column`` is one of ``ids``, grouped by ``column`` with ``counts``."""
     start, end = day_bounds(day)
-    rows: dict[Any, dict[str, int]] = {
-        sid: {"events": 0, "participants": 0, "suggestions_shown": 0, "suggestions_accepted": 0} for sid in session_ids
-    }
-    for row in (
-        ContextEvent.objects.filter(session_id__in=session_ids, created_at__gte=start, created_at__lt=end)
-        .values("session_id")
-        .annotate(events=Count("id"), participants=Count("author_id", distinct=True))
+    return (
+        model.objects.filter(**{f"{column}__in": ids}, created_at__gte=start, created_at__lt=end, **(where or {}))
+        .values(column)
+        .annotate(**counts)
         .order_by()
+    )
+
+
+def session_activity(*, day: date, session_ids: list[Any]) -> dict[Any, dict[str, int]]:
+    rows: dict[Any, dict[str, int]] = {sid: dict.fromkeys(SESSION_FIELDS, 0) for sid in session_ids}
+    for row in _grouped_on(
+        ContextEvent,
+        day=day,
+        column="session_id",
+        ids=session_ids,
+        events=Count("id"),
+        participants=Count("author_id", distinct=True),
     ):
         rows[row["session_id"]].update(events=row["events"], participants=row["participants"])
-    for row in (
-        Suggestion.objects.filter(session_id__in=session_ids, created_at__gte=start, created_at__lt=end)
-        .values("session_id")
-        .annotate(n=Count("id"))
-        .order_by()
-    ):
+    for row in _grouped_on(Suggestion, day=day, column="session_id", ids=session_ids, n=Count("id")):
         rows[row["session_id"]]["suggestions_shown"] = row["n"]
-    for row in (
-        SuggestionFeedback.objects.filter(
-            suggestion__session_id__in=session_ids, verdict="accept", created_at__gte=start, created_at__lt=end
-        )
-        .values("suggestion__session_id")
-        .annotate(n=Count("id"))
-        .order_by()
+    for row in _grouped_on(
+        SuggestionFeedback,
+        day=day,
+        column="suggestion__session_id",
+        ids=session_ids,
+        where={"verdict": "accept"},
+        n=Count("id"),
     ):
         rows[row["suggestion__session_id"]]["suggestions_accepted"] = row["n"]
     return rows
 
 
 def user_activity(*, day: date, user_ids: list[int]) -> dict[int, dict[str, int]]:
-    ContextEvent, Participant, Suggestion, SuggestionFeedback = _models()
-    start, end = day_bounds(day)
-    rows: dict[int, dict[str, int]] = {
-        uid: {"events": 0, "sessions": 0, "suggestions_shown": 0, "suggestions_accepted": 0} for uid in user_ids
-    }
-    for row in (
-        ContextEvent.objects.filter(author_id__in=user_ids, created_at__gte=start, created_at__lt=end)
-        .values("author_id")
-        .annotate(events=Count("id"), sessions=Count("session_id", distinct=True))
-        .order_by()
+    rows: dict[int, dict[str, int]] = {uid: dict.fromkeys(USER_FIELDS, 0) for uid in user_ids}
+    for row in _grouped_on(
+        ContextEvent,
+        day=day,
+        column="author_id",
+        ids=user_ids,
+        events=Count("id"),
+        sessions=Count("session_id", distinct=True),
     ):
         rows[row["author_id"]].update(events=row["events"], sessions=row["sessions"])
     # Shown to a user: the day's suggestions in sessions the user takes part in.
     memberships: dict[Any, list[int]] = defaultdict(list)
     for sid, uid in Participant.objects.filter(user_id__in=user_ids).values_list("session_id", "user_id"):
         memberships[sid].append(uid)
-    for row in (
-        Suggestion.objects.filter(session_id__in=list(memberships), created_at__gte=start, created_at__lt=end)
-        .values("session_id")
-        .annotate(n=Count("id"))
-        .order_by()
-    ):
+    for row in _grouped_on(Suggestion, day=day, column="session_id", ids=list(memberships), n=Count("id")):
         for uid in memberships[row["session_id"]]:
             rows[uid]["suggestions_shown"] += row["n"]
-    for row in (
-        SuggestionFeedback.objects.filter(
-            user_id__in=user_ids, verdict="accept", created_at__gte=start, created_at__lt=end
-        )
-        .values("user_id")
-        .annotate(n=Count("id"))
-        .order_by()
+    for row in _grouped_on(
+        SuggestionFeedback, day=day, column="user_id", ids=user_ids, where={"verdict": "accept"}, n=Count("id")
     ):
         rows[row["user_id"]]["suggestions_accepted"] = row["n"]
     return rows
-
-
-_SESSION_FIELDS = ("events", "participants", "suggestions_shown", "suggestions_accepted")
 
 
 def activity_stats(
@@ -163,12 +151,12 @@ def activity_stats(
     """Totals, a per-day series and the busiest sessions between ``start`` and ``end`` (inclusive)."""
     if user_id is not None:
         qs = DailyUserRollup.objects.filter(day__gte=start, day__lte=end, user_id=user_id)
-        fields = ("events", "sessions", "suggestions_shown", "suggestions_accepted")
+        fields = USER_FIELDS
     else:
         qs = DailySessionRollup.objects.filter(day__gte=start, day__lte=end)
         if session_id is not None:
             qs = qs.filter(session_id=session_id)
-        fields = _SESSION_FIELDS
+        fields = SESSION_FIELDS
     totals = qs.aggregate(**{f: Sum(f) for f in fields})
     totals = {f: totals[f] or 0 for f in fields}
     days = [
@@ -208,8 +196,6 @@ def job_run_high_water(*, job_name: str, key: str) -> int:
 
 
 def _text_events(after_id: int) -> QuerySet:
-    from apps.context.models import ContextEvent
-
     # user_action events carry an action name, not text the retrieval reads.
     return ContextEvent.objects.filter(id__gt=after_id).exclude(event_type=ContextEvent.EventType.USER_ACTION)
 
@@ -231,8 +217,6 @@ def action_sequences_by_session(*, max_sessions: int) -> list[tuple[str, list[st
 
     One ordered scan over the events (streamed), not a query per session.
     """
-    from apps.context.models import ContextEvent, Session
-
     with_actions = ContextEvent.objects.filter(event_type=ContextEvent.EventType.USER_ACTION).values("session_id")
     session_ids = list(
         Session.objects.filter(pk__in=with_actions)
@@ -258,9 +242,6 @@ def accepted_next_action_examples(*, context: int) -> list[tuple[str, list[str],
     The recent actions are the session's last ``context`` actions up to the
     suggestion's trigger seq: what the model saw when it made the suggestion.
     """
-    from apps.ai.models import SuggestionFeedback
-    from apps.context.models import ContextEvent
-
     examples: list[tuple[str, list[str], str]] = []
     accepted = (
         SuggestionFeedback.objects.filter(verdict="accept", suggestion__kind="next_action")

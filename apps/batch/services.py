@@ -113,26 +113,32 @@ def job_run_purge(*, older_than: datetime) -> int:
     return deleted
 
 
+def _rollup_upsert(
+    model: type[DailySessionRollup | DailyUserRollup],
+    *,
+    day: date,
+    key: str,
+    fields: tuple[str, ...],
+    rows: dict[Any, dict[str, int]],
+) -> int:
+    """Upsert one ``model`` row per ``rows`` entry (``key`` -> counters) of ``day``: recomputing replaces."""
+    now = timezone.now()
+    model.objects.bulk_create(
+        [model(day=day, computed_at=now, **{f"{key}_id": kid}, **counts) for kid, counts in rows.items()],
+        update_conflicts=True,
+        unique_fields=["day", key],
+        update_fields=[*fields, "computed_at"],
+    )
+    return len(rows)
+
+
 def daily_session_rollup_upsert(*, day: date, session_ids: list[Any]) -> int:
     """(Re)compute the rollup rows of ``day`` for these sessions; idempotent."""
     rows = selectors.session_activity(day=day, session_ids=session_ids)
-    now = timezone.now()
-    DailySessionRollup.objects.bulk_create(
-        [DailySessionRollup(day=day, session_id=sid, computed_at=now, **counts) for sid, counts in rows.items()],
-        update_conflicts=True,
-        unique_fields=["day", "session"],
-        update_fields=["events", "participants", "suggestions_shown", "suggestions_accepted", "computed_at"],
-    )
-    return len(rows)
+    return _rollup_upsert(DailySessionRollup, day=day, key="session", fields=selectors.SESSION_FIELDS, rows=rows)
 
 
 def daily_user_rollup_upsert(*, day: date, user_ids: list[int]) -> int:
+    """(Re)compute the rollup rows of ``day`` for these users; idempotent."""
     rows = selectors.user_activity(day=day, user_ids=user_ids)
-    now = timezone.now()
-    DailyUserRollup.objects.bulk_create(
-        [DailyUserRollup(day=day, user_id=uid, computed_at=now, **counts) for uid, counts in rows.items()],
-        update_conflicts=True,
-        unique_fields=["day", "user"],
-        update_fields=["events", "sessions", "suggestions_shown", "suggestions_accepted", "computed_at"],
-    )
-    return len(rows)
+    return _rollup_upsert(DailyUserRollup, day=day, key="user", fields=selectors.USER_FIELDS, rows=rows)

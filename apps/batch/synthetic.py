@@ -70,7 +70,7 @@ class SyntheticConfig:
 
 def action_sessions(config: SyntheticConfig) -> list[list[str]]:
     """``config.sessions`` action sequences, deterministic for a given seed."""
-    rng = random.Random(config.seed)
+    rng = random.Random(config.seed)  # noqa: S311 - reproducible synthetic data, not a secret
     sessions: list[list[str]] = []
     for _ in range(config.sessions):
         loop = rng.choice(PERSONAS)
@@ -106,7 +106,7 @@ def training_data_generate(
     for i in range(max(1, users)):
         user, _ = user_model.objects.get_or_create(username=f"{username_prefix}{i}")
         people.append(user)
-    rng = random.Random(config.seed + 1)
+    rng = random.Random(config.seed + 1)  # noqa: S311 - reproducible synthetic data, not a secret
     total = 0
     sequences = action_sessions(config)
     for index, actions in enumerate(sequences):

@@ -36,6 +36,7 @@ to this Redis can make the platform unpickle what it wants.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import json
 import logging
@@ -381,7 +382,7 @@ class MultiLevelCache:
                 self._flights.pop(key, None)
             flight.done.set()
 
-    def _through(self, key, loader, ttl, tags, negative_ttl, copy, use_l1):  # noqa: ANN001, ANN202, C901
+    def _through(self, key, loader, ttl, tags, negative_ttl, copy, use_l1):  # noqa: ANN001, ANN202
         token = self.local.token(key, tags)
         l1_ttl = min(ttl, self.l1_max_ttl)
         vkey = self._vkey(key)
@@ -438,18 +439,19 @@ class MultiLevelCache:
             finally:
                 if lock_token is not None:
                     self._release_lock(key, lock_token)
-        if use_l1 and fresh:
-            if not self.local.set(
+        if (
+            use_l1
+            and fresh
+            and not self.local.set(
                 key, blob if copy else value, ttl=min(store_ttl, l1_ttl), tags=tags, token=token, encoded=copy
-            ):
-                self.counters.incr("stale_fills_refused")
+            )
+        ):
+            self.counters.incr("stale_fills_refused")
         return blob, value
 
     def _release_lock(self, key: str, lock_token: str) -> None:
-        try:
+        with contextlib.suppress(redis.RedisError):  # it expires by itself within lock_ttl
             self._release(keys=[self._lkey(key)], args=[lock_token])
-        except redis.RedisError:
-            pass  # it expires by itself within lock_ttl
 
     def _l2_hit(self, key, blob, l1_ttl, negative_ttl, tags, token, copy, use_l1):  # noqa: ANN001, ANN202
         self.counters.incr("l2_hits")
@@ -599,11 +601,9 @@ class MultiLevelCache:
                 was_ready = self._bus_ready.is_set()
                 self._bus_ready.clear()
                 self.local.clear()
-                try:
+                with contextlib.suppress(Exception):  # closing a dead connection
                     pubsub.close()
                     client.close()
-                except Exception:  # noqa: S110 - closing a dead connection
-                    pass
             if self._stop.is_set():
                 break
             if was_ready:
@@ -686,11 +686,11 @@ def get_cache() -> MultiLevelCache:
         with _instance_lock:
             if _instance is None:
                 _instance = MultiLevelCache(
-                    redis_url=getattr(settings, "CACHE_REDIS_URL", None) or settings.REDIS_URL,
+                    redis_url=settings.CACHE_REDIS_URL,
                     prefix=settings.REDIS_KEY_PREFIX,
-                    enabled=getattr(settings, "CACHE_ENABLED", True),
-                    l1_max_entries=getattr(settings, "CACHE_L1_MAX_ENTRIES", 10_000),
-                    l1_max_ttl=getattr(settings, "CACHE_L1_MAX_TTL", 30.0),
+                    enabled=settings.CACHE_ENABLED,
+                    l1_max_entries=settings.CACHE_L1_MAX_ENTRIES,
+                    l1_max_ttl=settings.CACHE_L1_MAX_TTL,
                 )
     return _instance
 
@@ -702,11 +702,11 @@ def configure_cache(**overrides: Any) -> MultiLevelCache:
         if _instance is not None:
             _instance.close()
         options: dict[str, Any] = {
-            "redis_url": getattr(settings, "CACHE_REDIS_URL", None) or settings.REDIS_URL,
+            "redis_url": settings.CACHE_REDIS_URL,
             "prefix": settings.REDIS_KEY_PREFIX,
-            "enabled": getattr(settings, "CACHE_ENABLED", True),
-            "l1_max_entries": getattr(settings, "CACHE_L1_MAX_ENTRIES", 10_000),
-            "l1_max_ttl": getattr(settings, "CACHE_L1_MAX_TTL", 30.0),
+            "enabled": settings.CACHE_ENABLED,
+            "l1_max_entries": settings.CACHE_L1_MAX_ENTRIES,
+            "l1_max_ttl": settings.CACHE_L1_MAX_TTL,
         }
         options.update(overrides)
         _instance = MultiLevelCache(**options)

@@ -65,10 +65,7 @@ class JSONParser(BaseParser):
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        if stream is None:
-            raw = b""
-        else:
-            raw = stream.read() if limit is None else stream.read(limit + 1)
+        raw = b"" if stream is None else stream.read() if limit is None else stream.read(limit + 1)
         if limit is not None and len(raw) > limit:
             # Imported here: apps.common.exceptions imports rest_framework.views,
             # which imports this parser through the DRF settings.

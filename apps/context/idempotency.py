@@ -34,11 +34,11 @@ _KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
 def _lock_timeout() -> timedelta:
-    return timedelta(seconds=getattr(settings, "IDEMPOTENCY_LOCK_TIMEOUT_S", 60))
+    return timedelta(seconds=settings.IDEMPOTENCY_LOCK_TIMEOUT_S)
 
 
 def _ttl() -> timedelta:
-    return timedelta(seconds=getattr(settings, "IDEMPOTENCY_KEY_TTL_S", 24 * 3600))
+    return timedelta(seconds=settings.IDEMPOTENCY_KEY_TTL_S)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from apps.caching.services import cache_invalidate_keys, cache_invalidate_tags
 from apps.common.exceptions import ApplicationError, Conflict, NotFound, PermissionDenied, ValidationFailed
+from apps.context.hooks import hooks
 from apps.context.models import ContextEvent, Participant, Session, UserPreference
 from apps.context.selectors import (
     context_event_to_dict,
@@ -28,7 +29,6 @@ from apps.context.selectors import (
     snapshot_cache_key,
 )
 from apps.eventbus.services import OutboxEvent, outbox_event_add, outbox_events_add_bulk
-from apps.realtime.broadcast import context_events_broadcast, session_broadcast
 
 User = get_user_model()
 
@@ -162,7 +162,7 @@ def participant_add(*, session: Session, actor: AbstractBaseUser, username: str,
                 data={"participant_user_id": user.pk, "username": user.username, "role": role},
             )
             added = {"type": "presence", "event": "added", "user": user.username, "state": None, "role": role}
-            transaction.on_commit(lambda: session_broadcast(session_id=session.pk, message=added))
+            transaction.on_commit(lambda: hooks.after_commit_message(session_id=session.pk, message=added))
     return participant
 
 
@@ -194,7 +194,7 @@ def participant_remove(*, session: Session, actor: AbstractBaseUser, username: s
         )
         # The removed user's live WebSockets close (4404) when this frame reaches them.
         removed = {"type": "presence", "event": "removed", "user": username, "state": None}
-        transaction.on_commit(lambda: session_broadcast(session_id=session.pk, message=removed))
+        transaction.on_commit(lambda: hooks.after_commit_message(session_id=session.pk, message=removed))
     return participant
 
 
@@ -301,7 +301,7 @@ def context_event_append(
             # The fast path to live WebSocket clients, after commit (at-most-once:
             # clients refill any gap by seq from PostgreSQL).
             frames = [context_event_to_dict(event) for event in created]
-            transaction.on_commit(lambda: context_events_broadcast(session_id=session.pk, events=frames))
+            transaction.on_commit(lambda: hooks.after_commit_events(session_id=session.pk, events=frames))
         created_iter = iter(created)
         result: list[ContextEvent] = []
         for e in events:

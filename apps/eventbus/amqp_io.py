@@ -45,7 +45,7 @@ def batched_writes(kombu_connection: Any) -> Iterator[None]:
 
 
 class _BufferedRecv:
-    def __init__(self, recv: Callable[[int], bytes]):
+    def __init__(self, recv: Callable[[int], bytes]) -> None:
         self._recv = recv
         self._buf = b""
         self._pos = 0

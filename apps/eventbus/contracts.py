@@ -155,7 +155,7 @@ class Event(BaseModel):
 class ContractError(ValueError):
     """An event that does not match its contract (raised as ``ApplicationError`` by services)."""
 
-    def __init__(self, message: str, *, errors: list[dict[str, Any]] | None = None):
+    def __init__(self, message: str, *, errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.errors = errors or []
 

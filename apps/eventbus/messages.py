@@ -43,6 +43,17 @@ HEADER_DELIVERY_COUNT = "x-delivery-count"
 HEADER_DEATH = "x-death"
 
 
+# What the hooks (apps/eventbus/hooks.py) are told: a replay's end, a dead letter's reason.
+REPLAY_SUCCEEDED = "succeeded"
+REASON_REJECTED = "rejected"
+REASON_RETRIES_EXHAUSTED = "retries_exhausted"
+
+
+def event_failure_key(*, queue: str, event_id: str) -> str:
+    """The failure record's key for an event a subscriber refused: one event may fail in several subscribers."""
+    return f"{queue}:{event_id}"[:200]
+
+
 class PayloadTooLargeError(Exception):
     """A task payload over ``TASK_PAYLOAD_MAX_BYTES``."""
 

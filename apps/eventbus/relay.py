@@ -31,6 +31,7 @@ itself after the broker confirmed its first batch and before marking it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -105,7 +106,7 @@ class BatchResult:
 class BrokerPublisher:
     """A confirm-mode channel that publishes a batch and waits for all its confirms."""
 
-    def __init__(self, *, broker_url: str, confirm_timeout: float = 15.0):
+    def __init__(self, *, broker_url: str, confirm_timeout: float = 15.0) -> None:
         self.broker_url = broker_url
         self.confirm_timeout = confirm_timeout
         self._conn: Connection | None = None
@@ -150,10 +151,8 @@ class BrokerPublisher:
 
     def close(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # already broken; we are dropping it anyway
                 self._conn.release()
-            except Exception:  # noqa: BLE001 - already broken; we are dropping it anyway
-                pass
         self._conn, self._channel = None, None
 
     def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
@@ -175,7 +174,8 @@ class BrokerPublisher:
 
     def publish_batch(self, rows: list[_Claimed]) -> dict[int, str]:
         """Publish ``rows`` and wait for every confirm. Returns {row id: error} for rows that failed."""
-        assert self._channel is not None
+        if self._channel is None:
+            raise RuntimeError("publish_batch before connect")
         self._acked.clear()
         self._nacked.clear()
         self._returned.clear()
@@ -244,7 +244,8 @@ class NotifyListener:
         try:
             if self._conn is None or self._conn.closed:
                 self._connect()
-            assert self._conn is not None
+            if self._conn is None:
+                raise psycopg.OperationalError("LISTEN connection not open")
             woke = False
             for _ in self._conn.notifies(timeout=timeout, stop_after=1):
                 woke = True
@@ -262,10 +263,8 @@ class NotifyListener:
 
     def close(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a broken connection
                 self._conn.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection
-                pass
         self._conn = None
 
 
@@ -278,7 +277,7 @@ class OutboxRelay:
         poll_interval: float = 2.0,
         max_attempts: int = 5,
         max_backoff: float = 10.0,
-    ):
+    ) -> None:
         # Broker outages back off up to max_backoff seconds: short enough that
         # a restarted broker (about 10 s) is used again within seconds.
         self.max_backoff = max_backoff

@@ -143,26 +143,26 @@ def outbox_events_add_bulk(*, events: Sequence[OutboxEvent]) -> list[Event]:
         for e in events
     ]
     dumps = json.JSONEncoder(separators=(",", ":")).encode
-    with connection.cursor() as cursor:
-        with cursor.cursor.copy(f"COPY eventbus_outboxmessage ({', '.join(_COPY_COLUMNS)}) FROM STDIN") as copy:
-            for event in built:
-                cid = event.correlation_id or ""
-                copy.write_row(
-                    (
-                        event.event_id,
-                        OutboxMessage.Kind.EVENT.value,
-                        EVENTS_EXCHANGE_NAME,
-                        event.event_type,
-                        dumps({"event_type": event.event_type, "version": event.version, CORRELATION_HEADER: cid}),
-                        dumps(event.to_wire()),
-                        cid,
-                        OutboxMessage.Status.PENDING.value,
-                        0,
-                        "",
-                        now,
-                        now,
-                    )
+    copy_sql = f"COPY eventbus_outboxmessage ({', '.join(_COPY_COLUMNS)}) FROM STDIN"
+    with connection.cursor() as cursor, cursor.cursor.copy(copy_sql) as copy:
+        for event in built:
+            cid = event.correlation_id or ""
+            copy.write_row(
+                (
+                    event.event_id,
+                    OutboxMessage.Kind.EVENT.value,
+                    EVENTS_EXCHANGE_NAME,
+                    event.event_type,
+                    dumps({"event_type": event.event_type, "version": event.version, CORRELATION_HEADER: cid}),
+                    dumps(event.to_wire()),
+                    cid,
+                    OutboxMessage.Status.PENDING.value,
+                    0,
+                    "",
+                    now,
+                    now,
                 )
+            )
     return built
 
 

@@ -47,6 +47,7 @@ with the numbers filled in, in every report.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -55,9 +56,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from celery import current_app
 from django.conf import settings
 
-from apps.eventbus.queues import Queue, dead_letter_queue_name
+from apps.eventbus.queues import Queue, dead_letter_queue_name, subscriber_queue_name
+from apps.eventbus.subscribers import registered_subscribers
+from apps.ops.selectors import dead_letter_counts_by_reason
 
 logger = logging.getLogger(__name__)
 
@@ -83,23 +87,19 @@ DEFAULT_SERVICE_SECONDS: dict[str, float] = {
 TARGET_UTILISATION = 0.8  # headroom: queues at >80 % busy see waiting times climb steeply (M/M/c)
 
 
-def _setting(name: str, default: Any) -> Any:
-    return getattr(settings, name, default)
-
-
 def latency_target(queue: str) -> float:
-    return float({**DEFAULT_LATENCY_TARGETS, **_setting("OPS_LATENCY_TARGETS", {})}.get(queue, 60.0))
+    return float({**DEFAULT_LATENCY_TARGETS, **settings.OPS_LATENCY_TARGETS}.get(queue, 60.0))
 
 
 def default_service_seconds(queue: str) -> float:
-    return float({**DEFAULT_SERVICE_SECONDS, **_setting("OPS_DEFAULT_SERVICE_SECONDS", {})}.get(queue, 1.0))
+    return float({**DEFAULT_SERVICE_SECONDS, **settings.OPS_DEFAULT_SERVICE_SECONDS}.get(queue, 1.0))
 
 
 def worker_bounds(queue: str) -> tuple[int, int]:
-    bounds = _setting("OPS_WORKER_BOUNDS", {}).get(queue)
+    bounds = settings.OPS_WORKER_BOUNDS.get(queue)
     if bounds:
         return int(bounds[0]), int(bounds[1])
-    return int(_setting("OPS_MIN_WORKERS", 1)), int(_setting("OPS_MAX_WORKERS", 64))
+    return settings.OPS_MIN_WORKERS, settings.OPS_MAX_WORKERS
 
 
 # --- Queue names ----------------------------------------------------------------
@@ -118,24 +118,9 @@ def monitored_queues() -> list[tuple[str, str]]:
 
 
 def _subscriber_queue_names() -> list[str]:
-    names = list(_setting("OPS_EXTRA_QUEUES", []))
-    try:
-        from apps.eventbus import subscribers as eventbus_subscribers  # type: ignore[attr-defined]
-    except ImportError:
-        return names
-    registry = getattr(eventbus_subscribers, "SUBSCRIBERS", None) or getattr(eventbus_subscribers, "REGISTRY", None)
-    if isinstance(registry, dict):
-        candidates = list(registry.keys())
-    elif isinstance(registry, list | tuple):
-        candidates = [getattr(s, "name", s) for s in registry]
-    else:
-        candidates = []
-    for candidate in candidates:
-        name = str(candidate)
-        name = name if name.startswith("events.") else f"events.{name}"
-        if name not in names:
-            names.append(name)
-    return names
+    """Every registered subscriber's queue, then the operator's ``OPS_EXTRA_QUEUES``."""
+    names = [subscriber_queue_name(sub.name) for sub in registered_subscribers()]
+    return names + [name for name in settings.OPS_EXTRA_QUEUES if name not in names]
 
 
 # --- Counters kept by the workers -------------------------------------------------
@@ -177,7 +162,7 @@ def task_started(*, queue: str, published_at: float | None, now: float | None = 
         pipe.hincrby(_counter_key(queue), "started", 1)
         pipe.hset(_counter_key(queue), mapping=fields)
         pipe.execute()
-    except Exception:  # noqa: BLE001 - counters are best effort; the task must run regardless
+    except Exception:  # counters are best effort; the task must run regardless
         logger.warning("could not record task start for %s", queue, exc_info=True)
 
 
@@ -188,7 +173,7 @@ def task_finished(*, queue: str, duration: float) -> None:
         pipe.hincrby(_counter_key(queue), "finished", 1)
         pipe.hincrbyfloat(_counter_key(queue), "busy", max(0.0, duration))
         pipe.execute()
-    except Exception:  # noqa: BLE001
+    except Exception:  # optional source; fall back to our own figures
         logger.warning("could not record task finish for %s", queue, exc_info=True)
 
 
@@ -238,16 +223,14 @@ def broker_queue_counts(names: list[str], *, broker_url: str | None = None, time
                     results.append(BrokerQueue(name=name, depth=None, consumers=None, error="not declared"))
                     channel = conn.channel()
         finally:
-            try:
+            with contextlib.suppress(Exception):
                 channel.close()
-            except Exception:  # noqa: BLE001
-                pass
     return results
 
 
 def management_queue_info(name: str, *, timeout: float = 2.0) -> dict[str, Any] | None:
     """The management API's view of one queue when ``RABBITMQ_MANAGEMENT_URL`` is set, else ``None``."""
-    base = _setting("RABBITMQ_MANAGEMENT_URL", "") or ""
+    base = settings.RABBITMQ_MANAGEMENT_URL
     if not base:
         return None
     import base64
@@ -257,11 +240,12 @@ def management_queue_info(name: str, *, timeout: float = 2.0) -> dict[str, Any] 
     vhost = broker.path[1:] if broker.path not in ("", "/") else "/"
     url = f"{base.rstrip('/')}/api/queues/{quote(vhost, safe='')}/{quote(name, safe='')}"
     credentials = f"{broker.username or 'guest'}:{broker.password or 'guest'}".encode()
-    request = urllib.request.Request(url, headers={"Authorization": "Basic " + base64.b64encode(credentials).decode()})
+    auth = {"Authorization": "Basic " + base64.b64encode(credentials).decode()}
+    request = urllib.request.Request(url, headers=auth)  # noqa: S310 - operator-configured URL
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - operator-configured URL
             return json.loads(response.read())
-    except Exception:  # noqa: BLE001 - optional source; fall back to our own figures
+    except Exception:  # without Redis we still answer depth and consumers
         logger.info("management API unavailable for %s", name, exc_info=True)
         return None
 
@@ -429,7 +413,7 @@ def queue_stats_collect(*, window: float = DEFAULT_WINDOW, now: float | None = N
     try:
         counters = _read_counters(client, names)
         history = _read_samples(client, names)
-    except Exception:  # noqa: BLE001 - without Redis we still answer depth and consumers
+    except Exception:
         logger.warning("fleet counters unavailable", exc_info=True)
         counters, history = {n: {} for n in names}, {n: [] for n in names}
     stats: list[QueueStat] = []
@@ -464,7 +448,7 @@ def queue_stats_collect(*, window: float = DEFAULT_WINDOW, now: float | None = N
         stats.append(stat)
     try:
         _store_samples(client, current_samples, history)
-    except Exception:  # noqa: BLE001
+    except Exception:
         logger.warning("could not store fleet samples", exc_info=True)
     return stats
 
@@ -485,63 +469,12 @@ def _apply_management(stat: QueueStat, *, now: float) -> None:
         stat.notes.append("rate_out from the management API")
 
 
-def dead_letter_counts() -> dict[tuple[str, str], int] | None:
-    """Stored dead letters by (queue, reason), through the ops selectors when they exist."""
-    try:
-        from apps.ops import selectors
-    except ImportError:
-        return None
-    for name in ("dead_letter_counts_by_reason", "dead_letter_counts", "dead_letter_stats"):
-        func = getattr(selectors, name, None)
-        if func is not None:
-            break
-    else:
-        return _dead_letter_counts_orm()
-    rows = func()
-    return _normalise_counts(rows)
-
-
-def _dead_letter_counts_orm() -> dict[tuple[str, str], int] | None:
-    from django.apps import apps as django_apps
-    from django.db.models import Count
-
-    try:
-        model = django_apps.get_model("ops", "DeadLetter")
-    except LookupError:
-        return None
-    rows = model.objects.values("queue", "reason").annotate(n=Count("id")).order_by()
-    return {(str(r["queue"]), str(r["reason"])): int(r["n"]) for r in rows}
-
-
-def _normalise_counts(rows: Any) -> dict[tuple[str, str], int]:
-    out: dict[tuple[str, str], int] = {}
-    if isinstance(rows, dict):
-        for key, value in rows.items():
-            if isinstance(key, tuple):
-                out[(str(key[0]), str(key[1]))] = int(value)
-            elif isinstance(value, dict):
-                for reason, count in value.items():
-                    out[(str(key), str(reason))] = int(count)
-            else:
-                out[("", str(key))] = int(value)
-        return out
-    for row in rows or []:
-        get = row.get if isinstance(row, dict) else (lambda k, d=None, r=row: getattr(r, k, d))
-        count = get("count", None)
-        if count is None:
-            count = get("n", 0)
-        out[(str(get("queue", "")), str(get("reason", "")))] = int(count)
-    return out
-
-
 def _archived_per_queue() -> dict[str, int] | None:
     """Dead letters stored per DLQ name (the archiver's output, which drains the DLQ)."""
     try:
-        counts = dead_letter_counts()
-    except Exception:  # noqa: BLE001
+        counts = dead_letter_counts_by_reason()
+    except Exception:
         logger.warning("dead letter counts unavailable", exc_info=True)
-        return None
-    if counts is None:
         return None
     out: dict[str, int] = {}
     for (queue, _reason), n in counts.items():
@@ -562,13 +495,11 @@ class WorkerNode:
 
 def worker_nodes(*, timeout: float = 1.0) -> list[WorkerNode] | None:
     """Live Celery nodes, the queues each consumes and its pool size (``inspect``); ``None`` if the broker is down."""
-    from project.celery import app
-
     try:
-        inspector = app.control.inspect(timeout=timeout)
+        inspector = current_app.control.inspect(timeout=timeout)
         stats = inspector.stats() or {}
         active = inspector.active_queues() or {}
-    except Exception:  # noqa: BLE001
+    except Exception:
         logger.warning("celery inspect failed", exc_info=True)
         return None
     nodes = []
@@ -581,10 +512,8 @@ def worker_nodes(*, timeout: float = 1.0) -> list[WorkerNode] | None:
 
 
 def workers_ping(*, timeout: float = 1.0) -> list[str]:
-    """Names of Celery nodes answering ``app.control.ping`` within ``timeout``."""
-    from project.celery import app
-
-    replies = app.control.ping(timeout=timeout) or []
+    """Names of Celery nodes answering ``current_app.control.ping`` within ``timeout``."""
+    replies = current_app.control.ping(timeout=timeout) or []
     return sorted(name for reply in replies for name in reply)
 
 
@@ -795,7 +724,7 @@ class FleetUnavailable(Exception):
 def fleet_queues(*, window: float = DEFAULT_WINDOW) -> list[QueueStat]:
     try:
         return queue_stats_collect(window=window)
-    except Exception as exc:  # noqa: BLE001 - any broker/network error means the same to the caller
+    except Exception as exc:  # any broker/network error means the same to the caller
         raise FleetUnavailable(f"{exc.__class__.__name__}: {exc}") from exc
 
 

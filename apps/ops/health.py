@@ -47,7 +47,7 @@ class CheckResult:
 
 
 def readiness_timeout() -> float:
-    return float(getattr(settings, "READINESS_TIMEOUT", 2.0))
+    return settings.READINESS_TIMEOUT
 
 
 def check_database(timeout: float) -> None:

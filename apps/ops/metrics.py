@@ -87,7 +87,7 @@ class ScrapeCollector(Collector):
         up = GaugeMetricFamily("ce_queue_stats_up", "1 when the broker answered the queue statistics read.")
         try:
             stats = fleet.queue_stats_collect()
-        except Exception:  # noqa: BLE001 - a broker outage must not break the rest of the scrape
+        except Exception:  # a broker outage must not break the rest of the scrape
             logger.warning("queue stats unavailable at scrape", exc_info=True)
             up.add_metric([], 0)
             yield up
@@ -107,7 +107,7 @@ class ScrapeCollector(Collector):
 
         try:
             rows = fleet.dead_letter_counts()
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.warning("dead letter counts unavailable at scrape", exc_info=True)
             return
         if rows is None:
@@ -128,7 +128,7 @@ class ScrapeCollector(Collector):
             return
         try:
             lag = outbox_lag()
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.warning("outbox lag unavailable at scrape", exc_info=True)
             return
         pending = GaugeMetricFamily("ce_outbox_pending", "Outbox rows committed but not yet published.")
@@ -156,7 +156,7 @@ class ScrapeCollector(Collector):
                 return
         try:
             stats = cache_stats()
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.warning("cache stats unavailable at scrape", exc_info=True)
             return
         if not isinstance(stats, dict):

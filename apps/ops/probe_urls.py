@@ -21,10 +21,9 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from apps.ops import health, metrics
-from project import env
 
 # Which instance answered (load-balancer debugging, the LB tests and bench/lb.py).
-INSTANCE_NAME = env.get_str("INSTANCE_NAME", "") or f"{socket.gethostname()}:{os.getpid()}"
+INSTANCE_NAME = settings.INSTANCE_NAME or f"{socket.gethostname()}:{os.getpid()}"
 
 
 @never_cache
@@ -45,7 +44,7 @@ async def readyz(request: HttpRequest) -> JsonResponse:
 @never_cache
 @require_GET
 async def metrics_view(request: HttpRequest) -> HttpResponse:
-    token = getattr(settings, "METRICS_TOKEN", "") or ""
+    token = settings.METRICS_TOKEN
     if token:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), token.encode()):

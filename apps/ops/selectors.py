@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Count, Prefetch, QuerySet
 
 from apps.common.exceptions import NotFound
 from apps.ops.models import CanaryRun, DeadLetter, DeadLetterReplay
@@ -22,6 +22,12 @@ def dead_letter_list(*, filters: dict[str, Any] | None = None) -> QuerySet[DeadL
         if value not in (None, ""):
             queryset = queryset.filter(**{key: value})
     return queryset.order_by("-created_at")
+
+
+def dead_letter_counts_by_reason() -> dict[tuple[str, str], int]:
+    """Stored dead letters counted by ``(queue, reason)``: what the fleet report and the DLQ gauges show."""
+    rows = DeadLetter.objects.values("queue", "reason").annotate(n=Count("id")).order_by()
+    return {(str(r["queue"]), str(r["reason"])): int(r["n"]) for r in rows}
 
 
 def dead_letter_get(*, dead_letter_id: Any) -> DeadLetter:

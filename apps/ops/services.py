@@ -10,11 +10,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from celery import current_app
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from apps.common.exceptions import ApplicationError, Conflict, NotFound, ValidationFailed
+from apps.eventbus.messages import event_failure_key
 from apps.ops.models import (
     CanaryMode,
     CanaryRun,
@@ -143,11 +145,6 @@ EVENT_TASK_NAME_PREFIX = "event:"
 def is_event_queue(queue: str) -> bool:
     """``events.<subscriber>``: a subscriber's queue (work queues never start with ``events.``)."""
     return queue.startswith(EVENT_QUEUE_PREFIX) and not queue.endswith(".dlq")
-
-
-def event_failure_key(*, queue: str, event_id: str) -> str:
-    """The ``TaskFailure.task_id`` of an event a subscriber refused: one event may fail in several subscribers."""
-    return f"{queue}:{event_id}"[:200]
 
 
 def event_dead_letter_decode(*, body: bytes | str, properties: dict[str, Any] | None) -> dict[str, Any]:
@@ -372,9 +369,8 @@ def _replay_message(dead_letter: DeadLetter, *, replay_id: str, new_task_id: str
 def _publish(*, queue: str, body: str, headers: dict, properties: dict) -> None:
     """Publish to ``tasks`` with publisher confirms (Celery's producer pool has them on)."""
     from apps.eventbus.queues import TASKS_EXCHANGE, declare_topology
-    from project.celery import app
 
-    with app.producer_or_acquire() as producer:
+    with current_app.producer_or_acquire() as producer:
         declare_topology(producer.channel)
         producer.publish(
             body,
@@ -468,7 +464,7 @@ def dead_letter_replay(*, dead_letter_id: Any, user: Any | None, force: bool = F
         else:
             body, headers, properties = _replay_message(dead_letter, replay_id=str(replay.id), new_task_id=new_task_id)
             _publish(queue=dead_letter.queue, body=body, headers=headers, properties=properties)
-    except Exception as exc:  # noqa: BLE001 - any broker error is reported, not raised as a 500
+    except Exception as exc:  # any broker error is reported, not raised as a 500
         logger.exception("replay publish failed", extra={"dead_letter_id": str(dead_letter.id)})
         DeadLetterReplay.objects.filter(id=replay.id).update(
             status=ReplayStatus.PUBLISH_FAILED, error=str(exc)[:10_000], finished_at=timezone.now()
@@ -547,16 +543,14 @@ def canary_run_create(*, mode: str, user: Any | None) -> CanaryRun:
         )
 
     def send() -> None:
-        from project.celery import app
-
-        app.send_task(CANARY_TASK_NAME, kwargs={"canary_id": str(run.id), "mode": mode}, task_id=task_id)
+        current_app.send_task(CANARY_TASK_NAME, kwargs={"canary_id": str(run.id), "mode": mode}, task_id=task_id)
 
     if transaction.get_connection().in_atomic_block:
         transaction.on_commit(send)
         return run
     try:
         send()
-    except Exception as exc:  # noqa: BLE001 - a broker outage is the operator's answer, not a 500
+    except Exception as exc:  # a broker outage is the operator's answer, not a 500
         logger.exception("canary publish failed", extra={"canary_id": str(run.id)})
         raise ApplicationError(
             "The broker did not accept the canary task.",

@@ -18,11 +18,11 @@ import time
 from typing import Any
 
 from celery import signals
+from django.conf import settings
 
 from apps.common.metrics import TASK_QUEUE_WAIT
 from apps.ops import fleet
 from apps.ops.metrics import mark_process_dead
-from project import env
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
         if published is not None:
             TASK_QUEUE_WAIT.labels(queue=queue).observe(max(0.0, time.time() - published))
         fleet.task_started(queue=queue, published_at=published)
-    except Exception:  # noqa: BLE001
+    except Exception:
         logger.warning("task_prerun metrics failed", exc_info=True)
 
 
@@ -63,7 +63,7 @@ def _postrun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
         started, queue = _running.pop(task_id or "", (None, task_queue(task)))
         duration = time.monotonic() - started if started is not None else 0.0
         fleet.task_finished(queue=queue, duration=duration)
-    except Exception:  # noqa: BLE001
+    except Exception:
         logger.warning("task_postrun metrics failed", exc_info=True)
 
 
@@ -74,7 +74,7 @@ def _child_exit(pid: int | None = None, **_: Any) -> None:
 
 @signals.worker_ready.connect(weak=False)
 def _serve_metrics(**_: Any) -> None:
-    port = env.get_int("METRICS_PORT", 0)
+    port = settings.METRICS_PORT
     if port:
         from apps.ops.metrics import worker_metrics_serve
 

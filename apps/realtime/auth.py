@@ -20,7 +20,7 @@ from django.contrib.auth.models import AnonymousUser
 from rest_framework.authtoken.models import Token
 
 SUBPROTOCOL = "context-engine"
-TOKEN_SUBPROTOCOL_PREFIX = "token."
+TOKEN_SUBPROTOCOL_PREFIX = "token."  # noqa: S105 - a subprotocol prefix, not a password
 
 
 def token_from_scope(scope: dict[str, Any]) -> str | None:

@@ -107,6 +107,12 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     # --- connection lifecycle ------------------------------------------------
 
+    def _joined(self) -> Membership:
+        """The membership ``connect`` found; frames and loops run only after it was set."""
+        if self.membership is None:
+            raise RuntimeError("the socket has no membership: not joined, or already left")
+        return self.membership
+
     async def connect(self) -> None:
         self.session_id = str(self.scope["url_route"]["kwargs"]["session_id"])
         self.user = self.scope.get("user")
@@ -216,7 +222,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await super().dispatch(message)
 
     async def _heartbeat_loop(self) -> None:
-        assert self.membership is not None
+        self._joined()
         recover_until = 0.0
         trouble = False
         while True:
@@ -314,9 +320,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
             errors["event_type"] = [f"Must be one of {list(EVENT_TYPES)}."]
         if errors:
             raise ValidationFailed("Invalid context_update.", details=errors)
-        assert self.membership is not None
+        membership = self._joined()
         event, created = await event_append(
-            session=self.membership.session,
+            session=membership.session,
             user=self.user,
             event_type=event_type,
             data=data,
@@ -351,8 +357,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
         active = content.get("active", True)
         if not isinstance(active, bool):
             raise ValidationFailed("Invalid typing.", details={"active": ["Must be a boolean."]})
-        assert self.membership is not None
-        await presence.typing_set(session_id=self.session_id, username=self.membership.username, active=active)
+        membership = self._joined()
+        await presence.typing_set(session_id=self.session_id, username=membership.username, active=active)
         now = time.monotonic()
         # Keystrokes arrive many per second; others need one indicator per second
         # (it lasts TYPING_TTL_S), and every stop.
@@ -363,7 +369,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
             session_id=self.session_id,
             message={
                 "type": "typing",
-                "user": self.membership.username,
+                "user": membership.username,
                 "active": active,
                 "ttl_ms": int(settings.TYPING_TTL_S * 1000),
             },
@@ -374,9 +380,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if state not in presence.PRESENCE_STATES:
             allowed = list(presence.PRESENCE_STATES)
             raise ValidationFailed("Invalid presence.", details={"state": [f"Must be one of {allowed}."]})
-        assert self.membership is not None
+        membership = self._joined()
         await presence.presence_refresh(
-            session_id=self.session_id, channel_name=self.channel_name, username=self.membership.username, state=state
+            session_id=self.session_id, channel_name=self.channel_name, username=membership.username, state=state
         )
         await self._broadcast_presence("state", state=state)
 
@@ -449,11 +455,11 @@ class SessionConsumer(AsyncWebsocketConsumer):
             # The client refetches the snapshot; live delivery goes on after it.
             self.delivered_seq = max(self.delivered_seq, upto_seq)
             return
-        assert self.membership is not None
+        membership = self._joined()
         cursor = after_seq
         while cursor < upto_seq:
             page = await events_between(
-                session=self.membership.session, after_seq=cursor, upto_seq=upto_seq, limit=settings.WS_REPLAY_PAGE
+                session=membership.session, after_seq=cursor, upto_seq=upto_seq, limit=settings.WS_REPLAY_PAGE
             )
             if not page:
                 break
@@ -468,7 +474,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         self.delivered_seq = event["seq"]
 
     async def _broadcast_presence(self, kind: str, *, user: str | None = None, state: str | None = None) -> None:
-        assert self.membership is not None
+        membership = self._joined()
         online = await presence.presence_online(session_id=self.session_id)
         ai_state = await presence.ai_state_get(session_id=self.session_id)
         await session_broadcast_async(
@@ -476,7 +482,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
             message={
                 "type": "presence",
                 "event": kind,
-                "user": user or self.membership.username,
+                "user": user or membership.username,
                 "state": state,
                 "online": online,
                 "ai_state": ai_state,

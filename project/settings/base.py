@@ -207,6 +207,8 @@ AI_MAX_DELAY_MS = env.get_float("AI_MAX_DELAY_MS", 10.0)
 # faster on a busy 2-core box: two threads spin-wait on each other and a
 # MiniLM pass got 6x slower under load (bench/results/inference.md).
 AI_TORCH_THREADS = env.get_int("AI_TORCH_THREADS", 1)
+# Load and warm the model when a realtime worker starts (false: on first use).
+AI_WARM_ON_START = env.get_bool("AI_WARM_ON_START", True)
 
 # --- Batch jobs (apps/batch; defaults of the job parameters beat sends) ----
 # An open session with no activity for this long is closed by session_expiry.
@@ -217,11 +219,16 @@ RETENTION_DEAD_LETTER_DAYS = env.get_int("RETENTION_DEAD_LETTER_DAYS", 30)
 RETENTION_OUTBOX_DAYS = env.get_int("RETENTION_OUTBOX_DAYS", 7)
 RETENTION_PROCESSED_EVENT_DAYS = env.get_int("RETENTION_PROCESSED_EVENT_DAYS", 7)
 RETENTION_JOB_RUN_DAYS = env.get_int("RETENTION_JOB_RUN_DAYS", 30)
+# Modules whose @register'd jobs the runner, run_job and the jobs API know;
+# code, not deployment configuration, so no environment variable.
+BATCH_JOB_MODULES = ["workers.batch.jobs", "workers.training.jobs"]
 
 # --- Context limits ---------------------------------------------------------
 EVENT_BATCH_MAX = env.get_int("EVENT_BATCH_MAX", 500)
 # An Idempotency-Key is remembered this long; retention purges it afterwards.
 IDEMPOTENCY_KEY_TTL_S = env.get_int("IDEMPOTENCY_KEY_TTL_S", 24 * 3600)
+# A key left in_progress this long belongs to a crashed request: the next repeat takes it over.
+IDEMPOTENCY_LOCK_TIMEOUT_S = env.get_int("IDEMPOTENCY_LOCK_TIMEOUT_S", 60)
 EVENT_DATA_MAX_BYTES = env.get_int("EVENT_DATA_MAX_BYTES", 65_536)
 SNAPSHOT_RECENT_EVENTS = env.get_int("SNAPSHOT_RECENT_EVENTS", 50)
 
@@ -254,6 +261,22 @@ METRICS_TOKEN = env.get_str("METRICS_TOKEN", "")
 # RabbitMQ management API base URL (e.g. http://rabbitmq:15672); when set the
 # fleet figures take head-message age and rates from it (docs: apps/ops/fleet.py).
 RABBITMQ_MANAGEMENT_URL = env.get_str("RABBITMQ_MANAGEMENT_URL", "")
+# Scaling advice (apps/ops/fleet.py): the worker count it may advise per queue,
+# and, as code rather than deployment configuration, per-queue overrides of the
+# latency targets, the service time assumed before any task ran, and the bounds.
+OPS_MIN_WORKERS = env.get_int("OPS_MIN_WORKERS", 1)
+OPS_MAX_WORKERS = env.get_int("OPS_MAX_WORKERS", 64)
+OPS_LATENCY_TARGETS: dict[str, float] = {}
+OPS_DEFAULT_SERVICE_SECONDS: dict[str, float] = {}
+OPS_WORKER_BOUNDS: dict[str, tuple[int, int]] = {}
+# Queues watched besides the work queues and the subscribers' (e.g. a queue another system feeds).
+OPS_EXTRA_QUEUES = env.get_list("OPS_EXTRA_QUEUES", [])
+# Worker processes serve their own /metrics on this port (0: off).
+METRICS_PORT = env.get_int("METRICS_PORT", 0)
+# Name reported by /healthz (empty: host:pid).
+INSTANCE_NAME = env.get_str("INSTANCE_NAME", "")
+# ops.canary in mode "slow" sleeps this long (seconds).
+CANARY_SLOW_SECONDS = env.get_float("CANARY_SLOW_SECONDS", 5.0)
 
 LOG_LEVEL = env.get_str("LOG_LEVEL", "INFO")
 LOGGING = {

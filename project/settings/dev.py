@@ -1,4 +1,4 @@
 from project import env
-from project.settings.base import *  # noqa: F403
+from project.settings.base import *
 
 DEBUG = env.get_bool("DEBUG", True)

@@ -1,7 +1,7 @@
 """Production settings: secure by default, and refuse to start half-configured."""
 
 from project import env
-from project.settings.base import *  # noqa: F403
+from project.settings.base import *
 
 SECRET_KEY = env.get_str("SECRET_KEY")  # required: no default in production
 if len(SECRET_KEY) < 50 or SECRET_KEY.startswith("django-insecure") or SECRET_KEY.startswith("dev-insecure"):

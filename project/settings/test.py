@@ -9,7 +9,7 @@ machine never consume each other's messages or keys.
 import os
 from urllib.parse import urlsplit, urlunsplit
 
-from project.settings.base import *  # noqa: F403
+from project.settings.base import *
 from project.settings.base import BROKER_URL, CACHES, CHANNEL_LAYERS, DATABASES, REST_FRAMEWORK
 
 TEST_RUN_ID = os.environ.setdefault("TEST_RUN_ID", str(os.getpid()))

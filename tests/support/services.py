@@ -90,7 +90,7 @@ class PrivateRabbitMQ:
     def __post_init__(self) -> None:
         self.nodename = f"ce{self.port}@localhost"
         shutil.chown(self.workdir, user="rabbitmq", group="rabbitmq")
-        os.chmod(self.workdir, 0o755)
+        os.chmod(self.workdir, 0o755)  # noqa: S103 - the rabbitmq user must enter it
 
     @property
     def url(self) -> str:

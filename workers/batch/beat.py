@@ -21,6 +21,7 @@ old leader already sent.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -61,10 +62,8 @@ class SingleBeatScheduler(DatabaseScheduler):
 
     def _drop_lock_connection(self) -> None:
         if self._lock_conn is not None:
-            try:
+            with contextlib.suppress(psycopg.Error):  # closing a broken connection
                 self._lock_conn.close()
-            except psycopg.Error:
-                pass
         self._lock_conn = None
 
     def hold_lock(self) -> bool:

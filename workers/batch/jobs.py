@@ -2,7 +2,9 @@
 
 Each job's ``step`` does one chunk inside the framework's transaction (see
 ``apps.batch.jobs``) and returns the checkpoint to resume from. Business rules
-live in the services they call; a step only pages through the work.
+live in the services they call; a step only pages through the work. Dead
+letters belong to the operations layer above: retention purges them through
+the callback it installs in ``apps.batch.hooks``.
 """
 
 from __future__ import annotations
@@ -15,10 +17,26 @@ from django.utils import timezone
 
 from apps.batch import selectors as batch_selectors
 from apps.batch import services as batch_services
+from apps.batch.hooks import hooks as batch_hooks
 from apps.batch.jobs import Job, Param, Step, register
 from apps.batch.models import JobRun
 from apps.common.exceptions import ValidationFailed
+from apps.context import selectors as context_selectors
+from apps.context import services as context_services
+from apps.context.idempotency import idempotency_key_purge
+from apps.eventbus import services as eventbus_services
 from apps.eventbus.queues import Queue
+
+
+def _at_least_one(key: str, value: int) -> int:
+    if value < 1:
+        raise ValidationFailed(f"{key} must be at least 1.")
+    return value
+
+
+def _or_default(params: dict[str, Any], key: str, default: int) -> int:
+    """``params[key]``, or the setting ``default`` when the run left it unset; at least 1 either way."""
+    return _at_least_one(key, params[key] if params[key] is not None else default)
 
 
 @register
@@ -32,12 +50,7 @@ class SessionExpiryJob(Job):
     }
 
     def step(self, *, params: dict[str, Any], checkpoint: dict[str, Any], run: JobRun) -> Step:
-        from apps.context import selectors as context_selectors
-        from apps.context import services as context_services
-
-        idle = params["idle_minutes"] if params["idle_minutes"] is not None else settings.SESSION_IDLE_TIMEOUT_MINUTES
-        if idle < 1:
-            raise ValidationFailed("idle_minutes must be at least 1.")
+        idle = _or_default(params, "idle_minutes", settings.SESSION_IDLE_TIMEOUT_MINUTES)
         # The cutoff is fixed when the run starts and kept in the checkpoint, so
         # a resumed run closes exactly the sessions the first attempt would have.
         cutoff = checkpoint.get("cutoff") or (timezone.now() - timedelta(minutes=idle)).isoformat()
@@ -80,47 +93,31 @@ class RetentionPurgeJob(Job):
         if "now" not in checkpoint:
             checkpoint["now"] = timezone.now().isoformat()
         now = datetime.fromisoformat(checkpoint["now"])
-
-        def days(key: str, setting: str) -> int:
-            value = params[key] if params[key] is not None else getattr(settings, setting)
-            if value < 1:
-                raise ValidationFailed(f"{key} must be at least 1.")
-            return value
-
-        if target == "dead_letters":
-            from apps.ops.services import dead_letter_purge
-
-            deleted = dead_letter_purge(
-                older_than=now - timedelta(days=days("dead_letter_days", "RETENTION_DEAD_LETTER_DAYS"))
-            )
-        elif target == "outbox":
-            from apps.eventbus.services import outbox_purge_published
-
-            deleted = outbox_purge_published(
-                older_than=now - timedelta(days=days("outbox_days", "RETENTION_OUTBOX_DAYS"))
-            )
-        elif target == "processed_events":
-            from apps.eventbus.services import processed_events_purge
-
-            # Dedupe records must outlive any redelivery of their event; a week
-            # is far beyond the broker's and the relay's retry horizons.
-            deleted = processed_events_purge(
-                older_than=timedelta(days=days("processed_event_days", "RETENTION_PROCESSED_EVENT_DAYS"))
-            )
-        elif target == "idempotency_keys":
-            from apps.context.idempotency import idempotency_key_purge
-
-            deleted = idempotency_key_purge()  # the keys' own retention (IDEMPOTENCY_KEY_TTL_S, 24 h)
-        else:
-            deleted = batch_services.job_run_purge(
-                older_than=now - timedelta(days=days("job_run_days", "RETENTION_JOB_RUN_DAYS"))
-            )
+        deleted = self._purge(target, params=params, now=now)
         return Step(
             done=1,
             checkpoint={"now": checkpoint["now"], "index": index + 1},
             finished=index + 1 >= len(self.targets),
             result={f"deleted_{target}": deleted},
         )
+
+    def _purge(self, target: str, *, params: dict[str, Any], now: datetime) -> int:
+        if target == "dead_letters":
+            days = _or_default(params, "dead_letter_days", settings.RETENTION_DEAD_LETTER_DAYS)
+            purge = batch_hooks.dead_letter_purge
+            return purge(older_than=now - timedelta(days=days)) if purge else 0
+        if target == "outbox":
+            days = _or_default(params, "outbox_days", settings.RETENTION_OUTBOX_DAYS)
+            return eventbus_services.outbox_purge_published(older_than=now - timedelta(days=days))
+        if target == "processed_events":
+            days = _or_default(params, "processed_event_days", settings.RETENTION_PROCESSED_EVENT_DAYS)
+            # Dedupe records must outlive any redelivery of their event; a week
+            # is far beyond the broker's and the relay's retry horizons.
+            return eventbus_services.processed_events_purge(older_than=timedelta(days=days))
+        if target == "idempotency_keys":
+            return idempotency_key_purge()  # the keys' own retention (IDEMPOTENCY_KEY_TTL_S, 24 h)
+        days = _or_default(params, "job_run_days", settings.RETENTION_JOB_RUN_DAYS)
+        return batch_services.job_run_purge(older_than=now - timedelta(days=days))
 
 
 @register
@@ -142,8 +139,7 @@ class DailyRollupJob(Job):
             date.fromisoformat(cleaned["day"])
         except ValueError as exc:
             raise ValidationFailed("day must be YYYY-MM-DD.", details={"day": [cleaned["day"]]}) from exc
-        if cleaned["chunk_size"] < 1:
-            raise ValidationFailed("chunk_size must be at least 1.")
+        _at_least_one("chunk_size", cleaned["chunk_size"])
         return cleaned
 
     def step(self, *, params: dict[str, Any], checkpoint: dict[str, Any], run: JobRun) -> Step:

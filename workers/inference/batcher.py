@@ -16,6 +16,7 @@ dead-letters on its own).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -56,15 +57,13 @@ class BatcherClosed(RuntimeError):
 
 def _observe(size: int, waits: list[float], seconds: float) -> None:
     """Batch size, forward time and item waits into the Prometheus series of apps.common.metrics."""
-    try:
-        from apps.common.metrics import INFERENCE_BATCH_LATENCY, INFERENCE_BATCH_SIZE, INFERENCE_WAIT
+    from apps.common.metrics import INFERENCE_BATCH_LATENCY, INFERENCE_BATCH_SIZE, INFERENCE_WAIT
 
+    with contextlib.suppress(Exception):  # metrics must never fail a batch
         INFERENCE_BATCH_SIZE.observe(size)
         INFERENCE_BATCH_LATENCY.observe(seconds)
         for wait in waits:
             INFERENCE_WAIT.observe(max(0.0, wait))
-    except Exception:  # noqa: BLE001 - metrics must never fail a batch
-        pass
 
 
 class MicroBatcher(Generic[In, Out]):
@@ -75,7 +74,7 @@ class MicroBatcher(Generic[In, Out]):
         max_batch: int = 32,
         max_delay_ms: float = 10.0,
         name: str = "micro-batcher",
-    ):
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self._batch_fn = batch_fn

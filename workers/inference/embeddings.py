@@ -32,7 +32,7 @@ def normalise_text(text: str) -> str:
 
 
 class _L1:
-    def __init__(self, size: int):
+    def __init__(self, size: int) -> None:
         self.size = size
         self._data: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
@@ -71,15 +71,8 @@ def cache_clear() -> None:
     _l1.clear()
 
 
-def embed_texts(texts: Sequence[str], *, rt: Runtime | None = None) -> list[np.ndarray]:
-    """One normalised vector per text, in order; the model sees only texts never embedded before."""
-    rt = rt or runtime()
-    model_name = rt.model_name
-    cleaned = [normalise_text(t) if isinstance(t, str) else t for t in texts]
-    hashes = [
-        ai_selectors.embedding_content_hash(text=t, model_name=model_name) if isinstance(t, str) else ""
-        for t in cleaned
-    ]
+def _stored_vectors(hashes: Sequence[str]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The vectors already known (this process's L1, then the database) and the hashes neither has."""
     out: dict[str, np.ndarray] = {}
     missing: list[str] = []
     for h in dict.fromkeys(hashes):
@@ -96,6 +89,19 @@ def embed_texts(texts: Sequence[str], *, rt: Runtime | None = None) -> list[np.n
             counters["db"] += 1
             _l1.put(h, vector)
             out[h] = vector
+    return out, missing
+
+
+def embed_texts(texts: Sequence[str], *, rt: Runtime | None = None) -> list[np.ndarray]:
+    """One normalised vector per text, in order; the model sees only texts never embedded before."""
+    rt = rt or runtime()
+    model_name = rt.model_name
+    cleaned = [normalise_text(t) if isinstance(t, str) else t for t in texts]
+    hashes = [
+        ai_selectors.embedding_content_hash(text=t, model_name=model_name) if isinstance(t, str) else ""
+        for t in cleaned
+    ]
+    out, missing = _stored_vectors(hashes)
     text_by_hash = {h: t for h, t in zip(hashes, cleaned, strict=True)}
     to_compute = [h for h in missing if h not in out]
 

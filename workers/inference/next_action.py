@@ -113,7 +113,7 @@ def _model_class() -> type:
     class NextActionModel(nn.Module):
         """Embedding -> GRU -> linear over the vocabulary (logits of the next action)."""
 
-        def __init__(self, vocab_size: int, *, embed_dim: int = 32, hidden_dim: int = 64, num_layers: int = 1):
+        def __init__(self, vocab_size: int, *, embed_dim: int = 32, hidden_dim: int = 64, num_layers: int = 1) -> None:
             super().__init__()
             self.config = {
                 "vocab_size": vocab_size,
@@ -233,7 +233,7 @@ def save_artifact(model: Any, vocab: Vocab, destination: str | Path | io.Buffere
 class TorchPredictor:
     """A loaded ``NextActionModel`` with the shared ``predict`` interface."""
 
-    def __init__(self, model: Any, vocab: Vocab, *, device: str = "cpu", context: int = DEFAULT_CONTEXT):
+    def __init__(self, model: Any, vocab: Vocab, *, device: str = "cpu", context: int = DEFAULT_CONTEXT) -> None:
         self.model = model.to(device).eval()
         self.vocab = vocab
         self.device = device

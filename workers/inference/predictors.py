@@ -35,7 +35,7 @@ class Predictor(Protocol):
 
 
 class PredictorHolder:
-    def __init__(self, *, name: str = ai_selectors.NEXT_ACTION_MODEL, device: str = "cpu"):
+    def __init__(self, *, name: str = ai_selectors.NEXT_ACTION_MODEL, device: str = "cpu") -> None:
         self.name = name
         self.device = device
         # Re-entrant: the load path falls back to the baseline under the same lock.
@@ -74,7 +74,7 @@ class PredictorHolder:
                     predictor = load_predictor(
                         ai_selectors.model_version_artifact(model_version_id=version_id), device=self.device
                     )
-                except Exception:  # noqa: BLE001 - a bad artifact must not take suggestions down
+                except Exception:  # a bad artifact must not take suggestions down
                     logger.exception("could not load model version %s; using the baseline", label)
                     self._failed_id = version_id
                     return self._baseline_predictor()

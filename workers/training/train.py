@@ -136,7 +136,7 @@ def train_next_action(*, config: TrainingConfig) -> dict[str, Any]:
             current_predictor = load_predictor(ai_selectors.model_version_artifact(model_version_id=current.pk))
             metrics["current_version"] = current.label
             metrics["current_top1"], metrics["current_topk"] = _accuracy(current_predictor, eval_pairs, config.k)
-        except Exception:  # noqa: BLE001 - an unreadable promoted artifact should be replaced, not block training
+        except Exception:  # an unreadable promoted artifact should be replaced, not block training
             logger.exception("promoted next-action artifact could not be evaluated", extra={"version": current.label})
             metrics["current_version"] = current.label
             metrics["current_topk"] = None

@@ -21,6 +21,7 @@ what was unacked) and reconnects with backoff.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -39,6 +40,14 @@ from kombu import Connection
 from apps.common.logging import correlation_id, set_correlation_id
 from apps.eventbus.amqp_io import buffered_reads
 from apps.eventbus.contracts import ContractError, Event, event_parse
+from apps.eventbus.hooks import hooks
+from apps.eventbus.messages import (
+    HEADER_DELIVERY_COUNT,
+    HEADER_REPLAY_ID,
+    REASON_REJECTED,
+    REPLAY_SUCCEEDED,
+    event_failure_key,
+)
 from apps.eventbus.subscribers.base import Subscriber
 
 logger = logging.getLogger("apps.eventbus.subscribers")
@@ -106,7 +115,9 @@ class RunnerStats:
 
 
 class SubscriberRunner:
-    def __init__(self, *, subscribers: Sequence[Subscriber], broker_url: str | None = None, max_wait: float = 0.05):
+    def __init__(
+        self, *, subscribers: Sequence[Subscriber], broker_url: str | None = None, max_wait: float = 0.05
+    ) -> None:
         if not subscribers:
             raise ValueError("no subscribers to run")
         self.broker_url = broker_url or settings.BROKER_URL
@@ -140,10 +151,8 @@ class SubscriberRunner:
 
     def close(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # already broken; dropping it
                 self._conn.release()
-            except Exception:  # noqa: BLE001 - already broken; dropping it
-                pass
         self._conn = None
         for slot in self.slots.values():
             slot.channel, slot.messages = None, []
@@ -174,7 +183,7 @@ class SubscriberRunner:
             applied = subscriber_apply(subscriber=sub, events=[e for _, e in parsed])
         except TRANSIENT_DB_ERRORS:
             raise
-        except Exception:  # noqa: BLE001 - one bad event must not hold back the batch: retry one by one
+        except Exception:  # one bad event must not hold back the batch: retry one by one
             logger.warning(
                 "subscriber batch failed; applying events one by one",
                 exc_info=True,
@@ -207,16 +216,13 @@ class SubscriberRunner:
         Succeeded also when it was a no-op (the event was applied before): the
         operator's question is whether the event is applied now, and it is.
         """
-        replay_ids = [rid for m in messages if (rid := (m.headers or {}).get("ce_replay_id"))]
-        if not replay_ids:
+        replay_ids = [rid for m in messages if (rid := (m.headers or {}).get(HEADER_REPLAY_ID))]
+        if not replay_ids or hooks.replay_finished is None:
             return
         try:
-            from apps.ops.models import ReplayStatus
-            from apps.ops.services import dead_letter_replay_finish
-
             for replay_id in replay_ids:
-                dead_letter_replay_finish(replay_id=str(replay_id), status=ReplayStatus.SUCCEEDED)
-        except Exception:  # noqa: BLE001 - the events are applied and acked; the audit row is secondary
+                hooks.replay_finished(replay_id=str(replay_id), status=REPLAY_SUCCEEDED)
+        except Exception:  # the events are applied and acked; the audit row is secondary
             logger.exception("could not mark event replays succeeded", extra={"replay_ids": replay_ids})
 
     def _record_failure(self, message: Any, sub: Subscriber, *, event: Event | None, exc: BaseException | None) -> None:
@@ -226,15 +232,12 @@ class SubscriberRunner:
         onto the ``DeadLetter`` row (exception class, message, traceback).
         """
         event_id = str(event.event_id) if event is not None else str(message.properties.get("message_id") or "")
-        if not event_id or exc is None:
+        if not event_id or exc is None or hooks.failure_recorded is None:
             return
         try:
-            from apps.ops.models import DeadLetterReason
-            from apps.ops.services import event_failure_key, task_failure_record
-
             queue = queue_name(sub)
-            redeliveries = int((message.headers or {}).get("x-delivery-count") or 0)
-            task_failure_record(
+            redeliveries = int((message.headers or {}).get(HEADER_DELIVERY_COUNT) or 0)
+            hooks.failure_recorded(
                 task_id=event_failure_key(queue=queue, event_id=event_id),
                 task_name=f"event:{event.event_type if event is not None else message.properties.get('type') or ''}",
                 queue=queue,
@@ -242,9 +245,9 @@ class SubscriberRunner:
                 exception_message=str(exc) + (f" {exc.errors}" if isinstance(exc, ContractError) else ""),
                 traceback="".join(traceback.format_exception(exc)),
                 attempts=1 + redeliveries,
-                reason=DeadLetterReason.REJECTED,
+                reason=REASON_REJECTED,
             )
-        except Exception:  # noqa: BLE001 - the dead letter matters more than its annotation
+        except Exception:  # the dead letter matters more than its annotation
             logger.exception("could not record the event failure", extra={"subscriber": sub.name, "event_id": event_id})
 
     def _dead_letter(
@@ -276,17 +279,16 @@ class SubscriberRunner:
     # --- loop ---------------------------------------------------------------
     def run_once(self, *, idle_timeout: float = 1.0) -> None:
         """Wait for messages (up to ``idle_timeout``), then flush every slot that is full or has waited enough."""
-        assert self._conn is not None
+        if self._conn is None:
+            raise RuntimeError("run_once before connect")
         pending = [s for s in self.slots.values() if s.messages]
         if pending:
             oldest = min(s.first_at for s in pending)
             timeout = max(0.0005, oldest + self.max_wait - time.monotonic())
         else:
             timeout = idle_timeout
-        try:
+        with contextlib.suppress(TimeoutError):
             self._conn.drain_events(timeout=timeout)
-        except TimeoutError:
-            pass
         now = time.monotonic()
         for slot in self.slots.values():
             full = len(slot.messages) >= slot.subscriber.batch_size

@@ -34,7 +34,7 @@ def _redis() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL)
 
 
-def _wait(predicate, timeout: float = 2.0) -> bool:  # noqa: ANN001
+def _wait(predicate, timeout: float = 2.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -176,7 +176,7 @@ def test_the_redis_lock_makes_other_instances_wait_for_the_first_load(make_cache
     barrier = threading.Barrier(12)
     results: list[object] = []
 
-    def read(cache) -> None:  # noqa: ANN001
+    def read(cache) -> None:
         barrier.wait()
         results.append(cache.get_or_load("hot", loader, ttl=10))
 

@@ -39,7 +39,7 @@ def test_threads_appending_to_one_session_get_gap_free_seq(make_user, user):
                 stored = services.context_event_append(session=session, author=writers[index], events=batch)
                 mine.extend(e.seq for e in stored)
             seen[index] = mine
-        except BaseException as exc:  # surfaced below
+        except BaseException as exc:  # noqa: BLE001 - surfaced below
             errors.append(exc)
         finally:
             connection.close()

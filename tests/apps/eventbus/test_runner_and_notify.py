@@ -110,7 +110,8 @@ def test_notify_wakes_the_relay_at_commit_and_not_on_rollback():
 
 @pytest.mark.django_db
 def test_dead_letters_replayed_after_the_fix_are_applied_once(runner, monkeypatch):
-    from apps.eventbus.deadletters import event_dead_letters_replay
+    from apps.ops.archiver import subscriber_dead_letters_replay
+    from apps.ops.models import DeadLetterReplay, ReplayStatus
 
     monkeypatch.setenv("EVENTBUS_SUBSCRIBERS", f"{__name__}.Recording")
     body = _body(explode=True)
@@ -120,14 +121,18 @@ def test_dead_letters_replayed_after_the_fix_are_applied_once(runner, monkeypatc
         assert time.monotonic() < deadline, runner.stats
         runner.run_once(idle_timeout=0.2)
     monkeypatch.setattr(Recording, "handle", lambda self, event: None)  # the fix
-    moved = 0
-    while moved < 1 and time.monotonic() < deadline:  # dead-lettering is asynchronous
-        moved += event_dead_letters_replay(subscriber="test_recording")
-    assert moved == 1
-    assert event_dead_letters_replay(subscriber="test_recording") == 0
+    result = {"archived": 0}
+    while result["archived"] < 1:  # dead-lettering is asynchronous
+        assert time.monotonic() < deadline
+        result = subscriber_dead_letters_replay(subscriber="test_recording")
+    assert result["archived"] == 1 and len(result["replayed"]) == 1
+    again = subscriber_dead_letters_replay(subscriber="test_recording")  # archived rows replay once
+    assert again["archived"] == 0 and again["replayed"] == []
     while runner.stats.applied < 1:
         assert time.monotonic() < deadline, runner.stats
         runner.run_once(idle_timeout=0.2)
     assert ProcessedEvent.objects.filter(subscriber="test_recording").count() == 1
+    # One audited path: the replay row, settled by the runner once the event applied.
+    assert DeadLetterReplay.objects.get().status == ReplayStatus.SUCCEEDED
     with pytest.raises(Exception, match="Unknown subscriber"):
-        event_dead_letters_replay(subscriber="nobody")
+        subscriber_dead_letters_replay(subscriber="nobody")

@@ -19,6 +19,7 @@ from django.core.management import call_command
 from kombu import Connection
 
 from apps.eventbus.contracts import event_build
+from apps.eventbus.messages import event_failure_key
 from apps.eventbus.queues import dead_letter_queue, subscriber_queue
 from apps.ops import services
 from apps.ops.models import DeadLetter, DeadLetterReplay, DeadLetterStatus, ReplayStatus
@@ -143,7 +144,7 @@ def test_event_queues_are_told_from_work_queues():
 def test_archived_event_row_has_queue_reason_payload_and_the_runners_failure_note():
     envelope = _event(text="boom")
     services.task_failure_record(
-        task_id=services.event_failure_key(queue=QUEUE, event_id=envelope["event_id"]),
+        task_id=event_failure_key(queue=QUEUE, event_id=envelope["event_id"]),
         task_name="event:context.updated",
         queue=QUEUE,
         exception_class="ValueError",

@@ -253,7 +253,7 @@ def management_api(settings):
     seen: list[tuple[str, str]] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server API
+        def do_GET(self) -> None:  # http.server API
             seen.append((self.path, self.headers.get("Authorization", "")))
             body = jsonlib.dumps(
                 {

@@ -21,11 +21,11 @@ class Seeing(Subscriber):
     def __init__(self) -> None:
         self.seen: list[str | None] = []
 
-    def handle(self, event) -> None:  # noqa: ANN001
+    def handle(self, event) -> None:
         self.seen.append(get_correlation_id())
 
 
-def _event(cid: str | None):  # noqa: ANN202
+def _event(cid: str | None):
     return event_build(
         event_type="session.closed",
         session_id=uuid.uuid4(),

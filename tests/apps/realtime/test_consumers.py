@@ -16,6 +16,7 @@ from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from apps.context.hooks import hooks
 from apps.context.models import Participant
 from apps.context.services import participant_add
 from apps.realtime import consumers, presence
@@ -210,7 +211,7 @@ def test_lost_broadcast_is_refilled_from_postgres_in_order(room):
 
     async def scenario():
         bob = await open_client(room["sid"], room["bob_token"])
-        with mock.patch("apps.context.services.context_events_broadcast"):
+        with mock.patch.object(hooks, "events_appended", None):
             await append_events(room["session"], room["alice"], "lost-1", "lost-2")
         assert await bob.nothing()
         await append_events(room["session"], room["alice"], "live")
@@ -498,7 +499,7 @@ def test_connection_recovers_when_redis_loses_its_state(room, settings):
         client.delete(presence.presence_key(room["sid"]), presence.conns_key(room["sid"]))
         client.close()
         # The broadcasts of these two appends are lost, as during the outage.
-        with mock.patch("apps.context.services.context_events_broadcast"):
+        with mock.patch.object(hooks, "events_appended", None):
             await append_events(room["session"], room["alice"], "while-lost-1", "while-lost-2")
         events = await bob.events(2, timeout=10)
         assert [e["seq"] for e in events] == [1, 2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -96,14 +97,11 @@ def _fresh_subscriber_queues() -> None:
             for queue in (f"events.{name}", f"events.{name}.dlq"):
                 channel = conn.channel()
                 try:
-                    channel.queue_delete(queue)
-                except Exception:  # noqa: BLE001 - not declared yet
-                    pass
+                    with contextlib.suppress(Exception):  # not declared yet
+                        channel.queue_delete(queue)
                 finally:
-                    try:
+                    with contextlib.suppress(Exception):  # the channel closed itself
                         channel.close()
-                    except Exception:  # noqa: BLE001 - the channel closed itself
-                        pass
 
 
 class Tap:

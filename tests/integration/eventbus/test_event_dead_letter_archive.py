@@ -8,6 +8,7 @@ applied exactly once, and a forced repeat is a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -33,14 +34,11 @@ def _delete_queues() -> None:
         for queue in (QUEUE, DLQ):
             channel = conn.channel()
             try:
-                channel.queue_delete(queue)
-            except Exception:  # noqa: BLE001 - not declared yet
-                pass
+                with contextlib.suppress(Exception):  # not declared yet
+                    channel.queue_delete(queue)
             finally:
-                try:
+                with contextlib.suppress(Exception):  # the channel closed itself
                     channel.close()
-                except Exception:  # noqa: BLE001 - the channel closed itself
-                    pass
 
 
 def _queue_depth(name: str) -> int:

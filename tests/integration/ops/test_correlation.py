@@ -52,7 +52,7 @@ def relay_and_subscribers(transactional_db, subprocess_env, tmp_path) -> Iterato
                 proc.wait(timeout=10)
 
 
-def _get(conn: Connection, queue: str, *, timeout: float = 60.0, match=lambda m: True):  # noqa: ANN001, ANN202
+def _get(conn: Connection, queue: str, *, timeout: float = 60.0, match=lambda m: True):
     deadline = time.monotonic() + timeout
     channel = conn.channel()
     while time.monotonic() < deadline:

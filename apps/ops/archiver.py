@@ -18,14 +18,19 @@ import threading
 import time
 from typing import Any
 
+from django.conf import settings
 from django.db import close_old_connections
 from kombu import Connection, Message
 from kombu import Queue as KombuQueue
 from kombu.mixins import ConsumerMixin
 
+from apps.common.exceptions import ValidationFailed
 from apps.eventbus.queues import DEAD_LETTER_QUEUES, dead_letter_queue, declare_topology, subscriber_queue_name
+from apps.eventbus.subscribers import registered_subscribers
+from apps.ops.selectors import dead_letter_list
+from apps.ops.services import dead_letter_archive, dead_letter_replay_bulk
 
-logger = logging.getLogger("workers.deadletter.archiver")
+logger = logging.getLogger(__name__)
 
 # Messages in hand per channel: rows are written one by one, so a small window
 # keeps throughput without holding many unacked messages.
@@ -67,19 +72,12 @@ class DeadLetterArchiver(ConsumerMixin):
             self.should_stop = True
 
     def on_message(self, message: Message) -> None:
-        from apps.ops.services import dead_letter_archive
-
         dlq = (message.delivery_info or {}).get("routing_key") or ""
         queue_name = _dlq_name(message, dlq)
         try:
             close_old_connections()
-            dead_letter, created = dead_letter_archive(
-                dead_letter_queue=queue_name,
-                body=message.body,
-                headers=message.headers,
-                properties=dict(message.properties),
-            )
-        except Exception:  # noqa: BLE001 - keep the message; try again after a pause
+            _archive(message, queue_name)
+        except Exception:  # keep the message; try again after a pause
             self.db_failures += 1
             logger.exception("could not archive a dead letter; requeued", extra={"queue": queue_name})
             message.requeue()
@@ -88,21 +86,69 @@ class DeadLetterArchiver(ConsumerMixin):
         self.db_failures = 0
         message.ack()
         self.archived += 1
-        logger.info(
-            "dead letter archived" if created else "dead letter already archived",
-            extra={
-                "dead_letter_id": str(dead_letter.id),
-                "queue": dead_letter.queue,
-                "task": dead_letter.task_name,
-                "reason": dead_letter.reason,
-            },
-        )
+
+
+def _archive(message: Message, dead_letter_queue_name: str) -> None:
+    """One dead-lettered message into its ``DeadLetter`` row (the same row when it was archived before)."""
+    dead_letter, created = dead_letter_archive(
+        dead_letter_queue=dead_letter_queue_name,
+        body=message.body,
+        headers=message.headers,
+        properties=dict(message.properties),
+    )
+    logger.info(
+        "dead letter archived" if created else "dead letter already archived",
+        extra={
+            "dead_letter_id": str(dead_letter.id),
+            "queue": dead_letter.queue,
+            "task": dead_letter.task_name,
+            "reason": dead_letter.reason,
+        },
+    )
+
+
+def dead_letter_queue_drain(*, queue: str, limit: int | None = None, broker_url: str | None = None) -> int:
+    """Archive what ``<queue>.dlq`` holds now, as the running archiver would, without waiting for more.
+
+    Each message is acked after its row commits. Returns how many were archived.
+    """
+    archived = 0
+    with Connection(broker_url or settings.BROKER_URL) as conn:
+        dlq = dead_letter_queue(queue)(conn.channel())
+        dlq.declare()
+        while limit is None or archived < limit:
+            message = dlq.get(no_ack=False)
+            if message is None:
+                break
+            _archive(message, dlq.name)
+            message.ack()
+            archived += 1
+    return archived
+
+
+def subscriber_dead_letters_replay(
+    *, subscriber: str, limit: int = 1000, user: Any | None = None, force: bool = False
+) -> dict[str, Any]:
+    """A subscriber's dead letters back into ``events.<subscriber>``, audited, once the cause is fixed.
+
+    What waits in ``events.<subscriber>.dlq`` is archived first, so every
+    replay goes through ``dead_letter_replay`` (a ``DeadLetterReplay`` row per
+    message, once per row unless ``force``). Returns ``dead_letter_replay_bulk``'s
+    result with ``archived``: how many messages were taken off the DLQ.
+    """
+    names = {cls.name for cls in registered_subscribers()}
+    if subscriber not in names:
+        raise ValidationFailed("Unknown subscriber.", details={"subscriber": subscriber, "known": sorted(names)})
+    queue = subscriber_queue_name(subscriber)
+    archived = dead_letter_queue_drain(queue=queue, limit=limit)
+    result = dead_letter_replay_bulk(
+        queryset=dead_letter_list(filters={"queue": queue}), user=user, force=force, limit=limit
+    )
+    return {**result, "archived": archived}
 
 
 def archived_queues() -> list[KombuQueue]:
     """The work queues' DLQs and ``events.<name>.dlq`` of every registered subscriber."""
-    from apps.eventbus.subscribers import registered_subscribers
-
     names = sorted({cls.name for cls in registered_subscribers()})
     return [*DEAD_LETTER_QUEUES, *(dead_letter_queue(subscriber_queue_name(name)) for name in names)]
 

@@ -11,11 +11,10 @@ import os
 import time
 from typing import Any
 
-from apps.eventbus.queues import Queue
-from project import env
-from workers.base import PermanentError, task
+from django.conf import settings
 
-CANARY_SLOW_SECONDS = env.get_float("CANARY_SLOW_SECONDS", 5.0)
+from apps.eventbus.queues import Queue
+from workers.base import PermanentError, task
 
 
 class CanaryFailure(PermanentError):
@@ -35,5 +34,5 @@ def canary(*, canary_id: str, mode: str, **kwargs: Any) -> None:
         # unacked message and counts the delivery.
         os._exit(70)
     if mode == "slow":
-        time.sleep(CANARY_SLOW_SECONDS)
+        time.sleep(settings.CANARY_SLOW_SECONDS)
     canary_run_mark(canary_id=canary_id, status="succeeded", attempts=attempt)
