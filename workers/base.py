@@ -50,7 +50,6 @@ import contextlib
 import inspect
 import json
 import logging
-import random
 import time
 import traceback as traceback_module
 from collections.abc import Callable
@@ -60,6 +59,7 @@ import celery
 from celery import shared_task, signals
 from celery.exceptions import Ignore, Reject, Retry
 
+from apps.common.backoff import backoff_delay
 from apps.common.logging import get_correlation_id, new_correlation_id, set_correlation_id
 from apps.eventbus.hooks import hooks
 from apps.eventbus.messages import (
@@ -122,8 +122,7 @@ def _observe(task_name: str, queue: str, outcome: str, seconds: float) -> None:
 
 def backoff_seconds(attempt: int, *, base: float, cap: float) -> int:
     """Exponential backoff with full jitter, whole seconds (native delayed delivery's unit), at least 1."""
-    ceiling = min(cap, base * (2 ** max(attempt - 1, 0)))
-    return max(1, round(random.uniform(ceiling / 2, ceiling)))  # noqa: S311 - jitter, not a secret
+    return max(1, round(backoff_delay(attempt, base=base, cap=cap, floor=0.5)))
 
 
 def _header_int(request: Any, key: str, default: int) -> int:

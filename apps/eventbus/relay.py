@@ -35,7 +35,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import select
 import signal
 import socket
@@ -46,12 +45,14 @@ from typing import Any
 
 import amqp
 import psycopg
-from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from kombu import Connection
 
-from apps.eventbus.amqp_io import batched_writes, buffered_reads
+from apps.common.backoff import backoff_delay
+from apps.common.metrics import OUTBOX_PUBLISHED
 from apps.eventbus.models import OutboxMessage
+from apps.eventbus.publisher import ConfirmPublisher, OutgoingMessage
+from apps.eventbus.queues import dead_letter_queue, declare_topology, subscriber_queue, subscriber_queue_name
+from apps.eventbus.subscribers import registered_subscribers
 
 logger = logging.getLogger("apps.eventbus.relay")
 
@@ -68,16 +69,7 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _backoff(attempt: int, *, base: float = 0.5, cap: float = 30.0) -> float:
-    """Exponential backoff with full jitter (attempt 1 -> up to base seconds)."""
-    return random.uniform(0, min(cap, base * (2 ** max(attempt - 1, 0))))  # noqa: S311 - jitter, not crypto
-
-
 def _count_published(n: int) -> None:
-    try:
-        from apps.common.metrics import OUTBOX_PUBLISHED
-    except ImportError:
-        return
     OUTBOX_PUBLISHED.inc(n)
 
 
@@ -103,127 +95,26 @@ class BatchResult:
     failures: dict[int, str] = field(default_factory=dict)
 
 
-class BrokerPublisher:
-    """A confirm-mode channel that publishes a batch and waits for all its confirms."""
+def _outgoing(row: _Claimed) -> OutgoingMessage:
+    properties: dict[str, Any] = {"message_id": row.message_id}
+    if row.kind == OutboxMessage.Kind.TASK:
+        # Celery reads the task id from correlation_id (protocol 2).
+        properties["correlation_id"] = row.message_id
+    else:
+        properties["correlation_id"] = row.correlation_id or row.message_id
+        properties["type"] = row.routing_key
+    return OutgoingMessage(
+        body=row.body, exchange=row.exchange, routing_key=row.routing_key, headers=row.headers, properties=properties
+    )
 
-    def __init__(self, *, broker_url: str, confirm_timeout: float = 15.0) -> None:
-        self.broker_url = broker_url
-        self.confirm_timeout = confirm_timeout
-        self._conn: Connection | None = None
-        self._channel: Any = None
-        self._next_tag = 1
-        self._acked_upto = 0
-        self._acked: set[int] = set()
-        self._nacked: set[int] = set()
-        self._returned: dict[str, str] = {}
-        self._pending_tags: set[int] = set()
 
-    def connect(self) -> None:
-        self.close()
-        conn = Connection(self.broker_url, connect_timeout=5, heartbeat=0)
-        conn.connect()
-        buffered_reads(conn)
-        channel = conn.channel()
-        self._declare(channel)
-        channel.confirm_select()
-        channel.events["basic_ack"].add(self._on_ack)
-        channel.events["basic_nack"].add(self._on_nack)
-        channel.events["basic_return"].add(self._on_return)
-        self._conn, self._channel = conn, channel
-        self._next_tag = 1
-        logger.info("relay connected to broker")
-
-    def _declare(self, channel: Any) -> None:
-        # Declare everything the relay publishes to, so a message committed
-        # before any consumer started is still routed and kept (mandatory
-        # routing would otherwise return it).
-        from apps.eventbus.queues import dead_letter_queue, declare_topology, subscriber_queue
-        from apps.eventbus.subscribers import registered_subscribers
-
-        declare_topology(channel)
-        for subscriber in registered_subscribers():
-            subscriber_queue(subscriber.name, list(subscriber.patterns))(channel).declare()
-            dead_letter_queue(f"events.{subscriber.name}")(channel).declare()
-
-    @property
-    def connected(self) -> bool:
-        return self._conn is not None
-
-    def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):  # already broken; we are dropping it anyway
-                self._conn.release()
-        self._conn, self._channel = None, None
-
-    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
-        if multiple:
-            self._acked_upto = max(self._acked_upto, delivery_tag)
-        else:
-            self._acked.add(delivery_tag)
-
-    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
-        if multiple:
-            self._nacked.update(t for t in self._pending_tags if t <= delivery_tag)
-            self._acked_upto = max(self._acked_upto, delivery_tag)
-        else:
-            self._nacked.add(delivery_tag)
-
-    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
-        message_id = message.properties.get("message_id", "")
-        self._returned[message_id] = f"unroutable: {exchange}/{routing_key}: {exc}"
-
-    def publish_batch(self, rows: list[_Claimed]) -> dict[int, str]:
-        """Publish ``rows`` and wait for every confirm. Returns {row id: error} for rows that failed."""
-        if self._channel is None:
-            raise RuntimeError("publish_batch before connect")
-        self._acked.clear()
-        self._nacked.clear()
-        self._returned.clear()
-        tags: dict[int, _Claimed] = {}
-        first = self._next_tag
-        with batched_writes(self._conn):
-            self._publish_rows(rows, tags)
-        self._pending_tags = set(tags)
-        last = self._next_tag - 1
-        deadline = time.monotonic() + self.confirm_timeout
-        while not self._all_confirmed(first, last):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no confirm for {len(rows)} messages within {self.confirm_timeout}s")
-            self._conn.drain_events(timeout=remaining)
-        failures: dict[int, str] = {}
-        for tag, row in tags.items():
-            if row.message_id in self._returned:
-                failures[row.id] = self._returned[row.message_id]
-            elif tag in self._nacked:
-                failures[row.id] = "nacked by the broker"
-        return failures
-
-    def _publish_rows(self, rows: list[_Claimed], tags: dict[int, _Claimed]) -> None:
-        for row in rows:
-            properties: dict[str, Any] = {
-                "content_type": "application/json",
-                "content_encoding": "utf-8",
-                "delivery_mode": 2,
-                "message_id": row.message_id,
-                "application_headers": row.headers,
-            }
-            if row.kind == OutboxMessage.Kind.TASK:
-                # Celery reads the task id from correlation_id (protocol 2).
-                properties["correlation_id"] = row.message_id
-            else:
-                properties["correlation_id"] = row.correlation_id or row.message_id
-                properties["type"] = row.routing_key
-            self._channel.basic_publish(
-                amqp.Message(row.body, **properties), exchange=row.exchange, routing_key=row.routing_key, mandatory=True
-            )
-            tags[self._next_tag] = row
-            self._next_tag += 1
-
-    def _all_confirmed(self, first: int, last: int) -> bool:
-        if self._acked_upto >= last:
-            return True
-        return all(t <= self._acked_upto or t in self._acked or t in self._nacked for t in range(first, last + 1))
+def _declare(channel: Any) -> None:
+    """Everything the relay publishes to, so a message committed before any consumer started is
+    still routed and kept (mandatory routing would otherwise return it)."""
+    declare_topology(channel)
+    for subscriber in registered_subscribers():
+        subscriber_queue(subscriber.name, list(subscriber.patterns))(channel).declare()
+        dead_letter_queue(subscriber_queue_name(subscriber.name))(channel).declare()
 
 
 class NotifyListener:
@@ -284,7 +175,7 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.max_attempts = max_attempts
-        self.publisher = BrokerPublisher(broker_url=broker_url or settings.BROKER_URL)
+        self.publisher = ConfirmPublisher(broker_url, declare=_declare)
         self.listener = NotifyListener()
         self.stop_event = threading.Event()
         self.crash_after_publish = os.environ.get(CRASH_AFTER_PUBLISH_ENV) == "1"
@@ -329,7 +220,11 @@ class OutboxRelay:
                 return result
             if not self.publisher.connected:
                 self.publisher.connect()
-            failures = self.publisher.publish_batch(rows)
+                logger.info("relay connected to broker")
+            failures = {
+                rows[index].id: error
+                for index, error in self.publisher.publish_batch([_outgoing(row) for row in rows]).items()
+            }
             if self.crash_after_publish:
                 logger.warning("relay crash hook: SIGKILL after publish, before mark", extra={"rows": len(rows)})
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -353,7 +248,7 @@ class OutboxRelay:
                             attempts,
                             failures[row.id][:2000],
                             "parked" if parked else "pending",
-                            _backoff(attempts, base=1.0, cap=300.0),
+                            backoff_delay(attempts, base=1.0, cap=300.0),
                             row.id,
                         ],
                     )
@@ -392,14 +287,14 @@ class OutboxRelay:
                 broker_failures = db_failures = 0
             except DatabaseError as exc:
                 db_failures += 1
-                delay = _backoff(db_failures, cap=self.max_backoff)
+                delay = backoff_delay(db_failures, base=0.5, cap=self.max_backoff)
                 logger.warning("relay database error; backing off", extra={"error": repr(exc), "sleep_s": delay})
                 connection.close()
                 self.stop_event.wait(delay)
                 continue
             except BROKER_ERRORS as exc:
                 broker_failures += 1
-                delay = _backoff(broker_failures, cap=self.max_backoff)
+                delay = backoff_delay(broker_failures, base=0.5, cap=self.max_backoff)
                 logger.warning("relay broker error; backing off", extra={"error": repr(exc), "sleep_s": delay})
                 self.publisher.close()
                 self.stop_event.wait(delay)

@@ -10,13 +10,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from celery import current_app
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from apps.common.exceptions import ApplicationError, Conflict, NotFound, ValidationFailed
-from apps.eventbus.messages import event_failure_key
+from apps.eventbus.messages import build_task_message, event_failure_key
+from apps.eventbus.publisher import OutgoingMessage, publish_confirmed
+from apps.eventbus.queues import TASKS_EXCHANGE, Queue, declare_topology
 from apps.ops.models import (
     CanaryMode,
     CanaryRun,
@@ -367,20 +368,13 @@ def _replay_message(dead_letter: DeadLetter, *, replay_id: str, new_task_id: str
 
 
 def _publish(*, queue: str, body: str, headers: dict, properties: dict) -> None:
-    """Publish to ``tasks`` with publisher confirms (Celery's producer pool has them on)."""
-    from apps.eventbus.queues import TASKS_EXCHANGE, declare_topology
-
-    with current_app.producer_or_acquire() as producer:
-        declare_topology(producer.channel)
-        producer.publish(
-            body,
-            exchange=TASKS_EXCHANGE.name,
-            routing_key=queue,
-            headers=headers,
-            retry=True,
-            retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
-            **properties,
-        )
+    """Publish to ``tasks`` (routing key = the work queue), confirmed; the topology is declared first."""
+    publish_confirmed(
+        OutgoingMessage(
+            body=body, exchange=TASKS_EXCHANGE.name, routing_key=queue, headers=headers, properties=properties
+        ),
+        declare=declare_topology,
+    )
 
 
 def _replay_event_message(dead_letter: DeadLetter, *, replay_id: str) -> tuple[str, dict, dict]:
@@ -410,13 +404,10 @@ def _publish_event(*, queue: str, body: str, headers: dict, properties: dict) ->
     subscriber that no longer exists makes the replay fail instead of the
     broker dropping the message unroutable.
     """
-    from django.conf import settings
-    from kombu import Connection, Producer
-
-    with Connection(settings.BROKER_URL, connect_timeout=5, transport_options={"confirm_publish": True}) as connection:
-        channel = connection.channel()
-        channel.queue_declare(queue=queue, passive=True)
-        Producer(channel).publish(body, exchange="", routing_key=queue, headers=headers, retry=False, **properties)
+    publish_confirmed(
+        OutgoingMessage(body=body, exchange="", routing_key=queue, headers=headers, properties=properties),
+        passive_queue=queue,
+    )
 
 
 def dead_letter_replay(*, dead_letter_id: Any, user: Any | None, force: bool = False) -> DeadLetterReplay:
@@ -543,7 +534,23 @@ def canary_run_create(*, mode: str, user: Any | None) -> CanaryRun:
         )
 
     def send() -> None:
-        current_app.send_task(CANARY_TASK_NAME, kwargs={"canary_id": str(run.id), "mode": mode}, task_id=task_id)
+        message = build_task_message(
+            CANARY_TASK_NAME,
+            {"canary_id": str(run.id), "mode": mode},
+            correlation_id=None,
+            task_id=task_id,
+            queue=Queue.MAINTENANCE,
+        )
+        publish_confirmed(
+            OutgoingMessage(
+                body=message.body,
+                exchange=message.exchange,
+                routing_key=message.routing_key,
+                headers=message.headers,
+                properties=message.properties,
+            ),
+            declare=declare_topology,
+        )
 
     if transaction.get_connection().in_atomic_block:
         transaction.on_commit(send)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import threading
 import time
 import traceback
@@ -37,6 +36,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from kombu import Connection
 
+from apps.common.backoff import backoff_delay
 from apps.common.logging import correlation_id, set_correlation_id
 from apps.eventbus.amqp_io import buffered_reads
 from apps.eventbus.contracts import ContractError, Event, event_parse
@@ -314,7 +314,7 @@ class SubscriberRunner:
         self.close()
 
     def _recover(self, what: str, exc: BaseException, failures: int) -> None:
-        delay = random.uniform(0, min(10.0, 0.5 * 2 ** (failures - 1)))  # noqa: S311 - jitter
+        delay = backoff_delay(failures, base=0.5, cap=10.0)
         logger.warning(f"subscribers: {what} error; reconnecting", extra={"error": repr(exc), "sleep_s": delay})
         self.close()
         self.stop_event.wait(delay)
