@@ -129,12 +129,14 @@ class ConfirmPublisher:
 
     def publish_batch(self, messages: Sequence[OutgoingMessage]) -> dict[int, str]:
         """Publish ``messages`` and wait for every confirm. Returns {index: error} for those that failed."""
-        channel = self.channel
+        channel, conn = self.channel, self._conn
+        if conn is None:
+            raise RuntimeError("the publisher is not connected")
         self._acked.clear()
         self._nacked.clear()
         self._returned.clear()
         first = self._next_tag
-        with batched_writes(self._conn):
+        with batched_writes(conn):
             for message in messages:
                 channel.basic_publish(
                     message.amqp_message(),
@@ -150,7 +152,7 @@ class ConfirmPublisher:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"no confirm for {len(messages)} messages within {self.confirm_timeout}s")
-            self._conn.drain_events(timeout=remaining)  # type: ignore[union-attr]
+            conn.drain_events(timeout=remaining)
         failures: dict[int, str] = {}
         for index, (tag, message) in enumerate(zip(range(first, last + 1), messages, strict=True)):
             message_id = message.properties.get("message_id", "")
