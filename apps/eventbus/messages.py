@@ -23,7 +23,7 @@ from typing import Any
 from celery import current_app
 
 from apps.common.logging import new_correlation_id
-from apps.eventbus.queues import TASKS_EXCHANGE, Queue, queue_for_task_name
+from apps.eventbus.queues import SUBSCRIBER_QUEUE_PREFIX, TASKS_EXCHANGE, Queue, queue_for_task_name
 
 HEADER_CORRELATION_ID = "ce_correlation_id"
 HEADER_ATTEMPT = "ce_attempt"
@@ -41,6 +41,24 @@ HEADER_REPLAYS = "ce_replays"
 # RabbitMQ's own: crash redeliveries on a quorum queue, and the dead-letter history.
 HEADER_DELIVERY_COUNT = "x-delivery-count"
 HEADER_DEATH = "x-death"
+# Every header RabbitMQ adds on dead-lettering or redelivery: a republished message starts without them.
+BROKER_DEATH_HEADERS = frozenset(
+    {
+        HEADER_DEATH,
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+        HEADER_DELIVERY_COUNT,
+    }
+)
+
+
+def is_event_queue(queue: str) -> bool:
+    """A subscriber's queue (``events.<name>``), not its DLQ."""
+    return queue.startswith(SUBSCRIBER_QUEUE_PREFIX) and not queue.endswith(".dlq")
 
 
 # What the hooks (apps/eventbus/hooks.py) are told: a replay's end, a dead letter's reason.

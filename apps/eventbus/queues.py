@@ -109,8 +109,11 @@ def work_queue(queue: Queue) -> KombuQueue:
     )
 
 
+SUBSCRIBER_QUEUE_PREFIX = "events."
+
+
 def subscriber_queue_name(subscriber: str) -> str:
-    return f"events.{subscriber}"
+    return f"{SUBSCRIBER_QUEUE_PREFIX}{subscriber}"
 
 
 def subscriber_queue(subscriber: str, patterns: list[str]) -> KombuQueue:

@@ -21,7 +21,7 @@ from django.utils import timezone
 from apps.common.exceptions import ValidationFailed
 from apps.common.logging import get_correlation_id
 from apps.eventbus.contracts import ContractError, Event, event_build
-from apps.eventbus.messages import PayloadTooLargeError, build_task_message
+from apps.eventbus.messages import HEADER_CORRELATION_ID, PayloadTooLargeError, build_task_message
 from apps.eventbus.models import OutboxMessage
 
 EVENTS_EXCHANGE_NAME = "events"
@@ -29,7 +29,7 @@ TASKS_EXCHANGE_NAME = "tasks"
 # The AMQP header (on events and tasks) that carries the correlation id, the
 # one workers.base reads; for tasks the AMQP ``correlation_id`` property is the
 # task id, as Celery expects.
-CORRELATION_HEADER = "ce_correlation_id"
+CORRELATION_HEADER = HEADER_CORRELATION_ID
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ from urllib.parse import quote, urlsplit
 from celery import current_app
 from django.conf import settings
 
+from apps.eventbus.messages import HEADER_PUBLISHED_AT
 from apps.eventbus.queues import Queue, dead_letter_queue_name, subscriber_queue_name
 from apps.eventbus.subscribers import registered_subscribers
 from apps.ops.selectors import dead_letter_counts_by_reason
@@ -183,7 +184,7 @@ def stamp_published_at(headers: dict[str, Any]) -> None:
     Overwritten on every publish: a Celery retry republishes a new message, whose
     wait starts now (a countdown's delay still counts as waiting).
     """
-    headers["published_at"] = time.time()
+    headers[HEADER_PUBLISHED_AT] = time.time()
 
 
 # --- Reading the broker ----------------------------------------------------------

@@ -15,7 +15,18 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from apps.common.exceptions import ApplicationError, Conflict, NotFound, ValidationFailed
-from apps.eventbus.messages import build_task_message, event_failure_key
+from apps.eventbus.messages import (
+    BROKER_DEATH_HEADERS,
+    HEADER_ATTEMPT,
+    HEADER_CORRELATION_ID,
+    HEADER_DEATH,
+    HEADER_DELIVERY_COUNT,
+    HEADER_REPLAY_ID,
+    HEADER_REPLAYS,
+    build_task_message,
+    event_failure_key,
+    is_event_queue,
+)
 from apps.eventbus.publisher import OutgoingMessage, publish_confirmed
 from apps.eventbus.queues import TASKS_EXCHANGE, Queue, declare_topology
 from apps.ops.models import (
@@ -34,17 +45,8 @@ logger = logging.getLogger(__name__)
 
 CANARY_TASK_NAME = "ops.canary"
 
-# Headers RabbitMQ adds on dead-lettering or redelivery; a replayed message starts clean.
-_BROKER_HEADERS = {
-    "x-death",
-    "x-first-death-exchange",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-delivery-count",
-    "x-last-death-exchange",
-    "x-last-death-queue",
-    "x-last-death-reason",
-}
+# A replayed message starts clean of RabbitMQ's dead-lettering and redelivery headers.
+_BROKER_HEADERS = BROKER_DEATH_HEADERS
 
 
 # --- task failure notes --------------------------------------------------------
@@ -139,13 +141,7 @@ def _decode_body(body: bytes | str, content_type: str | None) -> tuple[list, dic
     return [], {}, text[:100_000], "body is not a Celery protocol 2 task payload"
 
 
-EVENT_QUEUE_PREFIX = "events."
 EVENT_TASK_NAME_PREFIX = "event:"
-
-
-def is_event_queue(queue: str) -> bool:
-    """``events.<subscriber>``: a subscriber's queue (work queues never start with ``events.``)."""
-    return queue.startswith(EVENT_QUEUE_PREFIX) and not queue.endswith(".dlq")
 
 
 def event_dead_letter_decode(*, body: bytes | str, properties: dict[str, Any] | None) -> dict[str, Any]:
@@ -195,7 +191,7 @@ def dead_letter_archive(
     """
     headers = dict(headers or {})
     properties = dict(properties or {})
-    x_death = [d for d in (headers.get("x-death") or []) if isinstance(d, dict)]
+    x_death = [d for d in (headers.get(HEADER_DEATH) or []) if isinstance(d, dict)]
     latest = x_death[0] if x_death else {}
     original_queue = str(
         latest.get("queue") or headers.get("x-first-death-queue") or dead_letter_queue.removesuffix(".dlq")
@@ -210,15 +206,15 @@ def dead_letter_archive(
             (
                 original_queue,
                 task_id or hashlib.sha256(raw_bytes).hexdigest(),
-                str(headers.get("ce_replay_id") or ""),
-                str(headers.get("ce_replays") or ""),
+                str(headers.get(HEADER_REPLAY_ID) or ""),
+                str(headers.get(HEADER_REPLAYS) or ""),
             )
         )
         message_key = f"event:{hashlib.sha256(marker.encode()).hexdigest()[:40]}:{death_count}"
     else:
         task_id = str(headers.get("id") or properties.get("correlation_id") or properties.get("message_id") or "")
         task_name = str(headers.get("task") or "")
-        correlation_id = str(headers.get("ce_correlation_id") or "")
+        correlation_id = str(headers.get(HEADER_CORRELATION_ID) or "")
         identity = task_id or hashlib.sha256(raw_bytes + repr(sorted(map(str, headers))).encode()).hexdigest()
         message_key = f"{identity}:{death_count}"[:300]
 
@@ -233,8 +229,8 @@ def dead_letter_archive(
         args, kwargs, raw_body, body_problem = _decode_body(body, properties.get("content_type"))
         failure_key = task_id
     failure = TaskFailure.objects.filter(task_id=failure_key).first() if failure_key else None
-    redeliveries = int(headers.get("x-delivery-count") or 0)
-    first_attempt = int(headers.get("ce_attempt") or 1)
+    redeliveries = int(headers.get(HEADER_DELIVERY_COUNT) or 0)
+    first_attempt = int(headers.get(HEADER_ATTEMPT) or 1)
 
     if broker_reason == "delivery_limit":
         reason = DeadLetterReason.DELIVERY_LIMIT
@@ -282,8 +278,8 @@ def dead_letter_archive(
     first_failed_at = min([*times, failure.created_at] if failure else times, default=now)
     last_failed_at = max(times, default=now)
 
-    clean_headers = _json_safe({k: v for k, v in headers.items() if k != "x-death"})
-    replay_id = headers.get("ce_replay_id")
+    clean_headers = _json_safe({k: v for k, v in headers.items() if k != HEADER_DEATH})
+    replay_id = headers.get(HEADER_REPLAY_ID)
     replay = DeadLetterReplay.objects.filter(id=replay_id).first() if _is_uuid(replay_id) else None
 
     with transaction.atomic():
@@ -359,8 +355,8 @@ def _replay_message(dead_letter: DeadLetter, *, replay_id: str, new_task_id: str
         headers["id"] = new_task_id
         headers["root_id"] = new_task_id
         headers["retries"] = 0
-    headers["ce_attempt"] = 1
-    headers["ce_replay_id"] = replay_id
+    headers[HEADER_ATTEMPT] = 1
+    headers[HEADER_REPLAY_ID] = replay_id
     properties["correlation_id"] = new_task_id
     properties["message_id"] = new_task_id
     properties["delivery_mode"] = 2
@@ -381,7 +377,7 @@ def _replay_event_message(dead_letter: DeadLetter, *, replay_id: str) -> tuple[s
     # The event keeps its event_id: the subscriber applies each id once, so a
     # replay of an event it never applied is applied, and a repeat is a no-op.
     headers = {k: v for k, v in (dead_letter.headers or {}).items() if k not in _BROKER_HEADERS}
-    headers["ce_replay_id"] = replay_id
+    headers[HEADER_REPLAY_ID] = replay_id
     properties = {
         k: v
         for k, v in (dead_letter.properties or {}).items()

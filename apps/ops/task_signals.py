@@ -21,6 +21,7 @@ from celery import signals
 from django.conf import settings
 
 from apps.common.metrics import TASK_QUEUE_WAIT
+from apps.eventbus.messages import HEADER_PUBLISHED_AT
 from apps.ops import fleet
 from apps.ops.metrics import mark_process_dead
 
@@ -48,7 +49,7 @@ def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
         _running[task_id or ""] = (time.monotonic(), queue)
         published_at = getattr(task.request, "published_at", None)
         if published_at is None:
-            published_at = (getattr(task.request, "headers", None) or {}).get("published_at")
+            published_at = (getattr(task.request, "headers", None) or {}).get(HEADER_PUBLISHED_AT)
         published = float(published_at) if published_at is not None else None
         if published is not None:
             TASK_QUEUE_WAIT.labels(queue=queue).observe(max(0.0, time.time() - published))

@@ -48,6 +48,7 @@ from apps.eventbus.messages import (
     REPLAY_SUCCEEDED,
     event_failure_key,
 )
+from apps.eventbus.queues import dead_letter_queue, subscriber_queue, subscriber_queue_name
 from apps.eventbus.subscribers.base import Subscriber
 
 logger = logging.getLogger("apps.eventbus.subscribers")
@@ -57,7 +58,7 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (OperationalError, Interf
 
 
 def queue_name(subscriber: type[Subscriber] | Subscriber) -> str:
-    return f"events.{subscriber.name}"
+    return subscriber_queue_name(subscriber.name)
 
 
 def processed_record(*, subscriber: str, events: Sequence[Event]) -> set[uuid.UUID]:
@@ -130,8 +131,6 @@ class SubscriberRunner:
 
     # --- broker -------------------------------------------------------------
     def connect(self) -> None:
-        from apps.eventbus.queues import dead_letter_queue, subscriber_queue
-
         self.close()
         conn = Connection(self.broker_url, connect_timeout=5, heartbeat=0)
         conn.connect()

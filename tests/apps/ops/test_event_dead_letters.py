@@ -19,7 +19,7 @@ from django.core.management import call_command
 from kombu import Connection
 
 from apps.eventbus.contracts import event_build
-from apps.eventbus.messages import event_failure_key
+from apps.eventbus.messages import event_failure_key, is_event_queue
 from apps.eventbus.queues import dead_letter_queue, subscriber_queue
 from apps.ops import services
 from apps.ops.models import DeadLetter, DeadLetterReplay, DeadLetterStatus, ReplayStatus
@@ -132,9 +132,9 @@ def test_decode_flags_bodies_that_are_not_an_envelope(body, properties, problem)
 
 
 def test_event_queues_are_told_from_work_queues():
-    assert services.is_event_queue("events.activity")
-    assert not services.is_event_queue("events.activity.dlq")
-    assert not services.is_event_queue("ai.batch")
+    assert is_event_queue("events.activity")
+    assert not is_event_queue("events.activity.dlq")
+    assert not is_event_queue("ai.batch")
 
 
 # --- archive -------------------------------------------------------------------
