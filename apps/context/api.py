@@ -6,6 +6,10 @@ serializers (HackSoft style). Where two operations share a URL (``GET`` and
 operation classes by inheritance; handlers therefore name their serializers
 through their own class (``SessionCreateApi.InputSerializer``), never through
 ``self``. Views validate, call one service or selector, and shape the answer.
+
+Long on purpose: one small view class per operation (the style above) over
+sessions, participants, events and preferences; the routing classes at the
+bottom combine them by URL, so they stay in one module.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """Fleet figures: per-queue depth, consumers, rates, oldest message age, and scaling advice.
 
+Long on purpose: most of its length is the definition of each figure below;
+the figures feed each other (rates into backlog drain time, service time and
+arrival rate into the M/M/c advice), so they are computed in one place.
+
 What each figure means and where it comes from (the shared broker has no
 management plugin, so everything works over plain AMQP plus counters we keep):
 

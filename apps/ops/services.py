@@ -1,4 +1,11 @@
-"""Writes of the ops app: dead letters (archive, replay, discard, purge), task failure notes, canary runs."""
+"""Writes of the ops app: dead letters (archive, replay, discard, purge), task failure notes, canary runs.
+
+Long on purpose: the dead-letter lifecycle (failure note, archive, decode,
+replay, discard, purge) is one state machine over ``DeadLetter`` and
+``DeadLetterReplay``; each transition's guard reads the others' states, and
+keeping them in one module keeps that machine readable in one place. The
+canary (the last section) is small and shares the replay's publisher.
+"""
 
 from __future__ import annotations
 

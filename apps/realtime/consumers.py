@@ -1,4 +1,10 @@
-"""The session WebSocket: ``/ws/sessions/<id>/``. Protocol and close codes: apps/realtime/__init__.py."""
+"""The session WebSocket: ``/ws/sessions/<id>/``. Protocol and close codes: apps/realtime/__init__.py.
+
+Long on purpose: one consumer class is one connection's state (membership,
+delivered seq, the delivery lock, heartbeat task); its frame handlers, the
+ordered delivery with gap refill and the resume replay all read and advance
+that state, and splitting them apart would scatter the ordering invariant.
+"""
 
 from __future__ import annotations
 
