@@ -103,14 +103,12 @@ class ScrapeCollector(Collector):
         yield from (up, depth, consumers, age)
 
     def _dead_letters(self) -> Iterator[Any]:
-        from apps.ops import fleet
+        from apps.ops.selectors import dead_letter_counts_by_reason
 
         try:
-            rows = fleet.dead_letter_counts()
+            rows = dead_letter_counts_by_reason()
         except Exception:
             logger.warning("dead letter counts unavailable at scrape", exc_info=True)
-            return
-        if rows is None:
             return
         family = CounterMetricFamily(
             "ce_dead_letters",
@@ -122,38 +120,24 @@ class ScrapeCollector(Collector):
         yield family
 
     def _outbox(self) -> Iterator[Any]:
-        try:
-            from apps.eventbus.selectors import outbox_lag
-        except ImportError:
-            return
+        from apps.eventbus.selectors import outbox_lag
+
         try:
             lag = outbox_lag()
         except Exception:
             logger.warning("outbox lag unavailable at scrape", exc_info=True)
             return
         pending = GaugeMetricFamily("ce_outbox_pending", "Outbox rows committed but not yet published.")
+        pending.add_metric([], float(lag.pending))
+        parked = GaugeMetricFamily("ce_outbox_parked", "Outbox rows the relay gave up on (need an operator).")
+        parked.add_metric([], float(lag.parked))
         oldest = GaugeMetricFamily("ce_outbox_lag_seconds", "Age of the oldest unpublished outbox row (0 when none).")
-        pending_count, oldest_seconds = _outbox_figures(lag)
-        if pending_count is not None:
-            pending.add_metric([], pending_count)
-            yield pending
-        parked_count = getattr(lag, "parked", None)
-        if parked_count is not None:
-            parked = GaugeMetricFamily("ce_outbox_parked", "Outbox rows the relay gave up on (need an operator).")
-            parked.add_metric([], float(parked_count))
-            yield parked
-        if oldest_seconds is not None:
-            oldest.add_metric([], oldest_seconds)
-            yield oldest
+        oldest.add_metric([], lag.oldest_pending_age_seconds)
+        yield from (pending, parked, oldest)
 
     def _cache(self) -> Iterator[Any]:
-        try:
-            from apps.caching.selectors import cache_stats
-        except ImportError:
-            try:
-                from apps.caching import cache_stats  # type: ignore[attr-defined,no-redef]
-            except ImportError:
-                return
+        from apps.caching.selectors import cache_stats
+
         try:
             stats = cache_stats()
         except Exception:
@@ -197,26 +181,6 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]
             yield from _flatten(value, f"{name}_")
         else:
             yield name, value
-
-
-def _outbox_figures(lag: Any) -> tuple[float | None, float | None]:
-    """Accept the outbox selector's answer as a number of seconds, a dict or an object."""
-    if lag is None:
-        return None, 0.0
-    if isinstance(lag, int | float):
-        return None, float(lag)
-    get = lag.get if isinstance(lag, dict) else (lambda k, d=None: getattr(lag, k, d))
-    pending = get("pending", None)
-    if pending is None:
-        pending = get("count", None)
-    seconds = get("oldest_pending_age_seconds", None)
-    if seconds is None:
-        seconds = get("oldest_age_seconds", None)
-    if seconds is None:
-        seconds = get("lag_seconds", None)
-    if seconds is None:
-        seconds = get("seconds", None)
-    return (float(pending) if pending is not None else None), (float(seconds) if seconds is not None else None)
 
 
 def metrics_render(*, include_scrape: bool = True) -> bytes:
