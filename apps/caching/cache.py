@@ -5,10 +5,10 @@
 1. L1 (``apps.caching.local``), only while this process is subscribed to the
    invalidation bus: an L1 that cannot hear invalidations is not trusted.
 2. L2 Redis, one round trip that also reads the key's generation counters.
-3. On a miss, single-flight inside the process (one thread loads, the others
-   wait for its result) and a short Redis lock across processes (the others
-   poll L2 for the value the holder writes, and load themselves only if the
-   holder is slow or gone).
+3. On a miss, single-flight inside the process (``apps.caching.inprocess``:
+   one thread loads, the others wait for its result) and a short Redis lock
+   across processes (the others poll L2 for the value the holder writes, and
+   load themselves only if the holder is slow or gone).
 4. The fill is fenced: L2 is written by a Lua script only if the key's, its
    tags' and the pattern generation counters still hold the values read before
    the loader ran, and L1 likewise with its local token. An invalidation that
@@ -31,13 +31,19 @@ Values are pickled (Redis and L1 keep the same bytes; each L1 hit unpickles a
 private copy, so callers may mutate what they get). Only processes of this
 deployment write these keys; like Django's own Redis cache, whoever can write
 to this Redis can make the platform unpickle what it wants.
+
+Long on purpose: the fill fence and the invalidation are one protocol over one
+state (the Lua scripts, the read path, the invalidation writes, the pending
+queue and the bus listener that clears L1 on every (re)connect, the breaker and
+what a forked child must renew); whether an invalidation always beats a slow
+loader is only checkable reading them side by side. What stands alone lives
+beside it: L1 in ``local``, the LRU and single-flight in ``inprocess``, the
+counters and histograms in ``instruments``.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-import itertools
 import json
 import logging
 import os
@@ -47,7 +53,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis
@@ -55,6 +60,8 @@ from django.conf import settings
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from apps.caching.inprocess import SingleFlight
+from apps.caching.instruments import LAG_BUCKETS, LOADER_BUCKETS, Counters, Histogram
 from apps.caching.keys import SCHEME
 from apps.caching.local import LocalCache
 
@@ -65,9 +72,6 @@ T = TypeVar("T")
 # A pickle never starts with these bytes (protocol 2+ starts with 0x80).
 NEGATIVE = b"\x00N"
 _PICKLE_PROTOCOL = 5
-
-LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-LOADER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 _FILL_LUA = """
 local ntags = tonumber(ARGV[3])
@@ -114,79 +118,6 @@ return 0
 """
 
 
-class _Histogram:
-    """Cumulative buckets (Prometheus-style) plus a window of recent samples for quantiles."""
-
-    def __init__(self, buckets: tuple[float, ...], window: int = 4096) -> None:
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.count = 0
-        self.total = 0.0
-        self.maximum = 0.0
-        self.recent: deque[float] = deque(maxlen=window)
-        self._lock = threading.Lock()
-
-    def observe(self, value: float) -> None:
-        with self._lock:
-            self.counts[bisect.bisect_left(self.buckets, value)] += 1
-            self.count += 1
-            self.total += value
-            self.maximum = max(self.maximum, value)
-            self.recent.append(value)
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            recent = sorted(self.recent)
-            cumulative = list(itertools.accumulate(self.counts))
-            return {
-                "count": self.count,
-                "sum": self.total,
-                "max": self.maximum,
-                "p50": _quantile(recent, 0.50),
-                "p99": _quantile(recent, 0.99),
-                "buckets": {**{str(b): c for b, c in zip(self.buckets, cumulative, strict=False)}, "+Inf": self.count},
-            }
-
-
-def _quantile(ordered: list[float], q: float) -> float | None:
-    if not ordered:
-        return None
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-@dataclass
-class _Counters:
-    l2_hits: int = 0
-    l2_misses: int = 0
-    l2_errors: int = 0
-    loads: int = 0
-    negative_hits: int = 0
-    negative_stores: int = 0
-    l1_bypassed: int = 0
-    singleflight_waits: int = 0
-    lock_waits: int = 0
-    stale_fills_refused: int = 0
-    invalidations_sent: int = 0
-    invalidations_received: int = 0
-    invalidations_queued: int = 0
-    bus_reconnects: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def incr(self, name: str, by: int = 1) -> None:
-        with self.lock:
-            setattr(self, name, getattr(self, name) + by)
-
-
-class _Flight:
-    __slots__ = ("done", "blob", "value", "error")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.blob: bytes | None = None
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-
 def _encode(value: Any) -> bytes:
     return NEGATIVE if value is None else pickle.dumps(value, protocol=_PICKLE_PROTOCOL)
 
@@ -223,9 +154,9 @@ class MultiLevelCache:
         self.gen_ttl_ms = 86_400_000  # longer than any value TTL: a gen must outlive the values it fences
         self.origin = uuid.uuid4().hex
         self.local = LocalCache(max_entries=l1_max_entries)
-        self.counters = _Counters()
-        self.loader_seconds = _Histogram(LOADER_BUCKETS)
-        self.invalidation_lag = _Histogram(LAG_BUCKETS)
+        self.counters = Counters()
+        self.loader_seconds = Histogram(LOADER_BUCKETS)
+        self.invalidation_lag = Histogram(LAG_BUCKETS)
         self._down_until = 0.0
         self._pending: deque[dict[str, Any]] = deque()
         self._pending_overflow = False
@@ -245,8 +176,7 @@ class MultiLevelCache:
         """
         self._pid = os.getpid()
         self._start_lock = threading.Lock()
-        self._flights: dict[str, _Flight] = {}
-        self._flights_lock = threading.Lock()
+        self._flights: SingleFlight[str, tuple[bytes, Any]] = SingleFlight()
         self._pending_lock = threading.Lock()
         self._bus_ready = threading.Event()
         self._stop = threading.Event()
@@ -256,9 +186,9 @@ class MultiLevelCache:
         self._process_state()
         self.origin = uuid.uuid4().hex
         self.local = LocalCache(max_entries=self.local.max_entries)
-        self.counters = _Counters()
-        self.loader_seconds = _Histogram(LOADER_BUCKETS)
-        self.invalidation_lag = _Histogram(LAG_BUCKETS)
+        self.counters = Counters()
+        self.loader_seconds = Histogram(LOADER_BUCKETS)
+        self.invalidation_lag = Histogram(LAG_BUCKETS)
 
     # -- plumbing ----------------------------------------------------------
     def _client(self, *, socket_timeout: float | None, health_check_interval: int = 0) -> redis.Redis:
@@ -357,30 +287,18 @@ class MultiLevelCache:
         return self._single_flight(key, loader, ttl, tags, negative_ttl, copy, use_l1)
 
     def _single_flight(self, key, loader, ttl, tags, negative_ttl, copy, use_l1):  # noqa: ANN001, ANN202
-        with self._flights_lock:
-            flight = self._flights.get(key)
-            leader = flight is None
-            if leader:
-                flight = self._flights[key] = _Flight()
-        if not leader:
-            self.counters.incr("singleflight_waits")
-            if flight.done.wait(timeout=self.lock_wait + 30):
-                if flight.error is not None:
-                    raise flight.error
-                return _decode(flight.blob) if copy else flight.value
+        flight, leader = self._flights.join(key)
+        if leader:
+            _blob, value = self._flights.lead(
+                key, flight, lambda: self._through(key, loader, ttl, tags, negative_ttl, copy, use_l1)
+            )
+            return value
+        self.counters.incr("singleflight_waits")
+        if not self._flights.wait(flight, timeout=self.lock_wait + 30):
             # The leader is stuck; do not hang a request on it.
             return loader()
-        try:
-            blob, value = self._through(key, loader, ttl, tags, negative_ttl, copy, use_l1)
-            flight.blob, flight.value = blob, value
-            return value
-        except BaseException as exc:
-            flight.error = exc
-            raise
-        finally:
-            with self._flights_lock:
-                self._flights.pop(key, None)
-            flight.done.set()
+        blob, value = flight.result()  # the leader's exception, if it failed
+        return _decode(blob) if copy else value
 
     def _through(self, key, loader, ttl, tags, negative_ttl, copy, use_l1):  # noqa: ANN001, ANN202
         token = self.local.token(key, tags)
@@ -626,9 +544,7 @@ class MultiLevelCache:
 
     # -- metrics ---------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        c = self.counters
-        with c.lock:
-            counters = {name: getattr(c, name) for name in c.__dataclass_fields__ if name != "lock"}
+        counters = self.counters.snapshot()
         return {
             "enabled": self.enabled,
             "l1": {

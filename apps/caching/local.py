@@ -1,8 +1,10 @@
 """L1: a bounded in-process LRU with per-entry TTL and generation fencing.
 
-Thread-safe through one ``threading.Lock`` held only for dictionary work (never
-across I/O or an ``await``), which also makes it safe to call from an asyncio
-event loop: a critical section is a few hundred nanoseconds.
+The entries live in a ``BoundedLRU`` (``apps.caching.inprocess``); this module
+adds the TTL, the tag index and the fencing on top, all under the LRU's lock,
+held only for dictionary work (never across I/O or an ``await``), which also
+makes it safe to call from an asyncio event loop: a critical section is a few
+hundred nanoseconds.
 
 Generation fencing is what stops a slow loader from writing an old value after
 an invalidation: a caller takes ``token(key, tags)`` *before* it reads the
@@ -14,13 +16,13 @@ tag), so memory stays bounded; a collision only refuses a harmless fill.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
+
+from apps.caching.inprocess import BoundedLRU
 
 _STRIPES = 4096
 
@@ -37,40 +39,45 @@ class Entry:
 Token = tuple[int, int, tuple[int, ...]]
 
 
+def _expired(entry: Entry) -> bool:
+    return entry.expires_at <= time.monotonic()
+
+
 class LocalCache:
     def __init__(self, *, max_entries: int) -> None:
         self.max_entries = max_entries
-        self._data: OrderedDict[str, Entry] = OrderedDict()
+        self._entries: BoundedLRU[str, Entry] = BoundedLRU(max_entries, expired=_expired, on_remove=self._unindex)
         self._by_tag: dict[str, set[str]] = {}
-        self._lock = threading.Lock()
+        self._lock = self._entries.lock
         self._key_gen = [0] * _STRIPES
         self._tag_gen = [0] * _STRIPES
         self._epoch = 0
-        self.hits = 0
-        self.misses = 0
-        self.evictions = 0
-        self.expirations = 0
         self.refused_fills = 0
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self._entries)
+
+    # -- counters (kept by the LRU) ----------------------------------------
+    @property
+    def hits(self) -> int:
+        return self._entries.hits
+
+    @property
+    def misses(self) -> int:
+        return self._entries.misses
+
+    @property
+    def evictions(self) -> int:
+        return self._entries.evictions
+
+    @property
+    def expirations(self) -> int:
+        return self._entries.expirations
 
     # -- reads -------------------------------------------------------------
     def get(self, key: str) -> Entry | None:
-        now = time.monotonic()
-        with self._lock:
-            entry = self._data.get(key)
-            if entry is None:
-                self.misses += 1
-                return None
-            if entry.expires_at <= now:
-                self._remove(key)
-                self.expirations += 1
-                self.misses += 1
-                return None
-            self._data.move_to_end(key)
-            self.hits += 1
-            return entry
+        """The live entry, made the most recent; an expired one is dropped and reads as a miss."""
+        return self._entries.get(key)
 
     def token(self, key: str, tags: Iterable[str] = ()) -> Token:
         with self._lock:
@@ -96,21 +103,15 @@ class LocalCache:
             if self._token_locked(key, tags) != token:
                 self.refused_fills += 1
                 return False
-            if key in self._data:
-                self._remove(key)
-            self._data[key] = Entry(value, time.monotonic() + ttl, tags, encoded)
+            self._entries.pop(key)
+            entry = Entry(value, time.monotonic() + ttl, tags, encoded)
             for tag in tags:
                 self._by_tag.setdefault(tag, set()).add(key)
-            while len(self._data) > self.max_entries:
-                oldest = next(iter(self._data))
-                self._remove(oldest)
-                self.evictions += 1
+            self._entries.put(key, entry)  # evicts the least recently used past max_entries
             return True
 
-    def _remove(self, key: str) -> None:
-        entry = self._data.pop(key, None)
-        if entry is None:
-            return
+    def _unindex(self, key: str, entry: Entry) -> None:
+        """The LRU dropped ``key`` (under its lock): forget it in the tag index."""
         for tag in entry.tags:
             members = self._by_tag.get(tag)
             if members is not None:
@@ -124,8 +125,7 @@ class LocalCache:
         with self._lock:
             for key in keys:
                 self._key_gen[hash(key) % _STRIPES] += 1
-                if key in self._data:
-                    self._remove(key)
+                if self._entries.pop(key) is not None:
                     removed += 1
         return removed
 
@@ -135,20 +135,20 @@ class LocalCache:
             for tag in tags:
                 self._tag_gen[hash(tag) % _STRIPES] += 1
                 for key in list(self._by_tag.get(tag, ())):
-                    self._remove(key)
+                    self._entries.pop(key)
                     removed += 1
         return removed
 
     def invalidate_pattern(self, pattern: str) -> int:
         with self._lock:
             self._epoch += 1
-            doomed = [k for k in self._data if fnmatchcase(k, pattern)]
+            doomed = [k for k in self._entries if fnmatchcase(k, pattern)]
             for key in doomed:
-                self._remove(key)
+                self._entries.pop(key)
         return len(doomed)
 
     def clear(self) -> None:
         with self._lock:
             self._epoch += 1
-            self._data.clear()
+            self._entries.clear()
             self._by_tag.clear()

@@ -4,7 +4,8 @@ The hash is sha256 over the model name and the (trimmed, cut) text, so a text
 is embedded once per model, ever: a process keeps recent vectors in a bounded
 LRU, every process shares the ``Embedding`` table, and concurrent requests for
 one text in one process wait on a single in-flight future (single-flight)
-instead of each sending it to the batcher.
+instead of each sending it to the batcher. The LRU and the single-flight are
+the process-wide ones of ``apps.caching.inprocess``.
 
 Why no Redis level: a vector is 1.5 KB and the PostgreSQL lookup by unique
 hash is one indexed read for a whole batch of texts, already cheaper than the
@@ -13,15 +14,13 @@ round trip per key that an L2 would add.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import Future
 
 import numpy as np
 
 from apps.ai import selectors as ai_selectors
 from apps.ai import services as ai_services
+from apps.caching.inprocess import BoundedLRU, SingleFlight
 from workers.inference.runtime import MAX_TEXT_CHARS, Runtime, runtime
 
 L1_SIZE = 20_000
@@ -31,39 +30,9 @@ def normalise_text(text: str) -> str:
     return text.strip()[:MAX_TEXT_CHARS]
 
 
-class _L1:
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: str) -> np.ndarray | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is None:
-                self.misses += 1
-                return None
-            self._data.move_to_end(key)
-            self.hits += 1
-            return value
-
-    def put(self, key: str, value: np.ndarray) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-
-
-_l1 = _L1(L1_SIZE)
-_inflight: dict[str, Future] = {}
-_inflight_lock = threading.Lock()
+_l1: BoundedLRU[str, np.ndarray] = BoundedLRU(L1_SIZE)
+# hash -> the batcher's future for it: concurrent requests wait on that one.
+_inflight: SingleFlight[str, np.ndarray] = SingleFlight()
 counters = {"l1": 0, "db": 0, "model": 0, "shared_inflight": 0}
 
 
@@ -105,17 +74,7 @@ def embed_texts(texts: Sequence[str], *, rt: Runtime | None = None) -> list[np.n
     text_by_hash = {h: t for h, t in zip(hashes, cleaned, strict=True)}
     to_compute = [h for h in missing if h not in out]
 
-    owned: dict[str, Future] = {}
-    waiting: dict[str, Future] = {}
-    with _inflight_lock:
-        for h in to_compute:
-            existing = _inflight.get(h)
-            if existing is not None:
-                waiting[h] = existing
-            else:
-                future = rt.batcher.submit(text_by_hash[h])
-                _inflight[h] = future
-                owned[h] = future
+    owned, waiting = _inflight.claim(to_compute, lambda h: rt.batcher.submit(text_by_hash[h]))
     try:
         computed: dict[str, np.ndarray] = {}
         errors: list[BaseException] = []
@@ -131,9 +90,7 @@ def embed_texts(texts: Sequence[str], *, rt: Runtime | None = None) -> list[np.n
                 _l1.put(h, vector)
             out.update(computed)
     finally:
-        with _inflight_lock:
-            for h in owned:
-                _inflight.pop(h, None)
+        _inflight.release(owned)
     if errors:
         raise errors[0]
     for h, future in waiting.items():

@@ -90,4 +90,4 @@ def test_concurrent_use_from_many_threads_keeps_the_bound_and_the_index_consiste
     assert not errors
     assert len(cache) <= 50
     indexed = set().union(*cache._by_tag.values()) if cache._by_tag else set()
-    assert indexed == set(cache._data)
+    assert indexed == set(cache._entries)
