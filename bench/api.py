@@ -9,8 +9,8 @@ What it does:
 
 1. Creates a dedicated database ``bench_api`` (dropped at the end) and migrates
    it; uses the Redis key prefix ``bench_api`` (its keys deleted at the end).
-   Settings: ``bench/api_settings.py`` (production middleware, auth and
-   throttles; the bench-only URL conf ``bench/api_urls.py`` adds the bare view).
+   Settings: ``bench/_lib/api_settings.py`` (production middleware, auth and
+   throttles; the bench-only URL conf ``bench/_lib/api_urls.py`` adds the bare view).
 2. Starts ``uvicorn project.asgi:application`` (one worker) as a subprocess.
 3. Drives it from a separate load-generator process: a minimal asyncio
    HTTP/1.1 keep-alive client (far cheaper per request than httpx, so on two
@@ -31,31 +31,31 @@ view's; batch append >= 10x the events/s of single appends.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-# Run as a script, this file's folder is sys.path[0]; bench/queue.py (another
-# benchmark) would then shadow the standard library's queue module.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+if __name__ == "__main__":  # bench/ first on sys.path would let bench/queue.py shadow the stdlib's queue
+    sys.path[:] = [str(Path(__file__).resolve().parents[1]), *sys.path[1:]]
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from datetime import UTC, datetime  # noqa: E402
-from typing import Any  # noqa: E402
+from bench._lib import support
 
-REPO = Path(__file__).resolve().parent.parent
-PY = sys.executable
-DB_NAME = "bench_api"
-PREFIX = "bench_api"
-RESULTS = REPO / "bench" / "results" / "api.md"
+PY = support.PY
+# The PostgreSQL server this environment's DATABASE_URL names, with a database of our own on it.
+BENCH = support.Resources(
+    "bench_api",
+    pg=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/context_engine").rsplit("/", 1)[0],
+    settings="bench._lib.api_settings",
+)
 
 
 # --- the load generator (runs in its own process) ------------------------------
@@ -176,44 +176,19 @@ def run_load(**spec: Any) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed: {proc.stderr[-2000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    lat = sorted(result.pop("latencies"))
+    lat = result.pop("latencies")
     result["rps"] = result["count"] / result["seconds"] if result["seconds"] else 0.0
-
-    def pct(p: float) -> float:
-        return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
-
-    result.update(p50=pct(0.50), p95=pct(0.95), p99=pct(0.99), mean=(statistics.fmean(lat) * 1000 if lat else 0))
+    result.update({f"p{q}": support.percentile(lat, q / 100) * 1000 for q in (50, 95, 99)})
+    result["mean"] = statistics.fmean(lat) * 1000 if lat else 0
     return result
 
 
 # --- orchestration -----------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bench_env() -> dict[str, str]:
-    env = dict(os.environ)
-    base = env.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/context_engine")
-    env.update(
-        DJANGO_SETTINGS_MODULE="bench.api_settings",
-        DATABASE_URL=base.rsplit("/", 1)[0] + f"/{DB_NAME}",
-        REDIS_KEY_PREFIX=PREFIX,
-        CONTEXT_ENGINE_SKIP_DOTENV="1",
-        PYTHONPATH=str(REPO),
-    )
-    return env
-
-
-def psql(sql: str, env: dict[str, str]) -> None:
-    from urllib.parse import urlsplit
-
-    url = urlsplit(env["DATABASE_URL"])
-    admin = f"{url.scheme}://{url.netloc}/postgres"
-    subprocess.run(["psql", admin, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql], check=True, env=env, capture_output=True)
+    # The settings module sets DEBUG and the log level; nothing here talks to the broker.
+    return BENCH.env(DEBUG=None, BROKER_URL=None, LOG_LEVEL=None)
 
 
 def setup_data(env: dict[str, str]) -> dict[str, Any]:
@@ -238,22 +213,8 @@ batch = services.session_create(owner=owner, title="batch appends")
 print(json.dumps({"token": Token.objects.create(user=owner).key, "read": str(read.pk),
                   "single": str(single.pk), "batch": str(batch.pk)}))
 """
-    out = subprocess.run([PY, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([PY, "-c", code], cwd=support.REPO, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def wait_http(port: int, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"GET /bench/bare/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-                if s.recv(12).startswith(b"HTTP/1.1 200"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError("uvicorn did not come up")
 
 
 def measure_closed(port: int, label: str, path: str, token: str | None, c: int, seconds: float) -> dict:
@@ -278,16 +239,6 @@ def sweep_pair(port: int, snapshot_path: str, token: str, levels: list[int], sec
     return bare_rows, snap_rows
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -301,37 +252,15 @@ def main() -> None:
     levels = [1, 4, 8, 16, 32] if args.quick else [1, 2, 4, 8, 16, 32, 64]
     env = bench_env()
     load_before = os.getloadavg()
-    print(f"database {DB_NAME}, redis prefix {PREFIX}; loadavg before {load_before}")
-    psql(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)", env)
-    psql(f"CREATE DATABASE {DB_NAME}", env)
-    server = None
+    print(f"database {BENCH.name}, redis prefix {BENCH.name}; loadavg before {load_before}")
+    BENCH.setup(vhost=False, migrate=True)
+    procs = support.Processes()
     try:
-        subprocess.run([PY, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=REPO, env=env, check=True)
         data = setup_data(env)
-        port = free_port()
-        server = subprocess.Popen(
-            [
-                str(Path(PY).parent / "uvicorn"),
-                "project.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-                "--log-level",
-                "warning",
-                "--no-access-log",
-                "--http",
-                "httptools",
-                "--loop",
-                "uvloop",
-            ],
-            cwd=REPO,
-            env=env,
-            start_new_session=True,
-        )
-        wait_http(port)
+        port = support.free_port()
+        options = ("--workers", "1", "--http", "httptools", "--loop", "uvloop")
+        procs.start("web", support.uvicorn("project.asgi:application", port=port, options=options), env=env)
+        support.wait_http(f"http://127.0.0.1:{port}/bench/bare/")
         token = data["token"]
         snapshot_path = f"/api/v1/sessions/{data['read']}/context/"
 
@@ -398,24 +327,8 @@ def main() -> None:
             f"  p95 {batch['p95']:.2f}  p99 {batch['p99']:.2f} ms  errors {batch['errors']}"
         )
     finally:
-        if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
-        psql(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)", env)
-        try:
-            import redis
-
-            client = redis.Redis.from_url(env.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-            keys = list(client.scan_iter(f"*{PREFIX}*", count=1000))
-            if keys:
-                client.delete(*keys)
-            client.close()
-        except Exception as exc:  # cleanup is best effort; say so
-            print(f"redis cleanup failed: {exc}")
+        procs.stop_all()
+        BENCH.teardown(vhost=False)
 
     ratio = snap_peak["rps"] / bare_peak["rps"]
     batch_ratio = batch_eps / single_eps if single_eps else float("inf")
@@ -442,11 +355,11 @@ def write_results(v: dict[str, Any]) -> None:
         "",
         f"Command: `.venv/bin/python bench/api.py{' --quick' if v['args'].quick else ''}`  ",
         f"Date: {datetime.now(UTC).isoformat(timespec='seconds')}  ",
-        f"Machine: {cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"Machine: {support.cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"load average before the run {tuple(round(x, 2) for x in v['load_before'])} (the machine is shared "
         "with other test runs, so absolute figures are noisy).  ",
         "Server: `uvicorn project.asgi:application --workers 1 --http httptools --loop uvloop`, "
-        "settings `bench.api_settings` (production middleware, token auth, throttles on), dedicated database "
+        "settings `bench._lib.api_settings` (production middleware, token auth, throttles on), dedicated database "
         "`bench_api`. Load generator: a separate process, asyncio raw HTTP/1.1 keep-alive client.",
         "",
         "## Goals",
@@ -504,9 +417,7 @@ def write_results(v: dict[str, Any]) -> None:
         "for 100 events, which is why it wins by far more than 10x.",
         "",
     ]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(lines))
-    print(f"wrote {RESULTS.relative_to(REPO)}")
+    support.write_results("api", "\n".join(lines))
 
 
 if __name__ == "__main__":

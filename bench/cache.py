@@ -43,34 +43,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+if __name__ == "__main__":  # bench/ first on sys.path would let bench/queue.py shadow the stdlib's queue
+    sys.path[:] = [str(Path(__file__).resolve().parents[1]), *sys.path[1:]]
 
-BENCH_DB = "bench_cache"
-PREFIX = "bench_cache"
-RESULTS = REPO / "bench" / "results" / "cache.md"
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+from bench._lib import support
+
+BENCH = support.Resources("bench_cache", pg=os.environ.get("BENCH_PG", support.LOCAL_PG))
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    pg = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
-    env.update(
-        DJANGO_SETTINGS_MODULE="project.settings.dev",
-        DEBUG="0",
-        CONTEXT_ENGINE_SKIP_DOTENV="1",
-        DATABASE_URL=f"{pg}/{BENCH_DB}",
-        REDIS_KEY_PREFIX=PREFIX,
-        BROKER_URL=f"amqp://guest:guest@127.0.0.1:5672/{BENCH_DB}",
-        THROTTLE_USER_RATE="100000000/min",
-        THROTTLE_IP_RATE="100000000/min",
-        THROTTLE_ANON_RATE="100000000/min",
-        LOG_LEVEL="WARNING",
-        PYTHONPATH=str(REPO),
-    )
-    env.update(extra)
-    return env
+    rates = {f"THROTTLE_{who}_RATE": "100000000/min" for who in ("USER", "IP", "ANON")}
+    return BENCH.env(**rates, **extra)
 
 
 # --- the server side: the real ASGI app plus a query counter ------------------
@@ -90,7 +73,7 @@ def server_app() -> Any:
             counted["queries"] += 1
         return execute(sql, params, many, context)
 
-    def install(sender, connection, **kwargs) -> None:  # noqa: ANN001
+    def install(sender, connection, **kwargs: object) -> None:  # noqa: ANN001
         connection.execute_wrappers.append(count)
 
     connection_created.connect(install, weak=False)
@@ -113,32 +96,6 @@ def server_app() -> Any:
 # --- set-up -----------------------------------------------------------------
 
 
-def create_database() -> None:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {BENCH_DB}")
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=REPO, env=_env(), check=True)
-
-
-def drop_database() -> None:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-
-
-def clear_redis() -> None:
-    import redis
-
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
-    keys = list(client.scan_iter(f"{PREFIX}:*", count=1000))
-    for i in range(0, len(keys), 500):
-        client.delete(*keys[i : i + 500])
-    client.close()
-
-
 def seed(sessions: int) -> list[dict[str, Any]]:
     """Users, tokens and sessions through the real services; returns (session, tokens) rows."""
     from django.contrib.auth import get_user_model
@@ -148,7 +105,8 @@ def seed(sessions: int) -> list[dict[str, Any]]:
 
     rng = random.Random(7)
     User = get_user_model()  # noqa: N806
-    users = [User.objects.create_user(username=f"bench{i}", password="x-Secret-123") for i in range(20)]
+    password = "x-Secret-123"  # noqa: S105 - throwaway bench users
+    users = [User.objects.create_user(username=f"bench{i}", password=password) for i in range(20)]
     tokens = {u.pk: Token.objects.create(user=u).key for u in users}
     rows = []
     for n in range(sessions):
@@ -168,58 +126,14 @@ def seed(sessions: int) -> list[dict[str, Any]]:
 # --- the HTTP workload ----------------------------------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    def __init__(self, *, cache_enabled: bool) -> None:
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "bench.cache:server_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            cwd=REPO,
-            env=_env(CACHE_ENABLED="1" if cache_enabled else "0"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def wait(self) -> None:
-        import httpx
-
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"{self.url}/__bench__/queries", timeout=1)
-                return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError("server did not start")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+def start_server(procs: support.Processes, *, cache_enabled: bool) -> str:
+    """uvicorn on the bench app (``server_app`` below); its URL once it answers."""
+    port = support.free_port()
+    cmd = support.uvicorn("bench.cache:server_app", port=port, options=("--factory",))
+    procs.start("server", cmd, env=_env(CACHE_ENABLED="1" if cache_enabled else "0"))
+    url = f"http://127.0.0.1:{port}"
+    support.wait_http(f"{url}/__bench__/queries", timeout=90)
+    return url
 
 
 def plan(rows: list[dict[str, Any]], ops: int, seed_: int, write_share: float = 0.10) -> list[tuple[str, str, str]]:
@@ -283,25 +197,27 @@ async def drive(url: str, ops: list[tuple[str, str, str]], concurrency: int) -> 
 def run_phase(*, cache_enabled: bool, rows: list[dict[str, Any]], ops: int, concurrency: int) -> dict[str, Any]:
     import httpx
 
-    server = Server(cache_enabled=cache_enabled)
-    try:
-        server.wait()
+    with support.Processes() as procs:
+        url = start_server(procs, cache_enabled=cache_enabled)
         warm = plan(rows, max(300, ops // 10), seed_=1)
-        asyncio.run(drive(server.url, warm, concurrency))
+        asyncio.run(drive(url, warm, concurrency))
 
         def queries() -> int:
-            return httpx.get(f"{server.url}/__bench__/queries", timeout=5).json()["queries"]
+            return httpx.get(f"{url}/__bench__/queries", timeout=5).json()["queries"]
 
         before = queries()
-        mixed = asyncio.run(drive(server.url, plan(rows, ops, seed_=2), concurrency))
+        mixed = asyncio.run(drive(url, plan(rows, ops, seed_=2), concurrency))
         mixed["queries"] = queries() - before
         before = queries()
-        reads = asyncio.run(drive(server.url, plan(rows, ops // 3, seed_=3, write_share=0.0), concurrency))
+        reads = asyncio.run(drive(url, plan(rows, ops // 3, seed_=3, write_share=0.0), concurrency))
         reads["queries"] = queries() - before
-        stats = httpx.get(f"{server.url}/__bench__/queries", timeout=5).json()["cache"]
+        stats = httpx.get(f"{url}/__bench__/queries", timeout=5).json()["cache"]
         return {"mixed": mixed, "reads": reads, "cache": stats}
-    finally:
-        server.stop()
+
+
+def _ready(cache: Any) -> None:
+    if not cache.wait_ready(10):
+        raise RuntimeError("the cache's invalidation channel did not come up")
 
 
 # --- in-process latencies ---------------------------------------------------------
@@ -312,8 +228,8 @@ def hit_latencies(samples: int = 50_000) -> dict[str, float]:
 
     from apps.caching.cache import MultiLevelCache
 
-    cache = MultiLevelCache(redis_url=settings.REDIS_URL, prefix=f"{PREFIX}:lat")
-    assert cache.wait_ready(10)
+    cache = MultiLevelCache(redis_url=settings.REDIS_URL, prefix=f"{BENCH.name}:lat")
+    _ready(cache)
     snapshot_like = {
         "session_id": "x" * 36,
         "title": "Bench",
@@ -412,11 +328,11 @@ def invalidation_lag(*, subscribers: int = 3, messages: int = 1000) -> dict[str,
 
     from apps.caching.cache import MultiLevelCache
 
-    prefix = f"{PREFIX}:lag"
+    prefix = f"{BENCH.name}:lag"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _SUBSCRIBER, str(REPO), settings.REDIS_URL, prefix, str(messages)],
-            cwd=REPO,
+            [support.PY, "-c", _SUBSCRIBER, str(support.REPO), settings.REDIS_URL, prefix, str(messages)],
+            cwd=support.REPO,
             env=_env(),
             stdout=subprocess.PIPE,
             text=True,
@@ -424,9 +340,10 @@ def invalidation_lag(*, subscribers: int = 3, messages: int = 1000) -> dict[str,
         for _ in range(subscribers)
     ]
     for proc in procs:
-        assert proc.stdout.readline().strip() == "ready"
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("invalidation subscriber did not start")
     publisher = MultiLevelCache(redis_url=settings.REDIS_URL, prefix=prefix)
-    assert publisher.wait_ready(10)
+    _ready(publisher)
     rng = random.Random(5)
     for _ in range(messages):
         publisher.invalidate(keys=["lag:key"])
@@ -471,7 +388,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"Python {platform.python_version()}; load average at start {results['loadavg']} "
         "(the machine is shared with other work, so absolute rates are noisy; ratios are from the same run).  ",
         f"Run at {results['when']}. One uvicorn process per phase, client on the same machine, "
-        f"{args.concurrency} concurrent connections, {args.sessions} sessions x 3 participants, database `{BENCH_DB}`.",
+        f"{args.concurrency} concurrent connections, {args.sessions} sessions x 3 participants, "
+        f"database `{BENCH.name}`.",
         "",
         "## Real API, 90/10 read/write (reads: 2/3 context snapshot, 1/3 session; writes: event append)",
         "",
@@ -544,18 +462,15 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=40)
     args = parser.parse_args()
 
-    os.environ.update(_env(CACHE_ENABLED="1"))
     results: dict[str, Any] = {
         "loadavg": " ".join(f"{x:.1f}" for x in os.getloadavg()),
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    clear_redis()
+    BENCH.clear_redis()
     print("creating and migrating the bench database ...", flush=True)
-    create_database()
+    BENCH.setup(vhost=False, migrate=True)
     try:
-        import django
-
-        django.setup()
+        support.django_setup(_env(CACHE_ENABLED="1"))
         rows = seed(args.sessions)
         from django.db import connections
 
@@ -571,14 +486,9 @@ def main() -> None:
         results["lag"] = invalidation_lag()
         print(json.dumps(results["lag"], indent=1), flush=True)
     finally:
-        from django.db import connections
-
-        connections.close_all()
-        drop_database()
-        clear_redis()
+        BENCH.teardown(vhost=False)
     text = report(results, args)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
+    support.write_results("cache", text)
     print(text)
 
 

@@ -38,79 +38,27 @@ import argparse
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-# Python puts this script's folder first on sys.path; a bench module named like
-# a stdlib one (bench/queue.py) would then shadow it for every import below.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+if __name__ == "__main__":  # bench/ first on sys.path would let bench/queue.py shadow the stdlib's queue
+    sys.path[:] = [str(Path(__file__).resolve().parents[1]), *sys.path[1:]]
 
-NAME = "bench_events"
-RESULTS = REPO / "bench" / "results" / "events.md"
-PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
-AMQP = os.environ.get("BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672")
+from bench._lib import support
+
+BENCH = support.Resources(
+    "bench_events",
+    pg=os.environ.get("BENCH_PG", support.LOCAL_PG),
+    amqp=os.environ.get("BENCH_AMQP", support.LOCAL_AMQP),
+)
 SUBSCRIBER = "apps.batch.subscribers.ActivitySubscriber"
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="project.settings.dev",
-        DEBUG="0",
-        CONTEXT_ENGINE_SKIP_DOTENV="1",
-        DATABASE_URL=f"{PG}/{NAME}",
-        BROKER_URL=f"{AMQP}/{NAME}",
-        REDIS_KEY_PREFIX=NAME,
-        EVENTBUS_SUBSCRIBERS=SUBSCRIBER,
-        LOG_LEVEL="WARNING",
-        PYTHONPATH=str(REPO),
-    )
-    env.update(extra)
-    return env
-
-
-def _rabbitmqctl(*args: str, check: bool = True) -> None:
-    subprocess.run(
-        ["rabbitmqctl", *args], check=check, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120
-    )
-
-
-def _admin_sql(sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(sql)
-
-
-def setup_resources() -> None:
-    _admin_sql(f"DROP DATABASE IF EXISTS {NAME} WITH (FORCE)")
-    _admin_sql(f"CREATE DATABASE {NAME}")
-    _rabbitmqctl("delete_vhost", NAME, check=False)
-    _rabbitmqctl("add_vhost", NAME)
-    _rabbitmqctl("set_permissions", "-p", NAME, "guest", ".*", ".*", ".*")
-
-
-def teardown_resources() -> None:
-    from django.db import connections
-
-    connections.close_all()
-    _admin_sql(f"DROP DATABASE IF EXISTS {NAME} WITH (FORCE)")
-    _rabbitmqctl("delete_vhost", NAME, check=False)
-
-
-def _percentile(ordered: list[float], q: float) -> float:
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
+def _env() -> dict[str, str]:
+    return BENCH.env(EVENTBUS_SUBSCRIBERS=SUBSCRIBER)
 
 
 # --- baseline: raw kombu ------------------------------------------------------
@@ -122,7 +70,7 @@ def raw_kombu(payloads: list[bytes], *, batch: int) -> dict[str, float]:
     from kombu import Connection
     from kombu import Queue as KQueue
 
-    url = f"{AMQP}/{NAME}"
+    url = BENCH.broker_url
     queue_name = "bench.raw"
     with Connection(url) as conn:
         channel = conn.channel()
@@ -173,51 +121,14 @@ def raw_kombu(payloads: list[bytes], *, batch: int) -> dict[str, float]:
 # --- the real pipeline --------------------------------------------------------
 
 
-class Procs:
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, *args: str, ready: str) -> subprocess.Popen:
-        proc = subprocess.Popen(
-            [sys.executable, "manage.py", *args],
-            cwd=REPO,
-            env=_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.procs.append(proc)
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 60
-        for line in proc.stdout:
-            if ready in line:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{args} not ready")
-        return proc
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.procs = []
-
-
 def _wait_processed(target: int, *, timeout: float) -> float:
     from apps.eventbus.models import ProcessedEvent
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ProcessedEvent.objects.filter(subscriber="activity").count() >= target:
-            return time.perf_counter()
-        time.sleep(0.05)
-    raise RuntimeError(f"only {ProcessedEvent.objects.filter(subscriber='activity').count()} of {target} applied")
+    def applied() -> bool:
+        return ProcessedEvent.objects.filter(subscriber="activity").count() >= target
+
+    support.wait_until(applied, timeout=timeout, what=f"{target} events applied")
+    return time.perf_counter()
 
 
 def _sessions(owner: Any, n: int) -> list[Any]:
@@ -265,10 +176,12 @@ def _append(session: Any, owner: Any, batch: int, counter: int) -> None:
 def _reset_tables() -> None:
     from django.db import connection
 
+    from apps.context.models import ContextEvent
+    from apps.eventbus.models import OutboxMessage, ProcessedEvent, SessionActivity
+
+    tables = ", ".join(m._meta.db_table for m in (ProcessedEvent, OutboxMessage, SessionActivity, ContextEvent))
     with connection.cursor() as cursor:
-        cursor.execute(
-            "TRUNCATE eventbus_processedevent, eventbus_outboxmessage, eventbus_sessionactivity, context_contextevent"
-        )
+        cursor.execute(f"TRUNCATE {tables}")
 
 
 def throughput(owner: Any, *, events: int, batch: int) -> dict[str, float]:
@@ -348,8 +261,8 @@ def lag(owner: Any, *, rate: int, seconds: float) -> dict[str, float]:
         "achieved_rate": total / produce_s,
         "events": total,
         "measured": len(lags),
-        "p50_ms": _percentile(lags, 0.5) * 1000,
-        "p99_ms": _percentile(lags, 0.99) * 1000,
+        "p50_ms": support.percentile(lags, 0.5) * 1000,
+        "p99_ms": support.percentile(lags, 0.99) * 1000,
         "max_ms": lags[-1] * 1000 if lags else float("nan"),
         "late_ticks": behind,
     }
@@ -371,19 +284,16 @@ def main() -> None:
     args = parser.parse_args()
     PRODUCER["mode"] = args.producer
 
-    os.environ.update(_env())
     LOAD["start"] = os.getloadavg()[0]
-    setup_resources()
-    procs = Procs()
+    BENCH.setup()
+    procs = support.Processes()
     try:
-        import django
-
-        django.setup()
+        support.django_setup(_env())
         from django.contrib.auth import get_user_model
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
-        owner = get_user_model().objects.create_user(username="bench", password="x")
+        owner = get_user_model().objects.create_user(username="bench", password="x")  # noqa: S106 - throwaway bench user
 
         # The payloads the pipeline will carry, for the baseline.
         from django.utils import timezone
@@ -411,9 +321,11 @@ def main() -> None:
             flush=True,
         )
 
-        procs.start("run_event_subscribers", "activity", ready="subscribers ready")
-        for _ in range(args.relays):
-            procs.start("run_outbox_relay", "--batch-size", str(args.batch), ready="outbox relay started")
+        procs.start("subscribers", support.manage("run_event_subscribers", "activity"), env=_env())
+        procs.wait_for("subscribers", "subscribers ready", 60)
+        for i in range(args.relays):
+            procs.start(f"relay{i}", support.manage("run_outbox_relay", "--batch-size", str(args.batch)), env=_env())
+            procs.wait_for(f"relay{i}", "outbox relay started", 60)
 
         print(f"throughput: {args.events} events in batches of {args.batch}, {args.relays} relay(s) ...", flush=True)
         thr = throughput(owner, events=args.events, batch=args.batch)
@@ -434,32 +346,21 @@ def main() -> None:
                 flush=True,
             )
     finally:
-        procs.stop()
-        try:
-            teardown_resources()
-        except Exception as exc:  # noqa: BLE001 - report, keep the figures
-            print(f"teardown: {exc}", file=sys.stderr)
+        procs.stop_all()
+        BENCH.teardown()
 
     LOAD["end"] = os.getloadavg()[0]
     write_results(args, raw, thr, lags)
 
 
 def write_results(args: argparse.Namespace, raw: dict, thr: dict, lags: list[dict]) -> None:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     lines = [
         "# Event bus benchmark",
         "",
         f"Command: `.venv/bin/python bench/events.py --events {args.events} --batch {args.batch} --rate {args.rate}"
         f" --seconds {args.seconds:g} --relays {args.relays} --producer {args.producer}`",
         "",
-        f"Machine: {os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}, Python "
+        f"Machine: {os.cpu_count()} CPUs ({support.cpu_model()}), {platform.system()} {platform.release()}, Python "
         f"{platform.python_version()}; PostgreSQL, RabbitMQ 3.10 and Redis shared with other work on the machine.",
         "Own database `bench_events` and vhost `bench_events`, dropped afterwards.",
         f"1-minute load average at start / end of the run: {LOAD.get('start', 0):.1f} / {LOAD.get('end', 0):.1f} "
@@ -526,9 +427,7 @@ def write_results(args: argparse.Namespace, raw: dict, thr: dict, lags: list[dic
         "  the figures above are what this run measured, not what an idle machine would give.",
         "",
     ]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(lines))
-    print(f"wrote {RESULTS.relative_to(REPO)}")
+    support.write_results("events", "\n".join(lines))
 
 
 if __name__ == "__main__":

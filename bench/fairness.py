@@ -22,25 +22,25 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-NAME = "bench_fairness"
-PREFIX = f"{NAME}:"
-WORKERS = 4
+if __name__ == "__main__":  # bench/ first on sys.path would let bench/queue.py shadow the stdlib's queue
+    sys.path[:] = [str(Path(__file__).resolve().parents[1]), *sys.path[1:]]
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.dev")
-# bench/queue.py would shadow the stdlib's queue for a script run from bench/.
-sys.path[:] = [p for p in sys.path if p not in ("", str(Path(__file__).resolve().parent))]
-sys.path.insert(0, str(REPO))
 
-from celery import signals  # noqa: E402
+from celery import signals
 
-from apps.eventbus.queues import Queue  # noqa: E402
-from workers.base import task  # noqa: E402
+from apps.eventbus.queues import Queue
+from bench._lib import support
+from workers.base import task
+
+# No database: the workers and the tasks only talk to RabbitMQ and Redis.
+BENCH = support.Resources("bench_fairness")
+PREFIX = f"{BENCH.name}:"
+WORKERS = 4
 
 _client: Any = None
 
@@ -81,51 +81,18 @@ def run_round(label: str, n: int, env: dict[str, str], prefetch: int | None) -> 
     client = _redis()
     for key in ("count", "busy", "done", "ready"):
         client.delete(f"{PREFIX}{key}")
-    procs = []
-    for i in range(WORKERS):
-        worker_env = {**env, "BENCH_WORKER": f"w{i}"}
-        if prefetch is not None:
-            worker_env["CELERY_PREFETCH_MULTIPLIER"] = str(prefetch)
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "project",
-                    "worker",
-                    "-Q",
-                    "ai.batch",
-                    "-n",
-                    f"w{i}-{label}@%h",
-                    "--concurrency",
-                    "1",
-                    "-I",
-                    "bench.fairness",
-                    "--without-mingle",
-                    "--without-gossip",
-                    "--loglevel",
-                    "WARNING",
-                ],
-                cwd=REPO,
-                env=worker_env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-    try:
-        deadline = time.monotonic() + 180
-        while client.scard(f"{PREFIX}ready") < WORKERS:
-            if time.monotonic() > deadline:
-                raise RuntimeError("workers did not start")
-            time.sleep(0.2)
+    with support.Processes() as procs:
+        for i in range(WORKERS):
+            worker_env = {**env, "BENCH_WORKER": f"w{i}"}
+            if prefetch is not None:
+                worker_env["CELERY_PREFETCH_MULTIPLIER"] = str(prefetch)
+            worker = support.celery_worker("ai.batch", name=f"w{i}-{label}@%h", concurrency=1, include="bench.fairness")
+            procs.start(f"w{i}", worker, env=worker_env)
+        support.wait_until(lambda: client.scard(f"{PREFIX}ready") >= WORKERS, timeout=180, interval=0.2, what="ready")
         time.sleep(1.0)  # consumers registered after worker_ready
-        listed = subprocess.run(
-            ["rabbitmqctl", "list_consumers", "-q", "-p", NAME, "queue_name", "prefetch_count"],
-            capture_output=True,
-            text=True,
-        ).stdout.split()
+        listed = support.rabbitmqctl(
+            "list_consumers", "-q", "-p", BENCH.name, "queue_name", "prefetch_count", check=False
+        ).split()
         consumer_prefetch = sorted({int(v) for v in listed[1::2] if v.isdigit()})
         from project.celery import app
 
@@ -133,20 +100,8 @@ def run_round(label: str, n: int, env: dict[str, str], prefetch: int | None) -> 
         with app.producer_or_acquire() as producer:
             for i in range(n):
                 app.send_task("bench.sleep", kwargs={"seconds": 0.2 if i % 10 == 0 else 0.02}, producer=producer)
-        while int(client.get(f"{PREFIX}done") or 0) < n:
-            if time.monotonic() - started > 600:
-                raise RuntimeError("tasks did not finish")
-            time.sleep(0.01)
+        support.wait_until(lambda: int(client.get(f"{PREFIX}done") or 0) >= n, timeout=600, interval=0.01, what="done")
         makespan = time.monotonic() - started
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
     counts = {k.decode(): int(v) for k, v in client.hgetall(f"{PREFIX}count").items()}
     busy = {k.decode(): float(v) for k, v in client.hgetall(f"{PREFIX}busy").items()}
     names = [f"w{i}" for i in range(WORKERS)]
@@ -173,26 +128,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=1200)
     args = parser.parse_args()
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="project.settings.dev",
-        DEBUG="false",
-        LOG_LEVEL="WARNING",
-        BROKER_URL=f"amqp://guest:guest@127.0.0.1:5672/{NAME}",
-        REDIS_KEY_PREFIX=NAME,
-        CONTEXT_ENGINE_SKIP_DOTENV="1",
-        PYTHONPATH=str(REPO),
-        PYTHONUNBUFFERED="1",
-    )
-    os.environ.update({k: env[k] for k in ("BROKER_URL", "REDIS_KEY_PREFIX", "DEBUG", "LOG_LEVEL")})
-    import django
-
-    django.setup()
-    subprocess.run(["rabbitmqctl", "delete_vhost", NAME], capture_output=True)
-    subprocess.run(["rabbitmqctl", "add_vhost", NAME], check=True, capture_output=True)
-    subprocess.run(
-        ["rabbitmqctl", "set_permissions", "-p", NAME, "guest", ".*", ".*", ".*"], check=True, capture_output=True
-    )
+    env = BENCH.env(DATABASE_URL=None, PYTHONUNBUFFERED="1")
+    support.django_setup(env)
+    BENCH.setup(database=False)
     try:
         from kombu import Connection
 
@@ -203,11 +141,7 @@ def main() -> None:
         ours = run_round("ours", args.tasks, env, None)
         baseline = run_round("baseline", args.tasks, env, 8)
     finally:
-        subprocess.run(["rabbitmqctl", "delete_vhost", NAME], capture_output=True)
-        client = _redis()
-        keys = list(client.scan_iter(f"{PREFIX}*"))
-        if keys:
-            client.delete(*keys)
+        BENCH.teardown(database=False)
 
     ideal = sum(0.2 if i % 10 == 0 else 0.02 for i in range(args.tasks)) / WORKERS
     lines = [
@@ -215,7 +149,7 @@ def main() -> None:
         "",
         f"Command: `.venv/bin/python bench/fairness.py --tasks {args.tasks}`",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other processes), "
-        f"Python {platform.python_version()}, RabbitMQ 3.10.8, quorum queue `ai.batch`, vhost `{NAME}`.",
+        f"Python {platform.python_version()}, RabbitMQ 3.10.8, quorum queue `ai.batch`, vhost `{BENCH.name}`.",
         f"Tasks: {args.tasks}, every tenth sleeps 200 ms, the others 20 ms; 4 workers x 1 prefork process, acks late. "
         f"Ideal makespan (perfect split of {ideal * WORKERS:.1f} s of work): {ideal:.2f} s.",
         "",
@@ -253,8 +187,8 @@ def main() -> None:
         "RabbitMQ's consumer timeout; the realtime queue (short tasks) uses prefetch 4 for that reason "
         "(apps/eventbus/queues.py).",
     ]
-    (REPO / "bench" / "results" / "fairness.md").write_text("\n".join(lines) + "\n")
-    print(f"goal CV <= 5%: {ours['cv_count'] * 100:.1f}% ({goal}); wrote bench/results/fairness.md")
+    print(f"goal CV <= 5%: {ours['cv_count'] * 100:.1f}% ({goal})")
+    support.write_results("fairness", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

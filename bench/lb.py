@@ -26,6 +26,7 @@ reachable PostgreSQL database), vhost ``bench_lb`` and Redis prefix
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -36,14 +37,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+if __name__ == "__main__":  # bench/ first on sys.path would let bench/queue.py shadow the stdlib's queue
+    sys.path[:] = [str(Path(__file__).resolve().parents[1]), *sys.path[1:]]
 
-import httpx  # noqa: E402
+import httpx
 
-from tests.support.haproxy import HAProxy, WebInstance  # noqa: E402
+from bench._lib import support
+from tests.support.haproxy import HAProxy, WebInstance
 
-NAME = "bench_lb"
+# Readiness needs a reachable (not a migrated) database.
+BENCH = support.Resources("bench_lb")
 
 
 class Load:
@@ -84,32 +87,18 @@ class Load:
             worker.join(timeout=30)
 
 
-def _sh(*args: str) -> None:
-    subprocess.run(list(args), check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
-
-
-def _setup() -> None:
-    _sh("rabbitmqctl", "add_vhost", NAME)
-    _sh("rabbitmqctl", "set_permissions", "-p", NAME, "guest", ".*", ".*", ".*")
-    _sh("psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"CREATE DATABASE {NAME}")
-
-
-def _teardown() -> None:
-    _sh("rabbitmqctl", "delete_vhost", NAME)
-    _sh("psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"DROP DATABASE IF EXISTS {NAME} WITH (FORCE)")
-
-
 def _wait_idle(proxy: HAProxy, server: str, timeout: float = 15.0) -> None:
     """Until HAProxy has no request in progress on ``server`` (``scur`` is 0)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def idle() -> bool:
         text = proxy.command("show stat")
         header = text.splitlines()[0].lstrip("# ").split(",")
-        for line in text.splitlines()[1:]:
-            row = dict(zip(header, line.split(","), strict=False))
-            if row.get("pxname") == "web" and row.get("svname") == server and row.get("scur") == "0":
-                return
-        time.sleep(0.05)
+        rows = [dict(zip(header, line.split(","), strict=False)) for line in text.splitlines()[1:]]
+        return any(r.get("pxname") == "web" and r.get("svname") == server and r.get("scur") == "0" for r in rows)
+
+    # Stopped anyway after the timeout: uvicorn's graceful shutdown lets the last requests finish.
+    with contextlib.suppress(TimeoutError):
+        support.wait_until(idle, timeout=timeout, what=f"{server} idle")
 
 
 def _rolling(proxy: HAProxy, webs: list[WebInstance], *, drain: bool) -> None:
@@ -134,7 +123,7 @@ def _summary(records: list[tuple[float, str | None, bool]], errors: list[str], s
         "failed": sum(1 for r in records if not r[2]),
         "rps": total / seconds if seconds else 0.0,
         "p50_ms": statistics.median(latencies) * 1000 if latencies else 0.0,
-        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000 if len(latencies) > 100 else 0.0,
+        "p99_ms": support.percentile(latencies, 0.99) * 1000 if latencies else 0.0,
         "share": {k: v / max(1, sum(served.values())) for k, v in sorted(served.items())},
         "errors": Counter(e.split(":")[0] for e in errors).most_common(3),
     }
@@ -146,19 +135,8 @@ def main() -> None:
     parser.add_argument("--steady", type=float, default=10.0, help="seconds of the steady baseline phase")
     args = parser.parse_args()
 
-    _teardown()
-    _setup()
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="project.settings.dev",
-        DEBUG="false",
-        CONTEXT_ENGINE_SKIP_DOTENV="1",
-        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{NAME}",
-        BROKER_URL=f"amqp://guest:guest@127.0.0.1:5672/{NAME}",
-        REDIS_KEY_PREFIX=NAME,
-        LOG_LEVEL="WARNING",
-        PYTHONPATH=str(REPO_ROOT),
-    )
+    BENCH.setup()
+    env = BENCH.env()
     webs = [WebInstance(name="web1", env=env), WebInstance(name="web2", env=env)]
     proxy = HAProxy(backends=webs)
     phases: list[tuple[str, float]] = []
@@ -185,7 +163,7 @@ def main() -> None:
         proxy.stop()
         for web in webs:
             web.stop()
-        _teardown()
+        BENCH.teardown()
 
     rows = []
     for phase, seconds in phases:
@@ -235,10 +213,7 @@ def main() -> None:
         "instance gets traffic only once ready), and, in the drain phase, no new requests to an instance about "
         "to stop.",
     ]
-    out = REPO_ROOT / "bench" / "results" / "lb.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out.relative_to(REPO_ROOT)}")
+    support.write_results("lb", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -25,37 +25,23 @@ bench/results/queue.md.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import os
+import platform
+import statistics
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
-if __name__ == "queue":
-    # A script run from bench/ has this folder first on sys.path, so its
-    # ``import queue`` (kombu, logging, concurrent.futures...) finds this file
-    # instead of the standard library's. Hand over the real module; the rest
-    # of this file then only defines functions.
-    import importlib.util as _util
-    import os.path as _path
-    import sysconfig as _sysconfig
+if __name__ == "__main__":  # bench/ first on sys.path would let this file shadow the stdlib's queue
+    sys.path[:] = [str(Path(__file__).resolve().parents[1]), *sys.path[1:]]
 
-    _spec = _util.spec_from_file_location("queue", _path.join(_sysconfig.get_paths()["stdlib"], "queue.py"))
-    _real = _util.module_from_spec(_spec)
-    sys.modules["queue"] = _real
-    _spec.loader.exec_module(_real)
-elif __name__ == "__main__":
-    # Run as a script: drop this folder from the path for the same reason.
-    sys.path[:] = [p for p in sys.path if p not in ("", __file__.rsplit("/", 1)[0]) and not p.endswith("/bench")]
+from bench._lib import support
 
-import argparse  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
-NAME = "bench_queue"
-PREFIX = f"{NAME}:"
+BENCH = support.Resources("bench_queue")
+PREFIX = f"{BENCH.name}:"
 
 _clients: dict[int, Any] = {}
 
@@ -86,72 +72,16 @@ def _define_tasks() -> None:
 
 if __name__ in ("__main__", "bench.queue"):
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.dev")
-    sys.path.insert(0, str(REPO))
     _define_tasks()
 
 
-# --- helpers ---------------------------------------------------------------
-
-
-def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kwargs)
-
-
-def base_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="project.settings.dev",
-        DEBUG="false",
-        LOG_LEVEL="WARNING",
-        BROKER_URL=f"amqp://guest:guest@127.0.0.1:5672/{NAME}",
-        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{NAME}",
-        REDIS_KEY_PREFIX=NAME,
-        CONTEXT_ENGINE_SKIP_DOTENV="1",
-        PYTHONPATH=str(REPO),
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-def setup_resources(env: dict[str, str]) -> None:
-    subprocess.run(["rabbitmqctl", "delete_vhost", NAME], capture_output=True)
-    run(["rabbitmqctl", "add_vhost", NAME])
-    run(["rabbitmqctl", "set_permissions", "-p", NAME, "guest", ".*", ".*", ".*"])
-    subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", NAME], capture_output=True)
-    run(["createdb", "-h", "127.0.0.1", "-U", "postgres", NAME])
-    run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=REPO, env=env)
-
-
-def teardown_resources() -> None:
-    subprocess.run(["rabbitmqctl", "delete_vhost", NAME], capture_output=True)
-    subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", NAME], capture_output=True)
-    try:
-        client = _redis()
-        keys = list(client.scan_iter(f"{PREFIX}*"))
-        if keys:
-            client.delete(*keys)
-    except Exception:  # noqa: BLE001 - best-effort cleanup
-        pass
+def done_count() -> int:
+    return int(_redis().get(f"{PREFIX}done") or 0)
 
 
 def wait_count(target: int, *, timeout: float) -> float:
-    client = _redis()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if int(client.get(f"{PREFIX}done") or 0) >= target:
-            return time.monotonic()
-        time.sleep(0.005)
-    raise TimeoutError(f"only {client.get(f'{PREFIX}done')} of {target} done")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    support.wait_until(lambda: done_count() >= target, timeout=timeout, interval=0.005, what=f"{target} done")
+    return time.monotonic()
 
 
 # --- raw kombu -------------------------------------------------------------
@@ -177,10 +107,8 @@ def raw_consumer_main() -> None:
         with conn.Consumer([work_queue(Queue.AI_REALTIME)], channel=channel, on_message=on_message, prefetch_count=32):
             client.set(f"{PREFIX}raw_ready", 1)
             while True:
-                try:
+                with contextlib.suppress(TimeoutError):
                     conn.drain_events(timeout=1)
-                except TimeoutError:
-                    pass
 
 
 def raw_publish(n: int) -> None:
@@ -213,22 +141,23 @@ def measure_publish(label: str, n: int, publish: Any) -> float:
     return rate
 
 
-def measure_consume(label: str, n: int, start_consumer: Any) -> tuple[float, Any]:
+def measure_consume(label: str, n: int, start_consumer: Any) -> float:
     """Start the consumer on a full queue; rate from the first completion to the last (startup excluded)."""
-    client = _redis()
-    client.set(f"{PREFIX}done", 0)
+    _redis().set(f"{PREFIX}done", 0)
     proc = start_consumer()
-    deadline = time.monotonic() + 180
-    while int(client.get(f"{PREFIX}done") or 0) < 1:
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise RuntimeError(f"{label} consumer did not start")
-        time.sleep(0.002)
+
+    def first_done() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{label} consumer exited")
+        return done_count() >= 1
+
+    support.wait_until(first_done, timeout=180, interval=0.002, what=f"{label} consumer's first completion")
     first = time.monotonic()
-    first_count = int(client.get(f"{PREFIX}done") or 0)
+    first_count = done_count()
     finished = wait_count(n, timeout=600)
     rate = (n - first_count) / max(finished - first, 1e-9)
     print(f"{label:8s} consumed {n}: {rate:.0f}/s", flush=True)
-    return rate, proc
+    return rate
 
 
 # --- dead-letter round trip ------------------------------------------------
@@ -251,19 +180,11 @@ def round_trips(m: int) -> dict[str, list[float]]:
 
         t0 = time.monotonic()
         task_id = app.send_task("bench.fail", kwargs={"n": i}).id
-        deadline = t0 + 60
-        while not DeadLetter.objects.filter(task_id=task_id).exists():
-            if time.monotonic() > deadline:
-                raise TimeoutError("dead letter not archived")
-            time.sleep(0.002)
+        archived = DeadLetter.objects.filter(task_id=task_id).exists
+        support.wait_until(archived, timeout=60, interval=0.002, what="dead letter archived")
         dead.append(time.monotonic() - t0)
     connections.close_all()
     return {"ok": ok, "dead": dead}
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main() -> None:
@@ -276,96 +197,45 @@ def main() -> None:
         raw_consumer_main()
         return
 
-    env = base_env()
-    os.environ.update({k: env[k] for k in ("BROKER_URL", "DATABASE_URL", "REDIS_KEY_PREFIX", "DEBUG", "LOG_LEVEL")})
-    import django
-
-    django.setup()
-    teardown_resources()
-    setup_resources(env)
+    env = BENCH.env(PYTHONUNBUFFERED="1")
+    support.django_setup(env)
+    BENCH.clear_redis()
+    BENCH.setup(migrate=True)
     from kombu import Connection
 
     from apps.eventbus.queues import declare_topology
 
     with Connection(env["BROKER_URL"]) as conn:
         declare_topology(conn.default_channel)
-    procs: list[subprocess.Popen] = []
+    procs = support.Processes()
     try:
         # 1. raw kombu: publish N with confirms, then one consumer process drains them
         raw_pub = measure_publish("raw", args.tasks, raw_publish)
-        raw_con, raw = measure_consume(
-            "raw",
-            args.tasks,
-            lambda: subprocess.Popen(
-                [sys.executable, __file__, "--raw-consumer"],
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.STDOUT,
-            ),
+        raw_con = measure_consume(
+            "raw", args.tasks, lambda: procs.start("raw", [support.PY, __file__, "--raw-consumer"], env=env)
         )
-        procs.append(raw)
-        stop(raw)
+        procs.stop("raw")
 
         # 2. Celery: send_task N, then the Procfile's realtime worker drains them
         cel_pub = measure_publish("celery", args.tasks, celery_publish)
-        log = open(REPO / "bench" / "results" / ".queue-worker.log", "w")  # noqa: SIM115 - closed below
-        cel_con, worker = measure_consume(
-            "celery",
-            args.tasks,
-            lambda: subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "project",
-                    "worker",
-                    "-Q",
-                    "ai.realtime",
-                    "-n",
-                    "bench@%h",
-                    "--pool",
-                    "threads",
-                    "--concurrency",
-                    "8",
-                    "-I",
-                    "bench.queue",
-                    "--without-mingle",
-                    "--without-gossip",
-                    "--loglevel",
-                    "WARNING",
-                ],
-                cwd=REPO,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            ),
+        worker = support.celery_worker(
+            "ai.realtime", name="bench@%h", pool="threads", concurrency=8, include="bench.queue"
         )
-        procs.append(worker)
-        archiver = subprocess.Popen(
-            [sys.executable, "manage.py", "run_deadletter_archiver"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        procs.append(archiver)
+        cel_con = measure_consume("celery", args.tasks, lambda: procs.start("worker", worker, env=env))
+        procs.start("archiver", support.manage("run_deadletter_archiver"), env=env)
         time.sleep(3)  # the archiver's Django start-up
 
         # 3. dead-letter round trip
         trips = round_trips(args.dead_letters)
     finally:
-        for proc in reversed(procs):
-            stop(proc)
-        teardown_resources()
-        (REPO / "bench" / "results" / ".queue-worker.log").unlink(missing_ok=True)
+        procs.stop_all(timeout=15)
+        BENCH.teardown()
 
     raw_total = 1 / (1 / raw_pub + 1 / raw_con)
     cel_total = 1 / (1 / cel_pub + 1 / cel_con)
     ratio = cel_total / raw_total
     ok_med, dead_med = statistics.median(trips["ok"]) * 1000, statistics.median(trips["dead"]) * 1000
-    ok_p95, dead_p95 = pct(trips["ok"], 0.95) * 1000, pct(trips["dead"], 0.95) * 1000
+    ok_p95, dead_p95 = support.percentile(trips["ok"], 0.95) * 1000, support.percentile(trips["dead"], 0.95) * 1000
     print(
         f"ratio celery/raw = {ratio:.2f}x publish+consume (goal >= 0.25x); consume {cel_con / raw_con:.2f}x, "
         f"publish {cel_pub / raw_pub:.2f}x"
@@ -380,7 +250,7 @@ def main() -> None:
         "",
         f"Command: `.venv/bin/python bench/queue.py --tasks {args.tasks} --dead-letters {args.dead_letters}`",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other processes), "
-        f"Python {platform.python_version()}, RabbitMQ 3.10.8 (quorum queue `ai.realtime`, vhost `{NAME}`).",
+        f"Python {platform.python_version()}, RabbitMQ 3.10.8 (quorum queue `ai.realtime`, vhost `{BENCH.name}`).",
         "",
         "## Throughput (publish N with publisher confirms, then drain the full queue)",
         "",
@@ -410,8 +280,7 @@ def main() -> None:
         "Numbers on a 2-core machine shared with other builds: the publisher, the broker, the consumer "
         "and PostgreSQL compete for the same cores.",
     ]
-    (REPO / "bench" / "results" / "queue.md").write_text("\n".join(lines) + "\n")
-    print("wrote bench/results/queue.md")
+    support.write_results("queue", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -29,39 +29,28 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-# Python puts bench/ first on the path, where bench/queue.py would shadow the
-# standard library's queue module (amqp imports it): use the repository root.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
-DB_NAME = "bench_training"
-os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings.test"
-os.environ["TEST_RUN_ID"] = DB_NAME
-os.environ["CONTEXT_ENGINE_SKIP_DOTENV"] = "1"
-os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", f"postgres://postgres@127.0.0.1:5432/{DB_NAME}")
-os.environ.setdefault("LOG_LEVEL", "WARNING")
+if __name__ == "__main__":  # bench/ first on sys.path would let bench/queue.py shadow the stdlib's queue
+    sys.path[:] = [str(Path(__file__).resolve().parents[1]), *sys.path[1:]]
 
+from bench._lib import support
 
-def _admin(sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", autocommit=True) as conn:
-        conn.execute(sql)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+# In-process only, on the test settings: no broker, no child processes.
+BENCH = support.Resources("bench_training", settings="project.settings.test")
+os.environ.update(
+    BENCH.env(
+        TEST_RUN_ID=BENCH.name,
+        DATABASE_URL=os.environ.get("BENCH_DATABASE_URL", BENCH.database_url),
+        LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"),
+        # The test settings derive the Redis prefix from TEST_RUN_ID; DEBUG and the broker stay as they are.
+        REDIS_KEY_PREFIX=None,
+        DEBUG=None,
+        BROKER_URL=None,
+    )
+)
 
 
 def main() -> None:
@@ -72,15 +61,11 @@ def main() -> None:
     parser.add_argument("--raw-sample", type=int, default=256, help="texts for the bare-encoder baseline")
     args = parser.parse_args()
 
-    _admin(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-    _admin(f'CREATE DATABASE "{DB_NAME}"')
+    BENCH.setup(vhost=False)
     try:
         run(args)
     finally:
-        from django.db import connections
-
-        connections.close_all()
-        _admin(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        BENCH.teardown(vhost=False)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -216,7 +201,7 @@ def write_report(**r: object) -> None:
         f"Command: `.venv/bin/python bench/training.py --sessions {args.sessions} --text-every {args.text_every} "
         f"--epochs {args.epochs}`",
         "",
-        f"Machine: {os.cpu_count()} CPUs ({_cpu_model()}), torch {__import__('torch').__version__} "
+        f"Machine: {os.cpu_count()} CPUs ({support.cpu_model()}), torch {__import__('torch').__version__} "
         f"(training uses {m['config']['threads']} intra-op thread; see TrainingConfig.threads). "
         f"Load average before/after: {r['loads'][0][0]:.1f} / {r['loads'][1][0]:.1f} "
         "(the machine is shared with other test runs; figures are lower bounds).",
@@ -269,10 +254,7 @@ def write_report(**r: object) -> None:
         "bare encoder's 48/s (0.54x); one encoder call per chunk closed that gap.",
         "",
     ]
-    out = ROOT / "bench" / "results" / "training.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
-    print(f"wrote {out}")
+    support.write_results("training", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -28,56 +28,45 @@ Writes ``bench/results/ws.md``.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import statistics
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-# `python bench/ws.py` puts bench/ first on sys.path, where a sibling benchmark
-# may be named like a stdlib module (bench/queue.py): drop it before importing.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+if __name__ == "__main__":  # bench/ first on sys.path would let bench/queue.py shadow the stdlib's queue
+    sys.path[:] = [str(Path(__file__).resolve().parents[1]), *sys.path[1:]]
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import resource  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from datetime import datetime  # noqa: E402
-from typing import Any  # noqa: E402
+from bench._lib import support
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-DB_NAME = "bench_ws"
-PREFIX = "bench_ws"
-PG_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432")
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-PASSWORD = "bench-Secret-123"
+BENCH = support.Resources(
+    "bench_ws",
+    pg=os.environ.get("BENCH_PG_URL", support.LOCAL_PG),
+    redis_url=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+)
+REDIS_URL = BENCH.redis_url
+PREFIX = BENCH.name
+PASSWORD = "bench-Secret-123"  # noqa: S105 - throwaway bench users
 LAYERS = {
     "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
     "core": "channels_redis.core.RedisChannelLayer",
 }
 
 
-def bench_env(port: int | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="project.settings.dev",
-        DEBUG="false",
-        CONTEXT_ENGINE_SKIP_DOTENV="1",
-        DATABASE_URL=f"{PG_URL}/{DB_NAME}",
+def bench_env() -> dict[str, str]:
+    return BENCH.env(
         REDIS_URL=REDIS_URL,
-        REDIS_KEY_PREFIX=PREFIX,
-        BROKER_URL="amqp://guest:guest@127.0.0.1:5672/bench_ws",
         # The benchmark opens ~1,000 connections as a handful of users.
         WS_MAX_CONNECTIONS_PER_USER="100000",
         THROTTLE_USER_RATE="1000000/min",
-        LOG_LEVEL="WARNING",
-        PYTHONPATH=str(REPO),
     )
-    return env
 
 
 def raise_fd_limit() -> int:
@@ -89,39 +78,6 @@ def raise_fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def psql(sql: str) -> None:
-    subprocess.run(
-        ["psql", f"{PG_URL}/postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql], check=True, stdout=subprocess.DEVNULL
-    )
-
-
-def create_database() -> None:
-    psql(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-    psql(f'CREATE DATABASE "{DB_NAME}"')
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=REPO, env=bench_env(), check=True)
-
-
-def drop_database() -> None:
-    psql(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-
-
-def clear_redis() -> None:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(f"{PREFIX}:*", count=1000))
-    for i in range(0, len(keys), 1000):
-        client.delete(*keys[i : i + 1000])
-    client.close()
-
-
-def setup_django() -> None:
-    os.environ.update(bench_env())
-    import django
-
-    django.setup()
-
-
 def make_fixtures(*, sessions_needed: int) -> dict[str, Any]:
     """One owner, one subscriber user; sessions for idle load and the two broadcast groups."""
     from django.contrib.auth import get_user_model
@@ -130,7 +86,7 @@ def make_fixtures(*, sessions_needed: int) -> dict[str, Any]:
     from apps.context.models import Participant
     from apps.context.services import participant_add, session_create
 
-    User = get_user_model()
+    User = get_user_model()  # noqa: N806 - a class
     owner = User.objects.create_user(username="bench-owner", password=PASSWORD)
     reader = User.objects.create_user(username="bench-reader", password=PASSWORD)
     sessions = []
@@ -149,21 +105,10 @@ stats = {"retries": 0}
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
+    figures = {f"p{q}": support.percentile(values, q / 100) for q in (50, 95, 99)}
     if not values:
-        return {"n": 0, "p50": float("nan"), "p95": float("nan"), "p99": float("nan"), "max": float("nan")}
-    ordered = sorted(values)
-
-    def pick(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-    return {
-        "n": len(values),
-        "p50": pick(0.50),
-        "p95": pick(0.95),
-        "p99": pick(0.99),
-        "max": ordered[-1],
-        "mean": statistics.fmean(values),
-    }
+        return {"n": 0, **figures, "max": float("nan")}
+    return {"n": len(values), **figures, "max": max(values), "mean": statistics.fmean(values)}
 
 
 class Conn:
@@ -189,7 +134,7 @@ class Conn:
                     print(f"error frame: {frame}", file=sys.stderr)
                 elif self.on_event is not None and kind in ("event", "suggestion"):
                     self.on_event(frame, now)
-        except Exception:  # noqa: S110 - a closed benchmark connection ends its reader
+        except Exception:  # noqa: BLE001, S110 - a closed benchmark connection ends its reader
             pass
 
     async def ping(self, t: str) -> float:
@@ -226,7 +171,8 @@ async def open_conns(url_for: Any, count: int, *, concurrency: int = 25) -> list
                     stats["retries"] += 1
                     await asyncio.sleep(0.2 * (attempt + 1))
                     continue
-                assert hello["type"] == "hello", hello
+                if hello["type"] != "hello":
+                    raise RuntimeError(f"expected hello, got {hello}")
                 conns.append(Conn(ws))
                 return
 
@@ -314,7 +260,8 @@ async def broadcast_phase(
                 f"/api/v1/sessions/{session_id}/events/", json={"event_type": "context_update", "data": {"text": key}}
             )
             answered = time.time()
-            assert response.status_code == 201, response.text
+            if response.status_code != 201:
+                raise RuntimeError(f"append failed: {response.text}")
             created = datetime.fromisoformat(response.json()["created_at"]).timestamp()
             await asyncio.wait_for(done[key].wait(), 10)
             if not warmup:
@@ -471,9 +418,7 @@ def write_results(
         "",
     ]
     text = "\n".join(lines)
-    out = REPO / "bench" / "results" / "ws.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    support.write_results("ws", text)
     return text
 
 
@@ -488,68 +433,35 @@ def main() -> None:
     args = parser.parse_args()
 
     fd_limit = raise_fd_limit()
-    create_database()
-    clear_redis()
-    server = None
+    BENCH.setup(vhost=False, migrate=True)
+    BENCH.clear_redis()
     try:
-        setup_django()
+        support.django_setup(bench_env())
         fixtures = make_fixtures(sessions_needed=52)
         from django.db import connections
 
         connections.close_all()
-        from tests.support.services import free_port, wait_for_port
-
         load_before = os.getloadavg()
         all_results: dict[str, dict[str, Any]] = {}
         for layer_name in args.layers.split(","):
-            port = free_port()
-            server = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "project.asgi:application",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--ws",
-                    "websockets",
-                    "--log-level",
-                    "warning",
-                    "--no-access-log",
-                    "--backlog",
-                    "4096",
-                ],
-                cwd=REPO,
-                env={**bench_env(), "CHANNEL_LAYER_BACKEND": LAYERS[layer_name]},
-            )
-            wait_for_port(port, timeout=60)
-            print(f"[{layer_name}] server on :{port}", file=sys.stderr)
-            stats["retries"] = 0
-            all_results[layer_name] = asyncio.run(run(args, fixtures, port, layer_name, server.pid))
-            # Written after each layer, so one layer's figures survive a failure in the next.
-            write_results(args, all_results, fd_limit, load_before)
-            server.terminate()
-            server.wait(timeout=30)
-            server = None
-            clear_redis()
+            port = support.free_port()
+            with support.Processes() as procs:
+                cmd = support.uvicorn("project.asgi:application", port=port, options=("--ws", "websockets"))
+                server = procs.start(
+                    "server",
+                    [*cmd, "--backlog", "4096"],
+                    env={**bench_env(), "CHANNEL_LAYER_BACKEND": LAYERS[layer_name]},
+                )
+                support.wait_http(f"http://127.0.0.1:{port}/healthz")
+                print(f"[{layer_name}] server on :{port}", file=sys.stderr)
+                stats["retries"] = 0
+                all_results[layer_name] = asyncio.run(run(args, fixtures, port, layer_name, server.pid))
+                # Written after each layer, so one layer's figures survive a failure in the next.
+                write_results(args, all_results, fd_limit, load_before)
+            BENCH.clear_redis()
         print(write_results(args, all_results, fd_limit, load_before))
     finally:
-        if server is not None:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-        try:
-            from django.db import connections
-
-            connections.close_all()
-        except Exception:  # noqa: S110 - best effort before the drop
-            pass
-        drop_database()
-        clear_redis()
+        BENCH.teardown(vhost=False)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from project.settings.base import CACHES, CHANNEL_LAYERS, REST_FRAMEWORK
 
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
-ROOT_URLCONF = "bench.api_urls"
+ROOT_URLCONF = "bench._lib.api_urls"
 
 REDIS_KEY_PREFIX = os.environ.get("REDIS_KEY_PREFIX", "bench_api")
 CACHES["default"]["KEY_PREFIX"] = REDIS_KEY_PREFIX
