@@ -13,7 +13,6 @@ from django.db.models import QuerySet
 from apps.ai.models import Embedding, InferenceRequest, ModelVersion, Suggestion
 from apps.common.exceptions import NotFound
 from apps.context import selectors as context_selectors
-from apps.context.models import ContextEvent, Participant
 
 NEXT_ACTION_MODEL = "next_action"
 
@@ -28,25 +27,24 @@ def _as_uuid(value: Any, *, what: str) -> uuid.UUID:
 # --- requests and suggestions ----------------------------------------------
 
 
+def _takes_part(*, session_id: Any, user: AbstractBaseUser) -> bool:
+    """Whether ``user`` is an active participant of the session (context's cached check)."""
+    return context_selectors.participant_get(session_id=session_id, user=user) is not None
+
+
 def inference_request_get(*, request_id: Any) -> InferenceRequest | None:
     try:
         rid = _as_uuid(request_id, what="Inference request")
     except NotFound:
         return None
-    return InferenceRequest.objects.filter(pk=rid).select_related("session").first()
+    return InferenceRequest.objects.filter(pk=rid).first()
 
 
 def inference_request_get_for_user(*, request_id: Any, user: AbstractBaseUser) -> InferenceRequest:
     """The request, if ``user`` takes part in its session; 404 otherwise."""
     rid = _as_uuid(request_id, what="Inference request")
-    request = (
-        InferenceRequest.objects.filter(
-            pk=rid, session__participants__user=user, session__participants__left_at__isnull=True
-        )
-        .select_related("session")
-        .first()
-    )
-    if request is None:
+    request = InferenceRequest.objects.filter(pk=rid).first()
+    if request is None or not _takes_part(session_id=request.session_id, user=user):
         raise NotFound("Inference request not found.")
     return request
 
@@ -60,12 +58,8 @@ def suggestion_list_for_session(*, session: Any, kind: str | None = None) -> Que
 
 def suggestion_get_for_user(*, suggestion_id: Any, user: AbstractBaseUser) -> Suggestion:
     sid = _as_uuid(suggestion_id, what="Suggestion")
-    suggestion = (
-        Suggestion.objects.filter(pk=sid, session__participants__user=user, session__participants__left_at__isnull=True)
-        .select_related("session")
-        .first()
-    )
-    if suggestion is None:
+    suggestion = Suggestion.objects.filter(pk=sid).first()
+    if suggestion is None or not _takes_part(session_id=suggestion.session_id, user=user):
         raise NotFound("Suggestion not found.")
     return suggestion
 
@@ -107,115 +101,17 @@ def inference_request_to_dict(request: InferenceRequest) -> dict[str, Any]:
     return body
 
 
-# --- inputs the workers read ------------------------------------------------
+# --- inputs the workers read (context's, through its selectors) -------------
 
 
 def event_text(event_type: str, data: Any) -> str:
     """The text the AI reads from an event: ``data.text``, else the action and its target."""
-    if not isinstance(data, dict):
-        return ""
-    text = data.get("text")
-    if isinstance(text, str) and text.strip():
-        return text.strip()
-    if event_type == ContextEvent.EventType.USER_ACTION and isinstance(data.get("action"), str):
-        target = data.get("target")
-        return f"{data['action']} {target}".strip() if isinstance(target, str) else data["action"]
-    return ""
-
-
-def retrieval_candidates(
-    *,
-    session_id: Any,
-    up_to_seq: int | None,
-    user: AbstractBaseUser | None,
-    limit: int = 200,
-    other_sessions_limit: int = 200,
-) -> list[dict[str, Any]]:
-    """Recent text-bearing events of the session (seq <= ``up_to_seq``) and of the user's other sessions.
-
-    Each candidate is ``{"session_id", "seq", "text", "event_type", "same_session"}``,
-    newest first within each group; empty texts are skipped.
-    """
-    sid = _as_uuid(session_id, what="Session")
-    own = ContextEvent.objects.filter(session_id=sid).exclude(event_type=ContextEvent.EventType.USER_ACTION)
-    if up_to_seq is not None:
-        own = own.filter(seq__lte=up_to_seq)
-    rows: list[dict[str, Any]] = []
-    for seq, event_type, data in own.order_by("-seq").values_list("seq", "event_type", "data")[:limit]:
-        text = event_text(event_type, data)
-        if text:
-            rows.append(
-                {"session_id": str(sid), "seq": seq, "text": text, "event_type": event_type, "same_session": True}
-            )
-    if user is not None and other_sessions_limit > 0:
-        other_ids = (
-            Participant.objects.filter(user=user, left_at__isnull=True).exclude(session_id=sid).values("session_id")
-        )
-        others = (
-            ContextEvent.objects.filter(session_id__in=other_ids)
-            .exclude(event_type=ContextEvent.EventType.USER_ACTION)
-            .order_by("-created_at")
-            .values_list("session_id", "seq", "event_type", "data")[:other_sessions_limit]
-        )
-        for other_sid, seq, event_type, data in others:
-            text = event_text(event_type, data)
-            if text:
-                rows.append(
-                    {
-                        "session_id": str(other_sid),
-                        "seq": seq,
-                        "text": text,
-                        "event_type": event_type,
-                        "same_session": False,
-                    }
-                )
-    return rows
-
-
-def session_event_at(*, session_id: Any, seq: int) -> dict[str, Any] | None:
-    row = (
-        ContextEvent.objects.filter(session_id=_as_uuid(session_id, what="Session"), seq=seq)
-        .values("seq", "event_type", "data")
-        .first()
-    )
-    return row
-
-
-def recent_actions(*, session_id: Any, up_to_seq: int | None = None, limit: int = 20) -> list[tuple[int, str]]:
-    """The session's latest ``user_action`` names as ``(seq, action)``, oldest first."""
-    qs = ContextEvent.objects.filter(
-        session_id=_as_uuid(session_id, what="Session"), event_type=ContextEvent.EventType.USER_ACTION
-    )
-    if up_to_seq is not None:
-        qs = qs.filter(seq__lte=up_to_seq)
-    rows = list(qs.order_by("-seq").values_list("seq", "data")[:limit])
-    rows.reverse()
-    return [
-        (seq, data["action"]) for seq, data in rows if isinstance(data, dict) and isinstance(data.get("action"), str)
-    ]
+    return context_selectors.context_event_text(event_type, data)
 
 
 def action_sequences(*, limit_sessions: int = 1000, per_session: int = 200) -> list[list[str]]:
     """``user_action`` name sequences of recent sessions (oldest first), for the frequency baseline."""
-    session_ids = list(
-        ContextEvent.objects.filter(event_type=ContextEvent.EventType.USER_ACTION)
-        .order_by()  # the model's default ordering would make DISTINCT per (session, seq)
-        .values_list("session_id", flat=True)
-        .distinct()[:limit_sessions]
-    )
-    sequences: list[list[str]] = []
-    for sid in session_ids:
-        rows = (
-            ContextEvent.objects.filter(session_id=sid, event_type=ContextEvent.EventType.USER_ACTION)
-            .order_by("-seq")
-            .values_list("data", flat=True)[:per_session]
-        )
-        actions = [
-            d["action"] for d in reversed(list(rows)) if isinstance(d, dict) and isinstance(d.get("action"), str)
-        ]
-        if actions:
-            sequences.append(actions)
-    return sequences
+    return context_selectors.user_action_sequences(limit_sessions=limit_sessions, per_session=per_session)
 
 
 def session_last_seq(*, session_id: Any) -> int:

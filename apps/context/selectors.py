@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -129,6 +130,174 @@ def session_idle_ids(*, idle_before: Any, after: Any = None, limit: int = 500) -
 
 def session_last_seq(*, session_id: Any) -> int:
     return Session.objects.filter(pk=_as_uuid(session_id)).values_list("last_seq", flat=True).first() or 0
+
+
+def session_is_open(*, session_id: Any) -> bool:
+    """Whether the session exists and is open; False for an id that is not a UUID."""
+    try:
+        sid = _as_uuid(session_id)
+    except NotFound:
+        return False
+    session = Session.objects.filter(pk=sid).first()
+    return session is not None and session.state == Session.State.OPEN
+
+
+# --- what the AI reads ----------------------------------------------------------
+
+
+def context_event_text(event_type: str, data: Any) -> str:
+    """The text the AI reads from an event: ``data.text``, else the action and its target."""
+    if not isinstance(data, dict):
+        return ""
+    text = data.get("text")
+    if isinstance(text, str) and text.strip():
+        return text.strip()
+    if event_type == ContextEvent.EventType.USER_ACTION and isinstance(data.get("action"), str):
+        target = data.get("target")
+        return f"{data['action']} {target}".strip() if isinstance(target, str) else data["action"]
+    return ""
+
+
+@dataclass(frozen=True)
+class InferenceInputs:
+    """What one inference request reads from its session (plain data).
+
+    ``trigger_seq``/``trigger_text``: the event at ``upto_seq`` (None/"" when
+    not read or absent). ``candidates``: retrieval candidates, each
+    ``{"session_id", "seq", "text", "event_type", "same_session"}``, newest
+    first within the session, then the user's other sessions; empty texts
+    skipped. ``recent_actions``: the latest ``user_action`` names as
+    ``(seq, action)``, oldest first.
+    """
+
+    trigger_seq: int | None
+    trigger_text: str
+    candidates: tuple[dict[str, Any], ...]
+    recent_actions: tuple[tuple[int, str], ...]
+
+
+def inference_inputs_get(
+    *,
+    session_id: Any,
+    upto_seq: int | None,
+    from_trigger: bool,
+    user_id: Any = None,
+    candidates_limit: int = 200,
+    other_sessions_limit: int = 200,
+    actions_limit: int = 20,
+) -> InferenceInputs:
+    """Everything the inference pipeline reads from context for one request.
+
+    ``from_trigger`` (an ``auto`` request): the trigger event at ``upto_seq``
+    is read; candidates are read only when it has text, and the trigger itself
+    is left out of them. Otherwise (a ``query`` request) candidates are always
+    read. Candidates are the session's text-bearing events (``seq <=
+    upto_seq``, up to ``candidates_limit``) and, for ``user_id``, up to
+    ``other_sessions_limit`` of those of the user's other active sessions,
+    newest first. ``actions_limit`` > 0 reads that many latest actions.
+    """
+    sid = _as_uuid(session_id)
+    trigger_seq: int | None = None
+    trigger_text = ""
+    want_candidates = not from_trigger
+    if from_trigger and upto_seq is not None:
+        event = ContextEvent.objects.filter(session_id=sid, seq=upto_seq).values("seq", "event_type", "data").first()
+        if event is not None:
+            trigger_seq = event["seq"]
+            trigger_text = context_event_text(event["event_type"], event["data"])
+            want_candidates = bool(trigger_text)
+    candidates: list[dict[str, Any]] = []
+    if want_candidates:
+        candidates = _retrieval_candidates(
+            sid=sid,
+            upto_seq=upto_seq,
+            user_id=user_id,
+            limit=candidates_limit,
+            other_sessions_limit=other_sessions_limit,
+        )
+        if trigger_seq is not None:
+            candidates = [c for c in candidates if not (c["same_session"] and c["seq"] == trigger_seq)]
+    actions = _recent_actions(sid=sid, upto_seq=upto_seq, limit=actions_limit) if actions_limit > 0 else []
+    return InferenceInputs(
+        trigger_seq=trigger_seq,
+        trigger_text=trigger_text,
+        candidates=tuple(candidates),
+        recent_actions=tuple(actions),
+    )
+
+
+def _retrieval_candidates(
+    *, sid: uuid.UUID, upto_seq: int | None, user_id: Any, limit: int, other_sessions_limit: int
+) -> list[dict[str, Any]]:
+    own = ContextEvent.objects.filter(session_id=sid).exclude(event_type=ContextEvent.EventType.USER_ACTION)
+    if upto_seq is not None:
+        own = own.filter(seq__lte=upto_seq)
+    rows: list[dict[str, Any]] = []
+    for seq, event_type, data in own.order_by("-seq").values_list("seq", "event_type", "data")[:limit]:
+        text = context_event_text(event_type, data)
+        if text:
+            rows.append(
+                {"session_id": str(sid), "seq": seq, "text": text, "event_type": event_type, "same_session": True}
+            )
+    if user_id is not None and other_sessions_limit > 0:
+        other_ids = (
+            Participant.objects.filter(user_id=user_id, left_at__isnull=True)
+            .exclude(session_id=sid)
+            .values("session_id")
+        )
+        others = (
+            ContextEvent.objects.filter(session_id__in=other_ids)
+            .exclude(event_type=ContextEvent.EventType.USER_ACTION)
+            .order_by("-created_at")
+            .values_list("session_id", "seq", "event_type", "data")[:other_sessions_limit]
+        )
+        for other_sid, seq, event_type, data in others:
+            text = context_event_text(event_type, data)
+            if text:
+                rows.append(
+                    {
+                        "session_id": str(other_sid),
+                        "seq": seq,
+                        "text": text,
+                        "event_type": event_type,
+                        "same_session": False,
+                    }
+                )
+    return rows
+
+
+def _recent_actions(*, sid: uuid.UUID, upto_seq: int | None, limit: int) -> list[tuple[int, str]]:
+    qs = ContextEvent.objects.filter(session_id=sid, event_type=ContextEvent.EventType.USER_ACTION)
+    if upto_seq is not None:
+        qs = qs.filter(seq__lte=upto_seq)
+    rows = list(qs.order_by("-seq").values_list("seq", "data")[:limit])
+    rows.reverse()
+    return [
+        (seq, data["action"]) for seq, data in rows if isinstance(data, dict) and isinstance(data.get("action"), str)
+    ]
+
+
+def user_action_sequences(*, limit_sessions: int = 1000, per_session: int = 200) -> list[list[str]]:
+    """``user_action`` name sequences of recent sessions (oldest first), for the frequency baseline."""
+    session_ids = list(
+        ContextEvent.objects.filter(event_type=ContextEvent.EventType.USER_ACTION)
+        .order_by()  # the model's default ordering would make DISTINCT per (session, seq)
+        .values_list("session_id", flat=True)
+        .distinct()[:limit_sessions]
+    )
+    sequences: list[list[str]] = []
+    for sid in session_ids:
+        rows = (
+            ContextEvent.objects.filter(session_id=sid, event_type=ContextEvent.EventType.USER_ACTION)
+            .order_by("-seq")
+            .values_list("data", flat=True)[:per_session]
+        )
+        actions = [
+            d["action"] for d in reversed(list(rows)) if isinstance(d, dict) and isinstance(d.get("action"), str)
+        ]
+        if actions:
+            sequences.append(actions)
+    return sequences
 
 
 def context_event_to_dict(event: ContextEvent) -> dict[str, Any]:

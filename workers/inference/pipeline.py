@@ -9,20 +9,24 @@
 Retrieval is cosine similarity over normalised MiniLM embeddings (a dot
 product); candidate texts are usually already embedded (content-hash cache),
 so a request normally sends one new text through the batcher.
+
+Everything the pipeline reads from the session (trigger text, candidates,
+recent actions) comes from one context selector, ``inference_inputs_get``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from apps.ai import selectors as ai_selectors
 from apps.ai import services as ai_services
 from apps.ai.models import InferenceRequest, SuggestionKind
+from apps.context import selectors as context_selectors
 from workers.inference.embeddings import embed_texts
 from workers.inference.predictors import current_predictor
 from workers.inference.runtime import runtime
@@ -37,6 +41,10 @@ MIN_SIMILARITY = 0.2
 SNIPPET_CHARS = 280
 # How many of the latest actions are named as the source of a next-action guess.
 ACTION_SOURCE_SEQS = 3
+# How much of the session (and of the user's other sessions) a request reads.
+CANDIDATES_LIMIT = 200
+OTHER_SESSIONS_LIMIT = 200
+RECENT_ACTIONS_LIMIT = 20
 
 
 @dataclass
@@ -52,7 +60,7 @@ class Outcome:
 
 
 def _rank(
-    query_vector: np.ndarray, candidates: list[dict[str, Any]], vectors: list[np.ndarray], *, k: int, kind: str
+    query_vector: np.ndarray, candidates: Sequence[dict[str, Any]], vectors: list[np.ndarray], *, k: int, kind: str
 ) -> list[ai_services.SuggestionDraft]:
     if not candidates:
         return []
@@ -88,34 +96,18 @@ def _rank(
 
 
 def _related(
-    request: InferenceRequest,
-    *,
-    query_text: str,
-    exclude_seq: int | None,
-    own_only: bool,
-    kind: str,
-    timings: dict[str, float],
+    candidates: Sequence[dict[str, Any]], *, query_text: str, kind: str, timings: dict[str, float]
 ) -> tuple[list[ai_services.SuggestionDraft], int]:
-    t0 = time.perf_counter()
-    candidates = ai_selectors.retrieval_candidates(
-        session_id=request.session_id,
-        up_to_seq=request.trigger_seq,
-        user=None if own_only else request.requested_by,
-        other_sessions_limit=0 if own_only else 200,
-    )
-    candidates = [c for c in candidates if not (c["same_session"] and c["seq"] == exclude_seq)]
     t1 = time.perf_counter()
     vectors = embed_texts([query_text, *[c["text"] for c in candidates]])
     t2 = time.perf_counter()
     drafts = _rank(vectors[0], candidates, vectors[1:], k=RELATED_TOP_K, kind=kind)
-    timings["candidates_ms"] = round((t1 - t0) * 1000, 2)
     timings["embed_ms"] = round((t2 - t1) * 1000, 2)
     timings["rank_ms"] = round((time.perf_counter() - t2) * 1000, 2)
     return drafts, 1 + len(candidates)
 
 
-def _next_actions(request: InferenceRequest) -> tuple[list[ai_services.SuggestionDraft], str, int]:
-    actions = ai_selectors.recent_actions(session_id=request.session_id, up_to_seq=request.trigger_seq)
+def _next_actions(actions: Sequence[tuple[int, str]]) -> tuple[list[ai_services.SuggestionDraft], str, int]:
     if not actions:
         return [], "", 0
     predictor, label = current_predictor()
@@ -134,12 +126,18 @@ def _next_actions(request: InferenceRequest) -> tuple[list[ai_services.Suggestio
     return drafts, label, len(actions)
 
 
-def _trigger_text(request: InferenceRequest) -> tuple[str, int | None]:
-    """The text of the trigger event (the latest of the coalesced updates)."""
-    event = ai_selectors.session_event_at(session_id=request.session_id, seq=request.trigger_seq)
-    if event is None:
-        return "", None
-    return ai_selectors.event_text(event["event_type"], event["data"]), event["seq"]
+def _inputs(request: InferenceRequest) -> context_selectors.InferenceInputs:
+    """The session's side of the request: a query searches its own session only, reads no trigger or actions."""
+    is_query = request.kind == InferenceRequest.Kind.QUERY
+    return context_selectors.inference_inputs_get(
+        session_id=request.session_id,
+        upto_seq=request.trigger_seq,
+        from_trigger=not is_query,
+        user_id=None if is_query else request.requested_by_id,
+        candidates_limit=CANDIDATES_LIMIT,
+        other_sessions_limit=0 if is_query else OTHER_SESSIONS_LIMIT,
+        actions_limit=0 if is_query else RECENT_ACTIONS_LIMIT,
+    )
 
 
 def generate_for_request(*, request_id: str, claim_token: str) -> Outcome:
@@ -150,29 +148,23 @@ def generate_for_request(*, request_id: str, claim_token: str) -> Outcome:
         return Outcome(status="skipped", request_id=str(request_id))
     timings: dict[str, float] = {"claim_ms": round((time.perf_counter() - started) * 1000, 2)}
     rt = runtime()
+    t0 = time.perf_counter()
+    inputs = _inputs(request)
+    # The context read: candidates, and for an auto request the trigger and the recent actions.
+    timings["candidates_ms"] = round((time.perf_counter() - t0) * 1000, 2)
     drafts: list[ai_services.SuggestionDraft] = []
     versions: list[str] = []
     input_size = 0
     if request.kind == InferenceRequest.Kind.QUERY:
-        found, size = _related(
-            request,
-            query_text=request.query,
-            exclude_seq=None,
-            own_only=True,
-            kind=SuggestionKind.QUERY,
-            timings=timings,
-        )
+        found, size = _related(inputs.candidates, query_text=request.query, kind=SuggestionKind.QUERY, timings=timings)
         drafts += found
         input_size += size
         versions.append(rt.model_name)
     else:
-        text, seq = _trigger_text(request)
-        if text:
+        if inputs.trigger_text:
             found, size = _related(
-                request,
-                query_text=text,
-                exclude_seq=seq,
-                own_only=False,
+                inputs.candidates,
+                query_text=inputs.trigger_text,
                 kind=SuggestionKind.RELATED_CONTEXT,
                 timings=timings,
             )
@@ -180,7 +172,7 @@ def generate_for_request(*, request_id: str, claim_token: str) -> Outcome:
             input_size += size
             versions.append(rt.model_name)
         t0 = time.perf_counter()
-        actions, label, size = _next_actions(request)
+        actions, label, size = _next_actions(inputs.recent_actions)
         timings["next_action_ms"] = round((time.perf_counter() - t0) * 1000, 2)
         if size:
             drafts += actions

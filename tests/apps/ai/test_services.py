@@ -161,6 +161,30 @@ def test_complete_stores_suggestions_once_and_publishes_events(ai_session, user,
     assert processing.body["data"]["model_version"] == "m+b"
 
 
+def test_complete_pushes_its_frames_and_presence_after_commit(
+    ai_session, user, monkeypatch, django_capture_on_commit_callbacks
+):
+    from apps.ai import push
+
+    frames: list = []
+    states: list = []
+    monkeypatch.setattr(push, "broadcast_many", lambda *, session_id, messages: frames.append((session_id, messages)))
+    monkeypatch.setattr(push, "presence_ai_state", lambda *, session_id, state: states.append(state))
+    request = services.inference_request_trigger(session_id=ai_session.pk, trigger_seq=1, user_id=user.pk)
+    services.inference_request_claim(request_id=request.pk, claim_token="t")
+    with django_capture_on_commit_callbacks(execute=True):
+        [stored] = services.inference_request_complete(
+            request_id=request.pk,
+            claim_token="t",
+            drafts=[services.SuggestionDraft(kind="next_action", content={"action": "share"}, score=0.5)],
+            model_version="m",
+            input_size=1,
+        )
+    expected = {"type": "suggestion", "request_id": str(request.pk), **selectors.suggestion_to_dict(stored)}
+    assert frames == [(ai_session.pk, [expected])]
+    assert states == ["generating", None]
+
+
 def test_a_delivery_that_lost_its_claim_cannot_complete(ai_session, user):
     request = services.inference_request_trigger(session_id=ai_session.pk, trigger_seq=1, user_id=user.pk)
     services.inference_request_claim(request_id=request.pk, claim_token="owner")
