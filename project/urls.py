@@ -9,8 +9,8 @@ from apps.common.views import api_not_found
 api_v1 = [
     path("", include("apps.context.urls")),
     path("", include("apps.ai.urls")),
-    path("", include("apps.ops.urls")),
-    path("", include("apps.ops.fleet_urls")),
+    path("", include("apps.ops.deadletters.urls")),
+    path("", include("apps.ops.fleet.urls")),
     path("", include("apps.batch.urls")),
 ]
 

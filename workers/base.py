@@ -61,11 +61,13 @@ from celery.exceptions import Ignore, Reject, Retry
 
 from apps.common.backoff import backoff_delay
 from apps.common.logging import get_correlation_id, new_correlation_id, set_correlation_id
+from apps.common.metrics import TASK_DURATION, TASK_QUEUE_WAIT, TASKS
 from apps.eventbus.hooks import hooks
 from apps.eventbus.messages import (
     HEADER_ATTEMPT,
     HEADER_CORRELATION_ID,
     HEADER_DELIVERY_COUNT,
+    HEADER_PUBLISHED_AT,
     HEADER_REPLAY_ID,
     REASON_REJECTED,
     REASON_RETRIES_EXHAUSTED,
@@ -107,10 +109,27 @@ _PROM_OUTCOME = {
 }
 
 
+def _run_started(queue: str, published_at: Any) -> None:
+    """Queue wait into Prometheus, and the start to the fleet counters (``hooks.task_started``)."""
+    try:
+        published = float(published_at) if published_at is not None else None
+    except (TypeError, ValueError):
+        published = None
+    with contextlib.suppress(Exception):  # metrics must never fail a task
+        if published is not None:
+            TASK_QUEUE_WAIT.labels(queue=queue).observe(max(0.0, time.time() - published))
+        if hooks.task_started is not None:
+            hooks.task_started(queue=queue, published_at=published)
+
+
+def _run_finished(queue: str, seconds: float) -> None:
+    if hooks.task_finished is not None:
+        with contextlib.suppress(Exception):  # metrics must never fail a task
+            hooks.task_finished(queue=queue, duration=seconds)
+
+
 def _observe(task_name: str, queue: str, outcome: str, seconds: float) -> None:
     """One finished run into the Prometheus series of ``apps.common.metrics`` (multi-process aware)."""
-    from apps.common.metrics import TASK_DURATION, TASKS
-
     label = _PROM_OUTCOME.get(outcome, outcome)
     with contextlib.suppress(Exception):  # metrics must never fail a task
         TASKS.labels(task=task_name, queue=queue, outcome=label).inc()
@@ -195,6 +214,7 @@ class BaseTask(celery.Task):
         attempt = self.attempt_number()
         log = {"task": self.name, "task_id": request.id, "queue": queue, "attempt": attempt}
         started = time.monotonic()
+        _run_started(queue, _header(request, HEADER_PUBLISHED_AT))
         outcome = "succeeded"
         try:
             self._check_arguments(args, kwargs)
@@ -248,6 +268,7 @@ class BaseTask(celery.Task):
             elapsed = time.monotonic() - started
             if outcome != "control":
                 _observe(self.name, queue, outcome, elapsed)
+            _run_finished(queue, elapsed)
             logger.info("task finished", extra={**log, "outcome": outcome, "duration_ms": round(elapsed * 1000, 2)})
             _reset(token)
 

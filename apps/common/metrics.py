@@ -12,7 +12,23 @@ writes its samples to memory-mapped files that ``/metrics`` merges.
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import Counter, Gauge, Histogram
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def mark_process_dead(pid: int) -> None:
+    """Tell the multi-process files a process is gone (its live gauges stop counting)."""
+    path = multiprocess_dir()
+    if path:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, path)
+
 
 # Latency buckets: sub-millisecond cache hits up to slow 10 s requests.
 _HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -199,6 +199,6 @@ class LoginThrottle(RedisThrottle):
         return [("login", _client_ip(self, request) or "unknown")]
 
 
-# Earlier names, still imported elsewhere (apps/ops/api.py).
+# Earlier names, still imported elsewhere (apps/ops/deadletters/api.py).
 _RedisThrottle = RedisThrottle
 _user_id = user_ident

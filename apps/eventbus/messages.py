@@ -34,7 +34,7 @@ HEADER_REPLAY_ID = "ce_replay_id"
 # unrun, and build_task_message refuses to produce them.
 TASK_PAYLOAD_MAX_BYTES = 256 * 1024
 # When the work was asked for (epoch seconds): the fleet figures measure queue
-# wait and oldest-message age from it (apps/ops/fleet.py).
+# wait and oldest-message age from it (apps/ops/fleet/figures.py).
 HEADER_PUBLISHED_AT = "published_at"
 # The replay ids a dead letter has been through, comma-separated.
 HEADER_REPLAYS = "ce_replays"
@@ -109,7 +109,7 @@ def build_task_message(
     headers = dict(message.headers)
     headers.update({HEADER_CORRELATION_ID: correlation_id or new_correlation_id(), HEADER_ATTEMPT: 1})
     # When the work was asked for (the outbox row's transaction): the ops fleet
-    # figures measure queue wait and oldest-message age from it (apps/ops/fleet.py).
+    # figures measure queue wait and oldest-message age from it (apps/ops/fleet/figures.py).
     headers[HEADER_PUBLISHED_AT] = time.time()
     headers.update(extra_headers or {})
     properties = {

@@ -9,10 +9,18 @@ class OpsConfig(AppConfig):
     def ready(self) -> None:
         from apps.batch.hooks import hooks as batch_hooks
         from apps.eventbus.hooks import hooks
-        from apps.ops import admin_fleet, services, task_signals  # noqa: F401 - registers the admin page and Celery hooks
+        from apps.ops import metrics  # noqa: F401 - a worker serves its metrics (METRICS_PORT)
+        from apps.ops.deadletters import services
+        from apps.ops.fleet import (
+            figures,
+            signals,  # noqa: F401 - connects the Celery signal handlers
+        )
 
         # Tasks and subscribers report failures and replay outcomes up to this layer.
         hooks.failure_recorded = services.task_failure_record
         hooks.replay_finished = services.dead_letter_replay_finish
+        # Each task run's start and duration feed the fleet figures.
+        hooks.task_started = figures.task_started
+        hooks.task_finished = figures.task_finished
         # The retention job (workers/batch/jobs.py) purges dead letters through this.
         batch_hooks.dead_letter_purge = services.dead_letter_purge

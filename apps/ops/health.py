@@ -94,7 +94,7 @@ async def check_channel_layer(timeout: float) -> None:
 
 
 def check_workers(timeout: float) -> list[str]:
-    from apps.ops.fleet import workers_ping
+    from apps.ops.fleet.figures import workers_ping
 
     nodes = workers_ping(timeout=min(timeout, 1.0))
     if not nodes:

@@ -23,31 +23,21 @@ Two kinds of figures:
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
+from celery import signals
+from django.conf import settings
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from apps.common.metrics import multiprocess_dir
+
 logger = logging.getLogger(__name__)
-
-
-def multiprocess_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
-
-
-def mark_process_dead(pid: int) -> None:
-    """Tell the multi-process files a process is gone (its live gauges stop counting)."""
-    path = multiprocess_dir()
-    if path:
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid, path)
 
 
 class _DefaultRegistryCollector(Collector):
@@ -73,7 +63,7 @@ class ScrapeCollector(Collector):
         yield duration
 
     def _queues(self) -> Iterator[Any]:
-        from apps.ops import fleet
+        from apps.ops.fleet import figures as fleet
 
         depth = GaugeMetricFamily(
             "ce_queue_depth", "Ready messages in the queue (passive queue.declare).", labels=["queue"]
@@ -81,7 +71,8 @@ class ScrapeCollector(Collector):
         consumers = GaugeMetricFamily("ce_queue_consumers", "Consumers attached to the queue.", labels=["queue"])
         age = GaugeMetricFamily(
             "ce_queue_oldest_message_age_seconds",
-            "Age of the oldest ready message (see apps/ops/fleet.py for how it is derived; absent when unknown).",
+            "Age of the oldest ready message (see apps/ops/fleet/figures.py for how it is derived; "
+            "absent when unknown).",
             labels=["queue", "source"],
         )
         up = GaugeMetricFamily("ce_queue_stats_up", "1 when the broker answered the queue statistics read.")
@@ -103,7 +94,7 @@ class ScrapeCollector(Collector):
         yield from (up, depth, consumers, age)
 
     def _dead_letters(self) -> Iterator[Any]:
-        from apps.ops.selectors import dead_letter_counts_by_reason
+        from apps.ops.deadletters.selectors import dead_letter_counts_by_reason
 
         try:
             rows = dead_letter_counts_by_reason()
@@ -194,6 +185,12 @@ def metrics_render(*, include_scrape: bool = True) -> bytes:
     if include_scrape:
         registry.register(ScrapeCollector())
     return generate_latest(registry)
+
+
+@signals.worker_ready.connect(weak=False)
+def _serve_worker_metrics(**_: Any) -> None:
+    if settings.METRICS_PORT:
+        worker_metrics_serve(port=settings.METRICS_PORT)
 
 
 def worker_metrics_serve(*, port: int) -> None:

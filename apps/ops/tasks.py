@@ -23,7 +23,7 @@ class CanaryFailure(PermanentError):
 
 @task(name="ops.canary", queue=Queue.MAINTENANCE, max_attempts=1)
 def canary(*, canary_id: str, mode: str, **kwargs: Any) -> None:
-    from apps.ops.services import canary_run_mark
+    from apps.ops.deadletters.services import canary_run_mark
 
     attempt = canary.attempt_number()
     canary_run_mark(canary_id=canary_id, status="running", attempts=attempt)

@@ -259,9 +259,9 @@ READINESS_TIMEOUT = env.get_float("READINESS_TIMEOUT", 2.0)
 # When set, /metrics requires "Authorization: Bearer <token>".
 METRICS_TOKEN = env.get_str("METRICS_TOKEN", "")
 # RabbitMQ management API base URL (e.g. http://rabbitmq:15672); when set the
-# fleet figures take head-message age and rates from it (docs: apps/ops/fleet.py).
+# fleet figures take head-message age and rates from it (docs: apps/ops/fleet/figures.py).
 RABBITMQ_MANAGEMENT_URL = env.get_str("RABBITMQ_MANAGEMENT_URL", "")
-# Scaling advice (apps/ops/fleet.py): the worker count it may advise per queue,
+# Scaling advice (apps/ops/fleet/figures.py): the worker count it may advise per queue,
 # and, as code rather than deployment configuration, per-queue overrides of the
 # latency targets, the service time assumed before any task ran, and the bounds.
 OPS_MIN_WORKERS = env.get_int("OPS_MIN_WORKERS", 1)

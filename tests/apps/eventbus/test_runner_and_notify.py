@@ -110,7 +110,7 @@ def test_notify_wakes_the_relay_at_commit_and_not_on_rollback():
 
 @pytest.mark.django_db
 def test_dead_letters_replayed_after_the_fix_are_applied_once(runner, monkeypatch):
-    from apps.ops.archiver import subscriber_dead_letters_replay
+    from apps.ops.deadletters.archiver import subscriber_dead_letters_replay
     from apps.ops.models import DeadLetterReplay, ReplayStatus
 
     monkeypatch.setenv("EVENTBUS_SUBSCRIBERS", f"{__name__}.Recording")

@@ -18,7 +18,7 @@ from django.utils import timezone
 from kombu import Connection
 
 from apps.eventbus.queues import declare_topology
-from apps.ops import services
+from apps.ops.deadletters import services
 from apps.ops.models import DeadLetter, DeadLetterReplay, TaskFailure
 
 URL = "/api/v1/dead-letters/"

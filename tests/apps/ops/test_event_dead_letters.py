@@ -21,7 +21,7 @@ from kombu import Connection
 from apps.eventbus.contracts import event_build
 from apps.eventbus.messages import event_failure_key, is_event_queue
 from apps.eventbus.queues import dead_letter_queue, subscriber_queue
-from apps.ops import services
+from apps.ops.deadletters import services
 from apps.ops.models import DeadLetter, DeadLetterReplay, DeadLetterStatus, ReplayStatus
 
 SUBSCRIBER = "test_ops_events"

@@ -9,7 +9,7 @@ from django.conf import settings
 from kombu import Connection
 
 from apps.eventbus.queues import TASKS_EXCHANGE, Queue, declare_topology
-from apps.ops import fleet
+from apps.ops.fleet import figures as fleet
 
 
 def test_more_workers_when_arrival_rate_exceeds_service_rate():

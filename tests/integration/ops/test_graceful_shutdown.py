@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from apps.ops import fleet
+from apps.ops.fleet import figures as fleet
 from tests.support.haproxy import REPO_ROOT
 
 pytestmark = [pytest.mark.integration]
@@ -79,7 +79,7 @@ def _status(run_id: object) -> str:
 
 
 def test_sigterm_lets_the_running_task_finish(start_worker):
-    from apps.ops.services import canary_run_create
+    from apps.ops.deadletters.services import canary_run_create
 
     worker = start_worker("graceful", slow_seconds=3)
     run = canary_run_create(mode="slow", user=None)
@@ -92,8 +92,8 @@ def test_sigterm_lets_the_running_task_finish(start_worker):
 
 
 def test_a_task_cut_short_by_a_kill_is_handed_back_and_completed_elsewhere(start_worker):
+    from apps.ops.deadletters.services import canary_run_create
     from apps.ops.models import CanaryRun
-    from apps.ops.services import canary_run_create
 
     first = start_worker("cut-short", slow_seconds=30)
     run = canary_run_create(mode="slow", user=None)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from apps.ops import fleet
+from apps.ops.fleet import figures as fleet
 from tests.support.haproxy import REPO_ROOT, WebInstance
 
 pytestmark = [pytest.mark.integration]
@@ -112,8 +112,8 @@ def live_fleet(transactional_db, subprocess_env, tmp_path) -> Iterator[dict]:
 def test_metrics_move_with_requests_tasks_and_dead_letters(live_fleet, staff_user):
     from rest_framework.authtoken.models import Token
 
+    from apps.ops.deadletters.services import canary_run_create
     from apps.ops.models import CanaryRun, DeadLetter
-    from apps.ops.services import canary_run_create
 
     url = live_fleet["url"]
     token = Token.objects.create(user=staff_user).key

@@ -35,8 +35,8 @@ def _dead_letter(task_id: str, timeout: float = 60.0):
 
 
 def test_permanent_failure_is_dead_lettered_with_traceback_and_replay_records_the_result(fleet, rds, staff_user):
+    from apps.ops.deadletters.services import dead_letter_replay
     from apps.ops.models import DeadLetterReplay, ReplayStatus
-    from apps.ops.services import dead_letter_replay
 
     # given a worker and the archiver (the fleet fixture)
     # when a task fails permanently

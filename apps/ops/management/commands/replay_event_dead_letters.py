@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.common.exceptions import ApplicationError
-from apps.ops.archiver import subscriber_dead_letters_replay
+from apps.ops.deadletters.archiver import subscriber_dead_letters_replay
 
 
 class Command(BaseCommand):

@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from apps.ops.archiver import run_archiver
+from apps.ops.deadletters.archiver import run_archiver
 
 
 class Command(BaseCommand):

@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 
-from apps.ops import fleet
+from apps.ops.fleet import figures as fleet
 
 
 def fleet_view(request: HttpRequest) -> HttpResponse:

@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.common.exceptions import ApplicationError
-from apps.ops import fleet
+from apps.ops.fleet import figures as fleet
 
 _WINDOW = OpenApiParameter("window", int, description="Seconds of history the rates cover (1-3600, default 60).")
 
@@ -34,7 +34,7 @@ def _snapshot(request: Request, *, include_report: bool) -> dict:
 
 
 class FleetQueuesApi(APIView):
-    """Per-queue depth, consumers, rates in/out, service time and oldest message age (see apps/ops/fleet.py)."""
+    """Per-queue depth, consumers, rates in/out, service time and oldest message age (see apps/ops/fleet/figures.py)."""
 
     permission_classes = [IsAdminUser]
 

@@ -66,7 +66,7 @@ from django.conf import settings
 from apps.eventbus.messages import HEADER_PUBLISHED_AT
 from apps.eventbus.queues import Queue, dead_letter_queue_name, subscriber_queue_name
 from apps.eventbus.subscribers import registered_subscribers
-from apps.ops.selectors import dead_letter_counts_by_reason
+from apps.ops.deadletters.selectors import dead_letter_counts_by_reason
 
 logger = logging.getLogger(__name__)
 

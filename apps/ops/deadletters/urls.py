@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from apps.ops import api
+from apps.ops.deadletters import api
 
 urlpatterns = [
     path("dead-letters/", api.DeadLetterListApi.as_view(), name="dead-letters"),

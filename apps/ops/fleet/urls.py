@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from apps.ops.fleet_api import FleetQueuesApi, FleetReportApi
+from apps.ops.fleet.api import FleetQueuesApi, FleetReportApi
 
 urlpatterns = [
     path("ops/queues/", FleetQueuesApi.as_view(), name="ops-queues"),

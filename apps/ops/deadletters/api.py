@@ -21,7 +21,7 @@ from apps.common.pagination import PageNumberPaginationWithSize
 from apps.common.schema import error_responses
 from apps.common.serializers import StrictSerializer
 from apps.common.throttling import DefaultThrottle, _RedisThrottle, _user_id
-from apps.ops import selectors, services
+from apps.ops.deadletters import selectors, services
 from apps.ops.models import CanaryMode, DeadLetterReason, DeadLetterStatus, ReplayStatus
 
 # Bulk replay publishes at most this many messages per request.

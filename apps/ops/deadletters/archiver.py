@@ -27,8 +27,8 @@ from kombu.mixins import ConsumerMixin
 from apps.common.exceptions import ValidationFailed
 from apps.eventbus.queues import DEAD_LETTER_QUEUES, dead_letter_queue, declare_topology, subscriber_queue_name
 from apps.eventbus.subscribers import registered_subscribers
-from apps.ops.selectors import dead_letter_list
-from apps.ops.services import dead_letter_archive, dead_letter_replay_bulk
+from apps.ops.deadletters.selectors import dead_letter_list
+from apps.ops.deadletters.services import dead_letter_archive, dead_letter_replay_bulk
 
 logger = logging.getLogger(__name__)
 
