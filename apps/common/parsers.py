@@ -6,6 +6,12 @@ some inputs through that PostgreSQL refuses later with a 500: NUL characters
 and lone surrogates in strings (``jsonb`` rejects both) and nesting deep enough
 to raise ``RecursionError``. This parser turns all of them into 4xx answers
 before any view code runs.
+
+JSON is UTF-8 (RFC 8259, section 8.1), and only UTF-8 is decoded. DRF's parser
+decodes with whatever ``charset`` the client names, and Python's codec registry
+holds more than text encodings: ``charset=bz2`` or ``zlib`` decompresses a few
+kilobytes into gigabytes inside the web process, ``rot13`` and friends raise
+odd errors (500). Any other charset answers 415 before a byte is decoded.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import re
 from typing import Any
 
 from django.conf import settings
-from rest_framework.exceptions import ParseError
+from django.utils.http import parse_header_parameters
+from rest_framework.exceptions import ParseError, UnsupportedMediaType
 from rest_framework.parsers import BaseParser
 from rest_framework.renderers import JSONRenderer
 
@@ -59,11 +66,31 @@ def check_storable(value: Any, *, max_depth: int = MAX_DEPTH) -> None:
                 stack.extend((child, depth + 1) for child in item)
 
 
+def charset_check(media_type: str | None) -> None:
+    """Raise ``UnsupportedMediaType`` (415) unless the declared charset, if any, is UTF-8."""
+    if not media_type:
+        return
+    _, params = parse_header_parameters(media_type)
+    charset = params.get("charset")
+    if charset is None:
+        return
+    try:
+        # Only the name is looked up; nothing is decoded with it.
+        name = codecs.lookup(charset).name
+    except LookupError:
+        name = ""
+    if name != "utf-8":
+        raise UnsupportedMediaType(
+            media_type[:100], detail=f"JSON must be UTF-8; charset {charset[:40]!r} is not supported."
+        )
+
+
 class JSONParser(BaseParser):
     media_type = "application/json"
     renderer_class = JSONRenderer
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
+        charset_check(media_type)
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         raw = b"" if stream is None else stream.read() if limit is None else stream.read(limit + 1)
         if limit is not None and len(raw) > limit:
@@ -72,11 +99,11 @@ class JSONParser(BaseParser):
             from apps.common.exceptions import PayloadTooLarge
 
             raise PayloadTooLarge("Request body is too large.", details={"max_bytes": limit})
-        encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
         try:
-            text = codecs.decode(raw, encoding)
+            # Never parser_context["encoding"]: that is the client's charset (see above).
+            text = raw.decode("utf-8")
             data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-        except (ValueError, RecursionError, LookupError) as exc:
+        except (ValueError, RecursionError) as exc:
             # RecursionError: a body of nothing but '[' is valid UTF-8 and 1 MB deep.
             raise ParseError(
                 f"JSON parse error - {exc}" if isinstance(exc, ValueError) else "JSON nests too deep."
