@@ -126,3 +126,15 @@ class CanaryRun(BaseModel):
 
     class Meta:
         ordering = ["-created_at"]
+
+
+class Fleet(models.Model):
+    """No table: the holder of the ``ops.view_fleet`` permission (queue figures, scaling advice, the fleet page)."""
+
+    class Meta:
+        managed = False
+        default_permissions = ()
+        permissions = [("view_fleet", "Can view queue figures and scaling advice")]
+
+    def __str__(self) -> str:
+        return "fleet"

@@ -253,6 +253,9 @@ TYPING_TTL_S = env.get_float("TYPING_TTL_S", 5.0)
 AI_STATE_TTL_S = env.get_int("AI_STATE_TTL_S", 120)
 
 # --- Operations (apps/ops) -------------------------------------------------
+# The group holding every ops permission (created by migration ops.0003; see
+# apps/ops/permissions.py); `create_api_token USER --staff` adds the user to it.
+OPS_OPERATORS_GROUP = "operators"
 # Per-check timeout of /readyz, seconds: short, so a hung dependency takes the
 # instance out of the load balancer quickly instead of hanging the probe.
 READINESS_TIMEOUT = env.get_float("READINESS_TIMEOUT", 2.0)

@@ -2,7 +2,7 @@
 
 Dead letters are read-only: what the broker handed over is evidence. The
 actions go through the same services as the REST API, so replays are audited
-and idempotent here too.
+and idempotent here too, and need the same ``ops.change_deadletter`` permission.
 """
 
 from __future__ import annotations
@@ -150,15 +150,15 @@ class DeadLetterAdmin(admin.ModelAdmin):
             messages.WARNING if (refused or failed) else messages.SUCCESS,
         )
 
-    @admin.action(description="Replay selected dead letters (once)")
+    @admin.action(description="Replay selected dead letters (once)", permissions=["change"])
     def replay_selected(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
         self._replay(request, queryset, force=False)
 
-    @admin.action(description="Replay selected dead letters again (force)")
+    @admin.action(description="Replay selected dead letters again (force)", permissions=["change"])
     def force_replay_selected(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
         self._replay(request, queryset, force=True)
 
-    @admin.action(description="Discard selected dead letters")
+    @admin.action(description="Discard selected dead letters", permissions=["change"])
     def discard_selected(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
         for dead_letter in queryset:
             services.dead_letter_discard(dead_letter_id=dead_letter.id, user=request.user)

@@ -1,4 +1,8 @@
-"""REST API for operators (staff only): dead letters and the canary.
+"""REST API for operators: dead letters and the canary.
+
+Each view names the Django permission it needs (apps/ops/permissions.py):
+reading needs ``view_*``, replay, discard, bulk replay and starting a canary
+need ``change_*``; the ``operators`` group holds them all.
 
 One view class per operation with nested serializers; views validate, call one
 service or selector, and shape the answer.
@@ -11,7 +15,6 @@ from typing import Any
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
-from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -23,6 +26,7 @@ from apps.common.serializers import StrictSerializer
 from apps.common.throttling import DefaultThrottle, _RedisThrottle, _user_id
 from apps.ops.deadletters import selectors, services
 from apps.ops.models import CanaryMode, DeadLetterReason, DeadLetterStatus, ReplayStatus
+from apps.ops.permissions import CanChangeDeadLetters, CanRunCanary, CanViewCanary, CanViewDeadLetters
 
 # Bulk replay publishes at most this many messages per request.
 BULK_REPLAY_MAX = 500
@@ -95,7 +99,7 @@ class DeadLetterFilterSerializer(StrictSerializer):
 
 
 class DeadLetterListApi(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanViewDeadLetters]
 
     class FilterSerializer(DeadLetterFilterSerializer):
         page = serializers.IntegerField(required=False, min_value=1)
@@ -116,7 +120,7 @@ class DeadLetterListApi(APIView):
 
 
 class DeadLetterDetailApi(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanViewDeadLetters]
 
     @extend_schema(
         operation_id="dead_letters_retrieve",
@@ -129,7 +133,7 @@ class DeadLetterDetailApi(APIView):
 
 
 class DeadLetterReplayApi(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanChangeDeadLetters]
     throttle_classes = [DefaultThrottle, DeadLetterReplayThrottle]
 
     class InputSerializer(StrictSerializer):
@@ -158,7 +162,7 @@ class DeadLetterReplayApi(APIView):
 
 
 class DeadLetterDiscardApi(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanChangeDeadLetters]
 
     @extend_schema(
         operation_id="dead_letters_discard",
@@ -172,7 +176,7 @@ class DeadLetterDiscardApi(APIView):
 
 
 class DeadLetterBulkReplayApi(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanChangeDeadLetters]
     throttle_classes = [DefaultThrottle, DeadLetterReplayThrottle]
 
     class InputSerializer(DeadLetterFilterSerializer):
@@ -227,7 +231,7 @@ class CanaryOutputSerializer(serializers.Serializer):
 
 
 class CanaryCreateApi(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanRunCanary]
 
     class InputSerializer(StrictSerializer):
         mode = serializers.ChoiceField(choices=CanaryMode.choices)
@@ -245,7 +249,7 @@ class CanaryCreateApi(APIView):
 
 
 class CanaryDetailApi(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanViewCanary]
 
     @extend_schema(
         operation_id="ops_canary_retrieve",

@@ -1,4 +1,4 @@
-"""Operator endpoints (staff only): dead letters and the canary."""
+"""Operator endpoints (each checks its Django permission, apps/ops/permissions.py): dead letters and the canary."""
 
 from django.urls import path
 

@@ -1,20 +1,25 @@
 """An admin page, "Fleet", showing the same figures as /api/v1/ops/queues/ and /report/.
 
 Registered by adding one URL to the default admin site (no model behind it);
-imported from ``OpsConfig.ready()``.
+imported from ``OpsConfig.ready()``. The admin lets in staff; the page itself
+needs ``ops.view_fleet`` (403 otherwise), as the REST endpoints do.
 """
 
 from __future__ import annotations
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 
 from apps.ops.fleet import figures as fleet
+from apps.ops.permissions import VIEW_FLEET, operator_has
 
 
 def fleet_view(request: HttpRequest) -> HttpResponse:
+    if not operator_has(request.user, VIEW_FLEET):
+        raise PermissionDenied
     try:
         window = min(3600.0, max(1.0, float(request.GET.get("window", fleet.DEFAULT_WINDOW))))
     except ValueError:

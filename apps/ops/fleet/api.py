@@ -1,16 +1,16 @@
-"""Staff-only fleet endpoints: queue figures and the scaling report (thin: validate, call, shape)."""
+"""Fleet endpoints (permission ``ops.view_fleet``): queue figures and the scaling report (validate, call, shape)."""
 
 from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
-from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.common.exceptions import ApplicationError
 from apps.ops.fleet import figures as fleet
+from apps.ops.permissions import CanViewFleet
 
 _WINDOW = OpenApiParameter("window", int, description="Seconds of history the rates cover (1-3600, default 60).")
 
@@ -36,7 +36,7 @@ def _snapshot(request: Request, *, include_report: bool) -> dict:
 class FleetQueuesApi(APIView):
     """Per-queue depth, consumers, rates in/out, service time and oldest message age (see apps/ops/fleet/figures.py)."""
 
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanViewFleet]
 
     @extend_schema(parameters=[_WINDOW], responses={200: dict})
     def get(self, request: Request) -> Response:
@@ -49,7 +49,7 @@ class FleetQueuesApi(APIView):
 class FleetReportApi(APIView):
     """The bottleneck and recommended worker counts per queue, with the arithmetic spelled out."""
 
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanViewFleet]
 
     @extend_schema(parameters=[_WINDOW], responses={200: dict})
     def get(self, request: Request) -> Response:

@@ -3,13 +3,19 @@
 Creates the user if missing (with an unusable password: it logs in with the
 token only) and prints its API token alone on the last line, so scripts can
 take it with ``| tail -n1``. Running it again prints the same token.
+
+``--staff`` makes the user staff and a member of the operators group
+(``settings.OPS_OPERATORS_GROUP``, created by migration ``ops.0003``), which
+holds every permission the ops endpoints check; it does not make a superuser.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
@@ -21,7 +27,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("username")
-        parser.add_argument("--staff", action="store_true", help="Make the user staff and superuser (admin, ops API).")
+        parser.add_argument(
+            "--staff", action="store_true", help="Make the user staff and an operator (admin, every ops endpoint)."
+        )
 
     def handle(self, *args: Any, username: str, staff: bool, **options: Any) -> None:
         user_model = get_user_model()
@@ -32,15 +40,21 @@ class Command(BaseCommand):
             raise CommandError(
                 f"Invalid username {username!r}: {' '.join(getattr(exc, 'messages', [str(exc)]))}"
             ) from exc
+        operators = None
+        if staff:
+            operators = Group.objects.filter(name=settings.OPS_OPERATORS_GROUP).first()
+            if operators is None:
+                raise CommandError(f"The {settings.OPS_OPERATORS_GROUP!r} group is missing: run `manage.py migrate`.")
         with transaction.atomic():
             user, created = user_model.objects.get_or_create(**{user_model.USERNAME_FIELD: username})
             if created:
                 user.set_unusable_password()
             if staff:
                 user.is_staff = True
-                user.is_superuser = True
             if created or staff:
                 user.save()
+            if operators is not None:
+                user.groups.add(operators)
             token_key = api_token_get_or_create(user=user)
         self.stdout.write(
             f"{'Created' if created else 'Found'} user {username!r}{' (staff)' if user.is_staff else ''}."
