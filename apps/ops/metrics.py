@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from celery import signals
 from django.conf import settings
@@ -39,12 +39,23 @@ from apps.common.metrics import multiprocess_dir
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 class _DefaultRegistryCollector(Collector):
     """This process's own metrics (single-process mode)."""
 
     def collect(self) -> Iterator[Any]:
         yield from DEFAULT_REGISTRY.collect()
+
+
+def _scrape_read(what: str, read: Callable[[], T]) -> T | None:
+    """``read()``, or None with a warning: one source down must not break the rest of the scrape."""
+    try:
+        return read()
+    except Exception:
+        logger.warning("%s unavailable at scrape", what, exc_info=True)
+        return None
 
 
 class ScrapeCollector(Collector):
@@ -96,10 +107,8 @@ class ScrapeCollector(Collector):
     def _dead_letters(self) -> Iterator[Any]:
         from apps.ops.deadletters.selectors import dead_letter_counts_by_reason
 
-        try:
-            rows = dead_letter_counts_by_reason()
-        except Exception:
-            logger.warning("dead letter counts unavailable at scrape", exc_info=True)
+        rows = _scrape_read("dead letter counts", dead_letter_counts_by_reason)
+        if rows is None:
             return
         family = CounterMetricFamily(
             "ce_dead_letters",
@@ -113,10 +122,8 @@ class ScrapeCollector(Collector):
     def _outbox(self) -> Iterator[Any]:
         from apps.eventbus.selectors import outbox_lag
 
-        try:
-            lag = outbox_lag()
-        except Exception:
-            logger.warning("outbox lag unavailable at scrape", exc_info=True)
+        lag = _scrape_read("outbox lag", outbox_lag)
+        if lag is None:
             return
         pending = GaugeMetricFamily("ce_outbox_pending", "Outbox rows committed but not yet published.")
         pending.add_metric([], float(lag.pending))
@@ -129,10 +136,8 @@ class ScrapeCollector(Collector):
     def _cache(self) -> Iterator[Any]:
         from apps.caching.selectors import cache_stats
 
-        try:
-            stats = cache_stats()
-        except Exception:
-            logger.warning("cache stats unavailable at scrape", exc_info=True)
+        stats = _scrape_read("cache stats", cache_stats)
+        if stats is None:
             return
         if not isinstance(stats, dict):
             return
