@@ -26,13 +26,14 @@ drops it when the owner's connection dies (kill -9 included), so a starter that
 gets the lock and finds a ``running`` row knows its owner is dead and resumes
 it; a starter that does not get the lock gets ``JobAlreadyRunning``.
 
-Job modules are imported by ``load_job_modules()`` (settings ``BATCH_JOB_MODULES``):
-torch is imported only inside ``workers/``, and only when a training step runs.
+The jobs themselves live in ``workers/`` (``settings.BATCH_JOB_MODULES``) and
+register here when the operations layer imports them at startup
+(``apps/ops/apps.py``): this app never imports the layer above it. torch is
+imported only inside ``workers/``, and only when a training step runs.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import socket
 import time
@@ -42,7 +43,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from django.conf import settings
 from django.db import connection, transaction
 
 from apps.batch import services
@@ -147,14 +147,7 @@ def register(job_cls: type[Job]) -> type[Job]:
     return job_cls
 
 
-def load_job_modules() -> None:
-    for module in settings.BATCH_JOB_MODULES:
-        importlib.import_module(module)
-
-
 def job_get(*, name: str) -> Job:
-    if name not in _REGISTRY:
-        load_job_modules()
     job = _REGISTRY.get(name)
     if job is None:
         raise NotFound(f"No job named {name!r}.", details={"jobs": sorted(_REGISTRY)})
@@ -162,7 +155,6 @@ def job_get(*, name: str) -> Job:
 
 
 def job_names() -> list[str]:
-    load_job_modules()
     return sorted(_REGISTRY)
 
 

@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.conf import settings
 
 
 class OpsConfig(AppConfig):
@@ -7,6 +8,8 @@ class OpsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        import importlib
+
         from apps.batch.hooks import hooks as batch_hooks
         from apps.eventbus.hooks import hooks
         from apps.ops import metrics  # noqa: F401 - a worker serves its metrics (METRICS_PORT)
@@ -24,3 +27,7 @@ class OpsConfig(AppConfig):
         hooks.task_finished = figures.task_finished
         # The retention job (workers/batch/jobs.py) purges dead letters through this.
         batch_hooks.dead_letter_purge = services.dead_letter_purge
+        # The batch jobs (workers/) register with apps.batch.jobs on import; the
+        # jobs API, run_job and beat find them in its registry.
+        for module in settings.BATCH_JOB_MODULES:
+            importlib.import_module(module)
