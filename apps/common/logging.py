@@ -37,12 +37,19 @@ HEADER = "X-Correlation-ID"
 # Accept a caller's id only if it is short and plain: it ends up in every log
 # line, so an arbitrary string would let a client forge or flood log fields.
 # HAProxy's unique-id (docker/haproxy.cfg) uses hex digits, ':' and '_'.
-_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# 64 is the width of every column that stores one (outbox rows, inference
+# requests): a longer id passed this check and then failed the INSERT (500).
+CORRELATION_ID_MAX_LENGTH = 64
+_VALID_ID = re.compile(rf"[A-Za-z0-9._:-]{{1,{CORRELATION_ID_MAX_LENGTH}}}")
 
 
 def correlation_id_accept(given: object) -> str:
-    """``given`` if it is a safe correlation id, else a new one (HTTP header, WebSocket frame field)."""
-    return given if isinstance(given, str) and _VALID_ID.match(given) else new_correlation_id()
+    """``given`` if it is a safe correlation id, else a new one (HTTP header, WebSocket frame field).
+
+    The one check of a caller's id: everything that stores or logs a correlation
+    id gets it from here (or from ``new_correlation_id``), so it always fits.
+    """
+    return given if isinstance(given, str) and _VALID_ID.fullmatch(given) else new_correlation_id()
 
 
 class CorrelationIdFilter(logging.Filter):

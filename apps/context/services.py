@@ -6,7 +6,6 @@ effects (broadcasts, publishes) only after commit.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +27,7 @@ from apps.context.selectors import (
     session_cache_tag,
     snapshot_cache_key,
 )
+from apps.context.validation import client_msg_id_check, event_data_check
 from apps.eventbus.services import OutboxEvent, outbox_event_add, outbox_events_add_bulk
 
 User = get_user_model()
@@ -214,15 +214,9 @@ def _validate_event_inputs(events: Sequence[EventInput]) -> None:
                 "Unknown event type.",
                 details={"index": index, "event_type": [f"Must be one of {sorted(ContextEvent.EventType.values)}."]},
             )
-        if not isinstance(event.data, dict):
-            raise ValidationFailed("Event data must be an object.", details={"index": index})
-        size = len(json.dumps(event.data, separators=(",", ":")))
-        if size > settings.EVENT_DATA_MAX_BYTES:
-            raise ValidationFailed(
-                "Event data is too large.",
-                code="event_too_large",
-                details={"index": index, "max_bytes": settings.EVENT_DATA_MAX_BYTES, "bytes": size},
-            )
+        # The same check for every edge (REST, WebSocket, internal callers): apps/context/validation.py.
+        event_data_check(event.data, index=index)
+        client_msg_id_check(event.client_msg_id, index=index)
         if event.client_msg_id:
             if event.client_msg_id in seen:
                 raise ValidationFailed("Duplicate client_msg_id in one batch.", details={"index": index})

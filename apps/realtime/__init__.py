@@ -30,7 +30,7 @@ Frames (JSON text, each with ``type``)
         append (same seq, same dedupe by ``client_msg_id``);
         ``resume`` ``{after_seq: int}``; ``ping`` ``{t: number|string}``;
         ``typing`` ``{active?: bool}``; ``presence`` ``{state: "active"|"idle"|"away"}``.
-        Any frame may carry ``correlation_id`` (``[A-Za-z0-9._:-]{1,128}``): the id of
+        Any frame may carry ``correlation_id`` (``[A-Za-z0-9._:-]{1,64}``): the id of
         the work it causes in logs, outbox rows and task headers (else a new one).
     server -> client
         ``hello`` ``{session: {id, title, state}, user: {username, role}, last_seq,
@@ -91,5 +91,10 @@ Limits (settings, env vars of the same name)
     non-object (``invalid_frame``), an unknown type (``unknown_type``), bad
     fields (``invalid``), binary frames (``unsupported_frame``) and service
     errors (``ApplicationError`` -> its code) get an ``error`` frame and the
-    connection stays open.
+    connection stays open. ``context_update`` goes through the same validator
+    as the REST append (``apps/context/validation.py``): NUL characters, lone
+    surrogates, NaN/Infinity, ``data`` nested deeper than 32 levels -> ``invalid``;
+    ``data`` over EVENT_DATA_MAX_BYTES -> ``event_too_large``. A frame the
+    database fails on gets ``error`` ``server_error`` (``details.retryable``;
+    retry with the same ``client_msg_id``), not a 1011 close.
 """

@@ -20,12 +20,14 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.db import DatabaseError
 
 from apps.common.exceptions import ApplicationError, NotFound, ValidationFailed
 from apps.common.logging import correlation_id, correlation_id_accept, set_correlation_id
 from apps.common.metrics import WS_CONNECTIONS, WS_MESSAGES
 from apps.context import selectors as context_selectors
 from apps.context import services as context_services
+from apps.context.validation import CLIENT_MSG_ID_MAX, event_input_from_frame
 from apps.realtime import presence
 from apps.realtime.auth import origin_allowed, selected_subprotocol
 from apps.realtime.broadcast import session_broadcast_async, session_group_name
@@ -38,9 +40,6 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_RATE_LIMITED = 4429
 CLOSE_TRY_AGAIN = 1013
-
-EVENT_TYPES = ("context_update", "user_action", "note")
-MAX_CLIENT_MSG_ID = 64
 
 
 @dataclass(frozen=True)
@@ -287,7 +286,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
             return
         try:
             content = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):
+            # RecursionError: 96 KiB of '[' is a few thousand levels deep.
             await self._error("malformed_json", "Frame is not valid JSON.")
             return
         if not isinstance(content, dict) or not isinstance(content.get("type"), str):
@@ -308,24 +308,31 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await handler(self, content)
         except ApplicationError as exc:
             # The one mapping of ApplicationError for WebSockets.
-            extra = {"client_msg_id": content["client_msg_id"]} if isinstance(content.get("client_msg_id"), str) else {}
-            await self._send({"type": "error", **exc.as_dict(), **extra})
+            await self._send({"type": "error", **exc.as_dict(), **self._echo_id(content)})
+        except DatabaseError:
+            # A failed query is this frame's failure, not the connection's: answer it
+            # (the client may retry; a client_msg_id makes the retry safe) and stay open.
+            logger.warning("websocket frame failed on the database", exc_info=True)
+            await self._send(
+                {
+                    "type": "error",
+                    "code": "server_error",
+                    "message": "The server could not process this frame; retry it.",
+                    "details": {"retryable": True},
+                    **self._echo_id(content),
+                }
+            )
         finally:
             correlation_id.reset(token)
 
+    @staticmethod
+    def _echo_id(content: dict[str, Any]) -> dict[str, Any]:
+        msg_id = content.get("client_msg_id")
+        return {"client_msg_id": msg_id} if isinstance(msg_id, str) and len(msg_id) <= CLIENT_MSG_ID_MAX else {}
+
     async def _on_context_update(self, content: dict[str, Any]) -> None:
-        data = content.get("data")
-        client_msg_id = content.get("client_msg_id", "")
-        event_type = content.get("event_type", "context_update")
-        errors: dict[str, list[str]] = {}
-        if not isinstance(data, dict):
-            errors["data"] = ["Must be an object."]
-        if not isinstance(client_msg_id, str) or len(client_msg_id) > MAX_CLIENT_MSG_ID:
-            errors["client_msg_id"] = [f"Must be a string of at most {MAX_CLIENT_MSG_ID} characters."]
-        if event_type not in EVENT_TYPES:
-            errors["event_type"] = [f"Must be one of {list(EVENT_TYPES)}."]
-        if errors:
-            raise ValidationFailed("Invalid context_update.", details=errors)
+        # The same validator as the REST append (apps/context/validation.py).
+        event_type, data, client_msg_id = event_input_from_frame(content)
         membership = self._joined()
         event, created = await event_append(
             session=membership.session,

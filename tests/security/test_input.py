@@ -7,6 +7,7 @@ no server error in the log, the socket still open.
 
 from __future__ import annotations
 
+import asyncio
 import bz2
 import codecs
 import json
@@ -14,9 +15,11 @@ import zlib
 
 import httpx
 import pytest
+from django.db import connection
+from websockets.exceptions import ConnectionClosed
 
 from apps.context.models import ContextEvent
-from tests.security.conftest import auth, server_errors
+from tests.security.conftest import WS, auth, server_errors
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -92,4 +95,162 @@ def test_invalid_utf8_is_a_400_not_a_500(web, team):
     assert response.status_code == 400, response.text
     assert response.json()["code"] == "malformed_request"
     assert ContextEvent.objects.count() == 0
+    assert server_errors(web) == []
+
+
+# --- appends: one validator for REST and WebSocket ------------------------------
+
+DEEP = 40  # past EVENT_DATA_MAX_DEPTH (32), below what the JSON parser itself refuses
+
+
+def _nested(depth: int) -> str:
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+# Raw JSON texts of an event's ``data`` that must never be stored.
+HOSTILE_DATA = {
+    "nul_in_string": '{"text": "a\\u0000b"}',
+    "nul_in_key": '{"a\\u0000": 1}',
+    "lone_surrogate": '{"text": "\\ud800"}',
+    "nan": '{"x": NaN}',
+    "infinity": '{"x": -Infinity}',
+    "overflow_to_inf": '{"x": 1e400}',
+    "too_deep": _nested(DEEP),
+    "far_too_deep": _nested(900),
+    # 70 KB of UTF-8: over EVENT_DATA_MAX_BYTES (64 KiB), under the frame limit (96 KiB)
+    "oversize": json.dumps({"text": "é" * 35_000}, ensure_ascii=False),
+}
+
+
+def _nothing_stored() -> None:
+    from apps.eventbus.models import OutboxMessage
+
+    assert ContextEvent.objects.count() == 0
+    assert not OutboxMessage.objects.filter(routing_key__in=["context.updated", "user.action"]).exists()
+
+
+async def _reply(ws: WS, timeout: float = 10) -> dict:
+    """The next reply (presence and typing frames skipped), or ``{"type": "closed", "code": ...}``."""
+    try:
+        while True:
+            frame = await ws.recv(timeout=timeout)
+            if frame.get("type") not in ("presence", "typing"):
+                return frame
+    except ConnectionClosed as closed:
+        return {"type": "closed", "code": closed.rcvd.code if closed.rcvd else None}
+
+
+async def _still_open(ws: WS) -> None:
+    await ws.send({"type": "ping", "t": "alive"})
+    pong = await _reply(ws)
+    assert pong.get("type") == "pong" and pong.get("t") == "alive", pong
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_DATA))
+def test_rest_append_refuses_hostile_data_with_400(web, team, name):
+    body = '{"event_type": "context_update", "data": ' + HOSTILE_DATA[name] + "}"
+    response = httpx.post(
+        f"{web.http}/api/v1/sessions/{team['sid']}/events/",
+        content=body.encode("utf-8", "surrogatepass"),
+        headers={"Content-Type": "application/json", **auth(team["tokens"]["alice"])},
+        timeout=10,
+    )
+    assert response.status_code in (400, 413), (name, response.status_code, response.text[:300])
+    assert set(response.json()) == ERROR_KEYS
+    _nothing_stored()
+    assert server_errors(web) == []
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_DATA))
+def test_ws_append_refuses_hostile_data_with_an_error_frame_and_stays_open(web, team, name):
+    frame = '{"type": "context_update", "client_msg_id": "m-1", "data": ' + HOSTILE_DATA[name] + "}"
+
+    async def scenario() -> None:
+        ws = await WS.open(web.ws_url(team["sid"], team["tokens"]["bob"]))
+        await ws.send(frame)
+        reply = await _reply(ws)
+        assert reply.get("type") == "error", (name, reply)
+        assert reply["code"] in ("invalid", "event_too_large", "malformed_json"), reply
+        await _still_open(ws)
+        await ws.close()
+
+    asyncio.run(scenario())
+    _nothing_stored()
+    assert server_errors(web) == []
+
+
+def test_ws_append_that_the_database_refuses_answers_an_error_frame_not_1011(web, team):
+    # A real database failure on the insert (a trigger that raises), then the database heals.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION ce_test_refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$"
+            " LANGUAGE plpgsql;"
+            " CREATE TRIGGER ce_test_refuse BEFORE INSERT ON context_contextevent"
+            " FOR EACH ROW EXECUTE FUNCTION ce_test_refuse();"
+        )
+
+    async def scenario() -> None:
+        ws = await WS.open(web.ws_url(team["sid"], team["tokens"]["bob"]))
+        await ws.send({"type": "context_update", "client_msg_id": "m-1", "data": {"text": "x"}})
+        reply = await _reply(ws)
+        assert reply.get("type") == "error", reply
+        assert reply["code"] == "server_error" and reply.get("client_msg_id") == "m-1", reply
+        await _still_open(ws)
+        await asyncio.to_thread(_drop_trigger)
+        await ws.send({"type": "context_update", "client_msg_id": "m-1", "data": {"text": "x"}})
+        event = await ws.recv_type("event")
+        assert event["data"] == {"text": "x"}
+        ack = await ws.recv_type("ack")
+        assert ack["seq"] == 1 and ack["duplicate"] is False
+        await ws.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        _drop_trigger()
+    assert ContextEvent.objects.count() == 1
+
+
+def _drop_trigger() -> None:
+    from django.db import connections
+
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "DROP TRIGGER IF EXISTS ce_test_refuse ON context_contextevent; DROP FUNCTION IF EXISTS ce_test_refuse();"
+        )
+
+
+# --- correlation ids: validated and bounded once ---------------------------------
+
+
+def test_a_long_correlation_id_is_replaced_not_a_500(web, team):
+    long_id = "c" * 100  # passed the old 128-character check, overflowed the 64-character outbox column
+    response = httpx.post(
+        f"{web.http}/api/v1/sessions/{team['sid']}/events/",
+        json={"event_type": "note", "data": {"text": "hi"}},
+        headers={"X-Correlation-ID": long_id, **auth(team["tokens"]["alice"])},
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text[:300]
+    assert response.headers["X-Correlation-ID"] != long_id
+    assert len(response.headers["X-Correlation-ID"]) <= 64
+    assert server_errors(web) == []
+
+
+def test_a_long_or_multiline_correlation_id_on_a_frame_is_replaced(web, team):
+    async def scenario() -> None:
+        ws = await WS.open(web.ws_url(team["sid"], team["tokens"]["bob"]))
+        for n, cid in enumerate(["c" * 100, "abc\n", "forged\nlevel=ERROR"]):
+            frame = {"type": "context_update", "client_msg_id": f"m-{n}", "data": {"n": n}, "correlation_id": cid}
+            await ws.send(frame)
+            ack = await ws.recv_type("ack")
+            assert ack["client_msg_id"] == f"m-{n}", (cid, ws.frames[-3:])
+        await ws.close()
+
+    asyncio.run(scenario())
+    from apps.eventbus.models import OutboxMessage
+
+    stored = list(OutboxMessage.objects.filter(routing_key="context.updated").values_list("correlation_id", flat=True))
+    assert len(stored) == 3
+    assert all(0 < len(cid) <= 64 and "\n" not in cid for cid in stored), stored
     assert server_errors(web) == []
