@@ -40,6 +40,7 @@ def test_prod_passes_check_deploy_with_no_warnings():
         "WARNING",
         SECRET_KEY=secrets.token_urlsafe(64),
         ALLOWED_HOSTS="api.example.com",
+        METRICS_TOKEN=secrets.token_hex(32),  # an empty one fails the deploy check (ops.E001)
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout

@@ -12,7 +12,10 @@ class OpsConfig(AppConfig):
 
         from apps.batch.hooks import hooks as batch_hooks
         from apps.eventbus.hooks import hooks
-        from apps.ops import metrics  # noqa: F401 - a worker serves its metrics (METRICS_PORT)
+        from apps.ops import (
+            checks,  # noqa: F401 - registers the deploy checks (METRICS_TOKEN)
+            metrics,  # noqa: F401 - a worker serves its metrics (METRICS_PORT)
+        )
         from apps.ops.deadletters import services
         from apps.ops.fleet import (
             figures,

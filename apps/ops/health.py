@@ -9,24 +9,37 @@ a short timeout (``READINESS_TIMEOUT``, default 2 s), and answers 503 naming
 the parts that failed, so a load balancer takes the instance out of rotation
 until they recover:
 
-* ``database``: a new PostgreSQL connection runs ``SELECT 1``;
-* ``redis``: ``PING`` on a new connection;
-* ``broker``: an AMQP connection to RabbitMQ opens (handshake done);
+* ``database``: ``SELECT 1`` on the probe's own PostgreSQL connection;
+* ``redis``: ``PING`` on the probe's own Redis client;
+* ``broker``: a passive ``exchange.declare`` round trip on the probe's own AMQP connection;
 * ``channel_layer``: a message makes a round trip through the channel layer;
 * ``workers`` (only with ``?workers=1``): at least one Celery node answers
   ``app.control.ping``; not part of the default so that web instances do not
   leave rotation when only the worker fleet is down.
+
+The endpoint has no authentication (load balancers and kubelets call it), so it
+must not be a lever: each process keeps one long-lived connection per
+dependency for the probe (reopened, and the check retried once, when a reused
+connection turns out dead), concurrent probes share one run of the checks, and
+a result is served for ``READINESS_CACHE_SECONDS`` (default 1 s) before the
+checks run again. A burst of N probes therefore costs one check and opens no
+connection; before, each probe opened three (PostgreSQL, Redis, RabbitMQ).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
 
 
 @dataclass
@@ -50,13 +63,68 @@ def readiness_timeout() -> float:
     return settings.READINESS_TIMEOUT
 
 
-def check_database(timeout: float) -> None:
+class PersistentClient:
+    """One long-lived client of a dependency, used by one check at a time.
+
+    ``open`` connects (its timeouts baked in), ``ping`` makes one round trip,
+    ``close`` drops it. A failure drops the client; when a *reused* client
+    fails fast (a socket the server closed while it sat idle, e.g. after a
+    restart) the check is tried once more on a fresh one, so a recovered
+    dependency is not reported down. A hung dependency fails at its timeout and
+    is not retried.
+    """
+
+    def __init__(
+        self, *, open: Callable[[float], Any], ping: Callable[[Any, float], Any], close: Callable[[Any], None]
+    ) -> None:
+        self._open, self._ping, self._close = open, ping, close
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def check(self, timeout: float) -> Any:
+        # A check still stuck on a hung socket holds the lock: this one fails at its timeout.
+        if not self._lock.acquire(timeout=timeout):
+            raise TimeoutError(f"the previous check has not finished after {timeout}s")
+        try:
+            reused = self._client is not None
+            started = time.monotonic()
+            try:
+                return self._ping_once(timeout)
+            except Exception:
+                if not reused or time.monotonic() - started > timeout / 2:
+                    raise
+            return self._ping_once(timeout)
+        finally:
+            self._lock.release()
+
+    def _ping_once(self, timeout: float) -> Any:
+        if self._client is None:
+            self._client = self._open(timeout)
+        try:
+            return self._ping(self._client, timeout)
+        except Exception:
+            self._discard()
+            raise
+
+    def _discard(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            # Closing a dead connection may fail; it is dropped either way.
+            with contextlib.suppress(Exception):
+                self._close(client)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._discard()
+
+
+def _database_open(timeout: float) -> Any:
     import psycopg
 
     db = settings.DATABASES["default"]
     # A connection of its own (not Django's, which may be mid-transaction in
-    # this thread): the question is whether the server takes new clients.
-    with psycopg.connect(
+    # this thread): the question is whether the server answers clients.
+    return psycopg.connect(
         host=db["HOST"] or None,
         port=db["PORT"] or None,
         dbname=db["NAME"],
@@ -64,25 +132,62 @@ def check_database(timeout: float) -> None:
         password=db["PASSWORD"] or None,
         connect_timeout=max(1, int(timeout)),
         options=f"-c statement_timeout={int(timeout * 1000)}",
-    ) as conn:
-        conn.execute("SELECT 1").fetchone()
+        autocommit=True,
+    )
+
+
+def _database_ping(conn: Any, timeout: float) -> None:
+    conn.execute("SELECT 1").fetchone()
+
+
+def _redis_open(timeout: float) -> Any:
+    import redis
+
+    return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=timeout, socket_timeout=timeout)
+
+
+def _redis_ping(client: Any, timeout: float) -> None:
+    client.ping()
+
+
+def _broker_open(timeout: float) -> Any:
+    from kombu import Connection
+
+    # Socket read/write timeouts: a broker that stops answering fails the check, it does not hang the thread.
+    conn = Connection(
+        settings.BROKER_URL,
+        connect_timeout=timeout,
+        transport_options={"read_timeout": timeout, "write_timeout": timeout},
+    )
+    conn.ensure_connection(max_retries=1, timeout=timeout)
+    return conn
+
+
+def _broker_ping(conn: Any, timeout: float) -> None:
+    # A synchronous AMQP method: proves the broker still serves this connection (a passive
+    # declare of a built-in exchange creates nothing).
+    conn.default_channel.exchange_declare(exchange="amq.direct", type="direct", passive=True)
+
+
+def _close(client: Any) -> None:
+    client.close()
+
+
+database_client = PersistentClient(open=_database_open, ping=_database_ping, close=_close)
+redis_client = PersistentClient(open=_redis_open, ping=_redis_ping, close=_close)
+broker_client = PersistentClient(open=_broker_open, ping=_broker_ping, close=lambda conn: conn.release())
+
+
+def check_database(timeout: float) -> None:
+    database_client.check(timeout)
 
 
 def check_redis(timeout: float) -> None:
-    import redis
-
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=timeout, socket_timeout=timeout)
-    try:
-        client.ping()
-    finally:
-        client.close()
+    redis_client.check(timeout)
 
 
 def check_broker(timeout: float) -> None:
-    from kombu import Connection
-
-    with Connection(settings.BROKER_URL, connect_timeout=timeout) as conn:
-        conn.ensure_connection(max_retries=1, timeout=timeout)
+    broker_client.check(timeout)
 
 
 async def check_channel_layer(timeout: float) -> None:
@@ -90,7 +195,15 @@ async def check_channel_layer(timeout: float) -> None:
     # (HAProxy calls /readyz every second).
     from apps.realtime.broadcast import channel_layer_check
 
-    await channel_layer_check(timeout=timeout)
+    started = time.monotonic()
+    try:
+        await channel_layer_check(timeout=timeout)
+    except Exception:
+        # The layer's pooled connections die with a Redis restart and are dropped on the error:
+        # as for the probe's own clients, a fast failure is tried once more.
+        if time.monotonic() - started > timeout / 2:
+            raise
+        await channel_layer_check(timeout=timeout)
 
 
 def check_workers(timeout: float) -> list[str]:
@@ -122,7 +235,7 @@ async def _run(
     return CheckResult(name, True, (time.monotonic() - started) * 1000, detail=detail)
 
 
-async def readiness_run(*, include_workers: bool = False, timeout: float | None = None) -> list[CheckResult]:
+async def readiness_checks_run(*, include_workers: bool = False, timeout: float | None = None) -> list[CheckResult]:
     """Run every readiness check concurrently; each answers within about ``timeout`` seconds."""
     timeout = readiness_timeout() if timeout is None else timeout
     checks: list[tuple[str, Any, bool]] = [
@@ -136,11 +249,75 @@ async def readiness_run(*, include_workers: bool = False, timeout: float | None 
     return list(await asyncio.gather(*(_run(n, c, timeout, is_async=a) for n, c, a in checks)))
 
 
-def readiness_payload(results: list[CheckResult]) -> tuple[int, dict[str, Any]]:
+@dataclass(frozen=True)
+class Readiness:
+    results: list[CheckResult]
+    checked_at: datetime
+    checked_monotonic: float
+
+    @property
+    def age_seconds(self) -> float:
+        return time.monotonic() - self.checked_monotonic
+
+
+# The last result per variant (with or without workers), shared by every event loop of the process.
+_latest: dict[bool, Readiness] = {}
+# The run in progress per event loop and variant: probes that arrive meanwhile await it.
+_in_flight: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[bool, asyncio.Task[Readiness]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _checks_run(include_workers: bool) -> Readiness:
+    results = await readiness_checks_run(include_workers=include_workers)
+    readiness = Readiness(results, datetime.now(UTC), time.monotonic())
+    _latest[include_workers] = readiness
+    return readiness
+
+
+async def readiness_run(*, include_workers: bool = False) -> Readiness:
+    """The latest readiness, at most ``READINESS_CACHE_SECONDS`` old; concurrent callers share one run."""
+    latest = _latest.get(include_workers)
+    if latest is not None and latest.age_seconds < settings.READINESS_CACHE_SECONDS:
+        return latest
+    running = _in_flight.setdefault(asyncio.get_running_loop(), {})
+    task = running.get(include_workers)
+    if task is None:
+        task = running[include_workers] = asyncio.ensure_future(_checks_run(include_workers))
+        task.add_done_callback(lambda done: running.pop(include_workers, None))
+    # Shielded: a probe that gives up (client gone) does not cancel the run the others wait on.
+    return await asyncio.shield(task)
+
+
+def readiness_reset() -> None:
+    """Forget the cached result and drop the probe's connections (the next check reopens them)."""
+    _latest.clear()
+    for client in (database_client, redis_client, broker_client):
+        client.reset()
+
+
+_RESET_ON = {"DATABASES", "REDIS_URL", "BROKER_URL", "CHANNEL_LAYERS", "READINESS_TIMEOUT", "READINESS_CACHE_SECONDS"}
+
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    # Tests point the probe at another service with override_settings; a cached
+    # answer or an open connection to the old one would hide it.
+    if setting in _RESET_ON:
+        readiness_reset()
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="apps.ops.health.readiness_reset")
+
+
+def readiness_payload(readiness: Readiness) -> tuple[int, dict[str, Any]]:
+    results = readiness.results
     failing = [r.name for r in results if not r.ok]
     body: dict[str, Any] = {
         "status": "ok" if not failing else "unavailable",
         "checks": {r.name: r.as_dict() for r in results},
+        # When the checks ran: probes within READINESS_CACHE_SECONDS share one run.
+        "checked_at": readiness.checked_at.isoformat(),
+        "age_seconds": round(readiness.age_seconds, 3),
     }
     if failing:
         body["failing"] = failing

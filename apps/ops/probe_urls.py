@@ -1,14 +1,21 @@
 """Probe endpoints served at the root: /healthz, /readyz, /metrics.
 
 They bypass DRF (no authentication, no throttling, no session): probes come
-from load balancers, orchestrators and Prometheus many times a minute. Set
-``METRICS_TOKEN`` to require ``Authorization: Bearer <token>`` on /metrics when
-the port is reachable from outside the cluster.
+from load balancers, orchestrators and Prometheus many times a minute.
+/readyz serves a cached result over the probe's own long-lived connections
+(apps/ops/health.py), so a burst of probes costs one check.
+
+``METRICS_TOKEN`` makes /metrics require ``Authorization: Bearer <token>``.
+docker-compose.yml and docker/k8s/config.yaml set one (Prometheus sends it as
+its scrape bearer token); ``manage.py check --deploy`` fails when it is empty
+(ops.E001), and a production process serving /metrics without one logs a
+warning at its first scrape.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import socket
 
@@ -21,6 +28,8 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from apps.ops import health, metrics
+
+logger = logging.getLogger(__name__)
 
 # Which instance answered (load-balancer debugging, the LB tests and bench/lb.py).
 INSTANCE_NAME = settings.INSTANCE_NAME or f"{socket.gethostname()}:{os.getpid()}"
@@ -36,8 +45,8 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @require_GET
 async def readyz(request: HttpRequest) -> JsonResponse:
     include_workers = request.GET.get("workers", "").lower() in {"1", "true", "yes"}
-    results = await health.readiness_run(include_workers=include_workers)
-    status, body = health.readiness_payload(results)
+    readiness = await health.readiness_run(include_workers=include_workers)
+    status, body = health.readiness_payload(readiness)
     return JsonResponse(body, status=status)
 
 
@@ -45,6 +54,8 @@ async def readyz(request: HttpRequest) -> JsonResponse:
 @require_GET
 async def metrics_view(request: HttpRequest) -> HttpResponse:
     token = settings.METRICS_TOKEN
+    if not token and not settings.DEBUG:
+        _warn_public_metrics()
     if token:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), token.encode()):
@@ -55,6 +66,15 @@ async def metrics_view(request: HttpRequest) -> HttpResponse:
     # The scrape-time collectors block on RabbitMQ/PostgreSQL/Redis: off the event loop.
     body = await sync_to_async(metrics.metrics_render)()
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
+
+
+_warned: list[bool] = []
+
+
+def _warn_public_metrics() -> None:
+    if not _warned:
+        _warned.append(True)
+        logger.warning("METRICS_TOKEN is empty: /metrics is served to anyone (set it; see manage.py check --deploy)")
 
 
 urlpatterns = [

@@ -259,6 +259,10 @@ OPS_OPERATORS_GROUP = "operators"
 # Per-check timeout of /readyz, seconds: short, so a hung dependency takes the
 # instance out of the load balancer quickly instead of hanging the probe.
 READINESS_TIMEOUT = env.get_float("READINESS_TIMEOUT", 2.0)
+# /readyz serves one result this long (seconds) before checking again, so a burst
+# of unauthenticated probes costs one check (apps/ops/health.py); 0: every probe
+# not overlapping a running check checks anew. Below HAProxy's 1 s interval.
+READINESS_CACHE_SECONDS = env.get_float("READINESS_CACHE_SECONDS", 1.0)
 # When set, /metrics requires "Authorization: Bearer <token>".
 METRICS_TOKEN = env.get_str("METRICS_TOKEN", "")
 # RabbitMQ management API base URL (e.g. http://rabbitmq:15672); when set the

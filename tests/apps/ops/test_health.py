@@ -7,6 +7,13 @@ import pytest
 from apps.ops import health
 
 
+@pytest.fixture(autouse=True)
+def _probe_connections_closed():
+    """The probe keeps its own connections open (apps/ops/health.py); drop them so the test database can be."""
+    yield
+    health.readiness_reset()
+
+
 def test_healthz_answers_without_touching_dependencies(client):
     response = client.get("/healthz")
 
