@@ -167,21 +167,29 @@ def ensure_database(url: str) -> None:
             _say(f"database {settings['NAME']!r} created")
 
 
+# Debian packages the test suite drives: HAProxy fronts two web instances in the
+# load-balancing tests; Chromium is the real browser of tests/browser/ (Playwright).
+TEST_PACKAGES = {"haproxy": ("haproxy",), "chromium": ("chromium", "chromium-browser")}
+
+
 def ensure_tools_for_tests() -> None:
-    """HAProxy (Debian package) fronts two web instances in the load-balancing tests."""
-    if shutil.which("haproxy"):
+    missing = [pkg for pkg, binaries in TEST_PACKAGES.items() if not any(shutil.which(b) for b in binaries)]
+    if not missing:
         return
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        _say("installing haproxy (Debian package) for the load-balancing tests")
-        subprocess.run(  # noqa: S602 - a fixed command line
-            "apt-get install -y -q haproxy || (apt-get update -q && apt-get install -y -q haproxy)",
+        names = " ".join(missing)
+        _say(f"installing {names} (Debian packages) for the tests")
+        subprocess.run(  # noqa: S602 - a fixed command line over the fixed package names above
+            f"apt-get install -y -q {names} || (apt-get update -q && apt-get install -y -q {names})",
             shell=True,
             check=False,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
         )
-    if not shutil.which("haproxy"):
-        sys.exit("[bootstrap] haproxy is needed by the tests: sudo apt-get install -y haproxy")
+    still = [pkg for pkg, binaries in TEST_PACKAGES.items() if not any(shutil.which(b) for b in binaries)]
+    if still:
+        sys.exit(f"[bootstrap] the tests need these Debian packages: sudo apt-get install -y {' '.join(still)}")
 
 
 def main() -> None:
