@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from typing import Any
 
@@ -15,6 +16,22 @@ from apps.common.exceptions import NotFound
 from apps.context import selectors as context_selectors
 
 NEXT_ACTION_MODEL = "next_action"
+
+# The next-action vocabulary: what a name must look like before any model
+# learns it or any suggestion offers it. An identifier of at most 64
+# characters (letters, digits, ``_``, ``-``; a letter first) cannot carry a
+# link, markup or a sentence, and bounds what a model stores per name. The
+# same pattern is used as a PostgreSQL regular expression
+# (``apps.batch.selectors.next_action_vocabulary``), so it stays in the
+# syntax both engines read alike.
+ACTION_NAME_MAX_CHARS = 64
+ACTION_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+_ACTION_NAME_RE = re.compile(ACTION_NAME_PATTERN)
+
+
+def action_name_valid(name: Any) -> bool:
+    """Whether ``name`` may be a next-action name at all (see ``ACTION_NAME_PATTERN``)."""
+    return isinstance(name, str) and len(name) <= ACTION_NAME_MAX_CHARS and _ACTION_NAME_RE.fullmatch(name) is not None
 
 
 def _as_uuid(value: Any, *, what: str) -> uuid.UUID:
@@ -110,8 +127,15 @@ def event_text(event_type: str, data: Any) -> str:
 
 
 def action_sequences(*, limit_sessions: int = 1000, per_session: int = 200) -> list[list[str]]:
-    """``user_action`` name sequences of recent sessions (oldest first), for the frequency baseline."""
-    return context_selectors.user_action_sequences(limit_sessions=limit_sessions, per_session=per_session)
+    """``user_action`` name sequences of recent sessions (oldest first), for the frequency baseline.
+
+    Only valid names are kept (``action_name_valid``); which of them may be
+    offered to a session is decided at prediction time (the shared vocabulary
+    plus the session's own names, ``workers.inference.predictors``).
+    """
+    sequences = context_selectors.user_action_sequences(limit_sessions=limit_sessions, per_session=per_session)
+    kept = ([a for a in seq if action_name_valid(a)] for seq in sequences)
+    return [seq for seq in kept if seq]
 
 
 def session_last_seq(*, session_id: Any) -> int:

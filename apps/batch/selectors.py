@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Collection
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django.db.models import Count, QuerySet, Sum
+from django.db.models.fields.json import KT
 
 from apps.ai.models import Suggestion, SuggestionFeedback
+from apps.ai.selectors import ACTION_NAME_MAX_CHARS, ACTION_NAME_PATTERN, action_name_valid
 from apps.batch.models import DailySessionRollup, DailyUserRollup, JobRun, SessionActivity
 from apps.common.exceptions import NotFound
 from apps.context.models import ContextEvent, Participant, Session
@@ -212,10 +215,42 @@ def text_events_after(*, after_id: int, limit: int) -> list[tuple[int, str]]:
     return [(event_id, event_text(event_type, data)) for event_id, event_type, data in rows]
 
 
-def action_sequences_by_session(*, max_sessions: int) -> list[tuple[str, list[str]]]:
+def next_action_vocabulary(*, min_users: int, max_names: int) -> frozenset[str]:
+    """The action names any model may learn and offer to anyone: the shared next-action vocabulary.
+
+    A name qualifies when it is valid (``apps.ai.selectors.action_name_valid``:
+    a short identifier, never a link or text) and was performed by at least
+    ``min_users`` distinct users (event authors), so no one user can plant a
+    name in other people's suggestions and a name private to one user's
+    sessions never reaches another's. At most ``max_names``, most widely used
+    first. One GROUP BY over the ``user_action`` events.
+    """
+    rows = (
+        ContextEvent.objects.filter(event_type=ContextEvent.EventType.USER_ACTION, author_id__isnull=False)
+        .annotate(action=KT("data__action"))
+        .filter(action__regex=ACTION_NAME_PATTERN)
+        .values("action")
+        .annotate(users=Count("author_id", distinct=True))
+        .filter(users__gte=max(1, min_users))
+        .order_by("-users", "action")
+        .values_list("action", flat=True)[:max_names]
+    )
+    return frozenset(name for name in rows if len(name) <= ACTION_NAME_MAX_CHARS)
+
+
+def _allowed(name: Any, vocabulary: Collection[str] | None) -> bool:
+    return action_name_valid(name) and (vocabulary is None or name in vocabulary)
+
+
+def action_sequences_by_session(
+    *, max_sessions: int, vocabulary: Collection[str] | None = None
+) -> list[tuple[str, list[str]]]:
     """``(session id, [action, ...])`` of the most recently active sessions with ``user_action`` events.
 
-    One ordered scan over the events (streamed), not a query per session.
+    Only valid names are kept, and with ``vocabulary`` only names in it (the
+    training job passes ``next_action_vocabulary``): a model cannot learn,
+    and so cannot offer, a name outside it. One ordered scan over the events
+    (streamed), not a query per session.
     """
     with_actions = ContextEvent.objects.filter(event_type=ContextEvent.EventType.USER_ACTION).values("session_id")
     session_ids = list(
@@ -231,16 +266,21 @@ def action_sequences_by_session(*, max_sessions: int) -> list[tuple[str, list[st
     )
     for session_id, data in rows.iterator(chunk_size=5000):
         action = data.get("action") if isinstance(data, dict) else None
-        if isinstance(action, str) and action:
+        if _allowed(action, vocabulary):
             sequences.setdefault(str(session_id), []).append(action)
     return list(sequences.items())
 
 
-def accepted_next_action_examples(*, context: int) -> list[tuple[str, list[str], str]]:
+def accepted_next_action_examples(
+    *, context: int, vocabulary: Collection[str] | None = None
+) -> list[tuple[str, list[str], str]]:
     """``(session id, recent actions, accepted action)`` for every accepted ``next_action`` suggestion.
 
     The recent actions are the session's last ``context`` actions up to the
     suggestion's trigger seq: what the model saw when it made the suggestion.
+    Names that are invalid or (with ``vocabulary``) outside it are left out,
+    as in ``action_sequences_by_session``; an example whose accepted action
+    is left out is dropped.
     """
     examples: list[tuple[str, list[str], str]] = []
     accepted = (
@@ -250,7 +290,7 @@ def accepted_next_action_examples(*, context: int) -> list[tuple[str, list[str],
     )
     for session_id, trigger_seq, content in accepted.iterator(chunk_size=1000):
         action = content.get("action") if isinstance(content, dict) else None
-        if not isinstance(action, str) or not action:
+        if not _allowed(action, vocabulary):
             continue
         recent = (
             ContextEvent.objects.filter(
@@ -260,7 +300,7 @@ def accepted_next_action_examples(*, context: int) -> list[tuple[str, list[str],
             .values_list("data", flat=True)[:context]
         )
         prefix = [
-            d["action"] for d in reversed(list(recent)) if isinstance(d, dict) and isinstance(d.get("action"), str)
+            d["action"] for d in reversed(list(recent)) if isinstance(d, dict) and _allowed(d.get("action"), vocabulary)
         ]
         if prefix:
             examples.append((str(session_id), prefix, action))

@@ -164,8 +164,8 @@ class InferenceInputs:
 
     ``trigger_seq``/``trigger_text``: the event at ``upto_seq`` (None/"" when
     not read or absent). ``candidates``: retrieval candidates, each
-    ``{"session_id", "seq", "text", "event_type", "same_session"}``, newest
-    first within the session, then the user's other sessions; empty texts
+    ``{"session_id", "seq", "text", "event_type", "same_session"}`` (always
+    this session, ``same_session`` always true), newest first; empty texts
     skipped. ``recent_actions``: the latest ``user_action`` names as
     ``(seq, action)``, oldest first.
     """
@@ -181,20 +181,23 @@ def inference_inputs_get(
     session_id: Any,
     upto_seq: int | None,
     from_trigger: bool,
-    user_id: Any = None,
     candidates_limit: int = 200,
-    other_sessions_limit: int = 200,
     actions_limit: int = 20,
 ) -> InferenceInputs:
     """Everything the inference pipeline reads from context for one request.
+
+    Tenant isolation: every read is of this one session. What the AI makes of
+    it is stored with the session and shown to each of its participants (now
+    and later, viewers included), so it may contain only what every one of
+    them may already read; another session's text never qualifies, whoever
+    asked (see "Tenant isolation" in docs/architecture.md).
 
     ``from_trigger`` (an ``auto`` request): the trigger event at ``upto_seq``
     is read; candidates are read only when it has text, and the trigger itself
     is left out of them. Otherwise (a ``query`` request) candidates are always
     read. Candidates are the session's text-bearing events (``seq <=
-    upto_seq``, up to ``candidates_limit``) and, for ``user_id``, up to
-    ``other_sessions_limit`` of those of the user's other active sessions,
-    newest first. ``actions_limit`` > 0 reads that many latest actions.
+    upto_seq``, up to ``candidates_limit``), newest first. ``actions_limit`` >
+    0 reads that many latest actions.
     """
     sid = _as_uuid(session_id)
     trigger_seq: int | None = None
@@ -208,15 +211,9 @@ def inference_inputs_get(
             want_candidates = bool(trigger_text)
     candidates: list[dict[str, Any]] = []
     if want_candidates:
-        candidates = _retrieval_candidates(
-            sid=sid,
-            upto_seq=upto_seq,
-            user_id=user_id,
-            limit=candidates_limit,
-            other_sessions_limit=other_sessions_limit,
-        )
+        candidates = _retrieval_candidates(sid=sid, upto_seq=upto_seq, limit=candidates_limit)
         if trigger_seq is not None:
-            candidates = [c for c in candidates if not (c["same_session"] and c["seq"] == trigger_seq)]
+            candidates = [c for c in candidates if c["seq"] != trigger_seq]
     actions = _recent_actions(sid=sid, upto_seq=upto_seq, limit=actions_limit) if actions_limit > 0 else []
     return InferenceInputs(
         trigger_seq=trigger_seq,
@@ -226,9 +223,7 @@ def inference_inputs_get(
     )
 
 
-def _retrieval_candidates(
-    *, sid: uuid.UUID, upto_seq: int | None, user_id: Any, limit: int, other_sessions_limit: int
-) -> list[dict[str, Any]]:
+def _retrieval_candidates(*, sid: uuid.UUID, upto_seq: int | None, limit: int) -> list[dict[str, Any]]:
     own = ContextEvent.objects.filter(session_id=sid).exclude(event_type=ContextEvent.EventType.USER_ACTION)
     if upto_seq is not None:
         own = own.filter(seq__lte=upto_seq)
@@ -239,30 +234,6 @@ def _retrieval_candidates(
             rows.append(
                 {"session_id": str(sid), "seq": seq, "text": text, "event_type": event_type, "same_session": True}
             )
-    if user_id is not None and other_sessions_limit > 0:
-        other_ids = (
-            Participant.objects.filter(user_id=user_id, left_at__isnull=True)
-            .exclude(session_id=sid)
-            .values("session_id")
-        )
-        others = (
-            ContextEvent.objects.filter(session_id__in=other_ids)
-            .exclude(event_type=ContextEvent.EventType.USER_ACTION)
-            .order_by("-created_at")
-            .values_list("session_id", "seq", "event_type", "data")[:other_sessions_limit]
-        )
-        for other_sid, seq, event_type, data in others:
-            text = context_event_text(event_type, data)
-            if text:
-                rows.append(
-                    {
-                        "session_id": str(other_sid),
-                        "seq": seq,
-                        "text": text,
-                        "event_type": event_type,
-                        "same_session": False,
-                    }
-                )
     return rows
 
 

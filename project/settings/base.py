@@ -209,6 +209,11 @@ AI_MAX_DELAY_MS = env.get_float("AI_MAX_DELAY_MS", 10.0)
 AI_TORCH_THREADS = env.get_int("AI_TORCH_THREADS", 1)
 # Load and warm the model when a realtime worker starts (false: on first use).
 AI_WARM_ON_START = env.get_bool("AI_WARM_ON_START", True)
+# The shared next-action vocabulary (tenant isolation, docs/architecture.md):
+# a name is learned and offered to other sessions only once this many distinct
+# users performed it, and at most AI_NEXT_ACTION_VOCAB_MAX names are kept.
+AI_NEXT_ACTION_MIN_USERS = env.get_int("AI_NEXT_ACTION_MIN_USERS", 3)
+AI_NEXT_ACTION_VOCAB_MAX = env.get_int("AI_NEXT_ACTION_VOCAB_MAX", 1000)
 
 # --- Batch jobs (apps/batch; defaults of the job parameters beat sends) ----
 # An open session with no activity for this long is closed by session_expiry.

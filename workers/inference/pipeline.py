@@ -1,8 +1,8 @@
 """What ``ai.generate_suggestions`` does with one request, between claim and complete.
 
 - ``auto`` requests (context updates): ``related_context`` from the text of the
-  trigger event against the session's earlier events and the user's other
-  sessions, plus ``next_action`` from the session's recent ``user_action``s.
+  trigger event against the session's earlier events, plus ``next_action``
+  from the session's recent ``user_action``s.
 - ``query`` requests: ``query`` suggestions, the session's events closest to
   the question.
 
@@ -11,7 +11,12 @@ product); candidate texts are usually already embedded (content-hash cache),
 so a request normally sends one new text through the batcher.
 
 Everything the pipeline reads from the session (trigger text, candidates,
-recent actions) comes from one context selector, ``inference_inputs_get``.
+recent actions) comes from one context selector, ``inference_inputs_get``,
+and only from the request's own session: suggestions are shown to every
+participant of that session, so they may hold only what all of them may read
+(tenant isolation, docs/architecture.md). A coalesced request stands for
+several participants' updates, and its ``requested_by`` is just the first of
+them, so nothing here depends on who asked.
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from apps.ai import selectors as ai_selectors
 from apps.ai import services as ai_services
 from apps.ai.models import InferenceRequest, SuggestionKind
 from apps.context import selectors as context_selectors
 from workers.inference.embeddings import embed_texts
-from workers.inference.predictors import current_predictor
+from workers.inference.predictors import allowed_actions, current_predictor
 from workers.inference.runtime import runtime
 
 logger = logging.getLogger(__name__)
@@ -39,11 +45,13 @@ NEXT_ACTION_TOP_K = 3
 # English sentence pairs score about 0.0-0.15), so they are not suggested.
 MIN_SIMILARITY = 0.2
 SNIPPET_CHARS = 280
+# The predictor is asked for this many names, so that after dropping those the
+# session may not be offered (``allowed_actions``) NEXT_ACTION_TOP_K remain.
+NEXT_ACTION_CANDIDATES = 24
 # How many of the latest actions are named as the source of a next-action guess.
 ACTION_SOURCE_SEQS = 3
-# How much of the session (and of the user's other sessions) a request reads.
+# How much of the session a request reads.
 CANDIDATES_LIMIT = 200
-OTHER_SESSIONS_LIMIT = 200
 RECENT_ACTIONS_LIMIT = 20
 
 
@@ -112,12 +120,15 @@ def _next_actions(actions: Sequence[tuple[int, str]]) -> tuple[list[ai_services.
         return [], "", 0
     predictor, label = current_predictor()
     names = [name for _, name in actions]
-    ranked = predictor.predict(names, NEXT_ACTION_TOP_K)
+    # Tenant isolation: only the shared vocabulary and this session's own names.
+    allowed = allowed_actions(session_actions=names)
+    ranked = [(a, p) for a, p in predictor.predict(names, NEXT_ACTION_CANDIDATES) if a in allowed][:NEXT_ACTION_TOP_K]
     sources = [seq for seq, _ in actions[-ACTION_SOURCE_SEQS:]]
     drafts = [
         ai_services.SuggestionDraft(
             kind=SuggestionKind.NEXT_ACTION,
-            content={"action": action, "after": names[-1]},
+            # "after" is the session's own latest action, cut to a name's length.
+            content={"action": action, "after": names[-1][: ai_selectors.ACTION_NAME_MAX_CHARS]},
             score=round(float(probability), 4),
             source_seqs=sources,
         )
@@ -127,15 +138,13 @@ def _next_actions(actions: Sequence[tuple[int, str]]) -> tuple[list[ai_services.
 
 
 def _inputs(request: InferenceRequest) -> context_selectors.InferenceInputs:
-    """The session's side of the request: a query searches its own session only, reads no trigger or actions."""
+    """The request's own session, nothing else; a query reads no trigger or actions."""
     is_query = request.kind == InferenceRequest.Kind.QUERY
     return context_selectors.inference_inputs_get(
         session_id=request.session_id,
         upto_seq=request.trigger_seq,
         from_trigger=not is_query,
-        user_id=None if is_query else request.requested_by_id,
         candidates_limit=CANDIDATES_LIMIT,
-        other_sessions_limit=0 if is_query else OTHER_SESSIONS_LIMIT,
         actions_limit=0 if is_query else RECENT_ACTIONS_LIMIT,
     )
 

@@ -8,8 +8,16 @@ finishes with it (the object stays alive while referenced), so promotion and
 rollback need no restart and drop no request.
 
 Without a promoted version (or when its artifact fails to load) the frequency
-baseline answers, fitted from recent ``user_action`` sequences and refitted
-every ``BASELINE_REFRESH_S``.
+baseline answers, fitted from recent ``user_action`` sequences (valid names
+only) and refitted every ``BASELINE_REFRESH_S``.
+
+Whatever answers, a session is offered only names it may see
+(``allowed_actions``): the shared vocabulary (names performed by at least
+``AI_NEXT_ACTION_MIN_USERS`` distinct users, ``apps.batch.selectors.
+next_action_vocabulary``, re-read every ``BASELINE_REFRESH_S``) plus the
+valid names already in that session's own recent actions. A model promoted
+before the vocabulary rule, or a baseline fitted on everyone's sessions,
+therefore cannot put one user's name in another user's suggestions.
 """
 
 from __future__ import annotations
@@ -17,9 +25,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any, Protocol
 
+from django.conf import settings
+
 from apps.ai import selectors as ai_selectors
+from apps.batch import selectors as batch_selectors
 from workers.inference.next_action import FrequencyBaseline, load_predictor
 
 logger = logging.getLogger(__name__)
@@ -46,7 +58,21 @@ class PredictorHolder:
         self._failed_id: Any = None
         self._baseline: FrequencyBaseline | None = None
         self._baseline_at = 0.0
+        self._vocabulary: frozenset[str] | None = None
+        self._vocabulary_at = 0.0
         self.reloads = 0
+
+    def vocabulary(self) -> frozenset[str]:
+        """The shared next-action vocabulary, re-read at most every ``BASELINE_REFRESH_S``."""
+        now = time.monotonic()
+        if self._vocabulary is None or now - self._vocabulary_at > BASELINE_REFRESH_S:
+            with self._lock:
+                if self._vocabulary is None or now - self._vocabulary_at > BASELINE_REFRESH_S:
+                    self._vocabulary = batch_selectors.next_action_vocabulary(
+                        min_users=settings.AI_NEXT_ACTION_MIN_USERS, max_names=settings.AI_NEXT_ACTION_VOCAB_MAX
+                    )
+                    self._vocabulary_at = now
+        return self._vocabulary
 
     def _baseline_predictor(self) -> tuple[Predictor, str]:
         now = time.monotonic()
@@ -89,7 +115,7 @@ _holder: PredictorHolder | None = None
 _holder_lock = threading.Lock()
 
 
-def current_predictor(*, device: str | None = None) -> tuple[Predictor, str]:
+def _current_holder(device: str | None = None) -> PredictorHolder:
     global _holder
     if _holder is None:
         with _holder_lock:
@@ -99,7 +125,17 @@ def current_predictor(*, device: str | None = None) -> tuple[Predictor, str]:
 
                     device = resolve_device()
                 _holder = PredictorHolder(device=device)
-    return _holder.current()
+    return _holder
+
+
+def current_predictor(*, device: str | None = None) -> tuple[Predictor, str]:
+    return _current_holder(device).current()
+
+
+def allowed_actions(*, session_actions: Iterable[str]) -> frozenset[str]:
+    """The names a session may be offered: the shared vocabulary plus its own valid names."""
+    own = {name for name in session_actions if ai_selectors.action_name_valid(name)}
+    return _current_holder().vocabulary() | own
 
 
 def predictor_reset() -> None:

@@ -5,6 +5,12 @@ every accepted ``next_action`` suggestion as an extra (recent actions ->
 accepted action) example, weighted ``feedback_weight`` times: an accepted
 suggestion is a user telling us the answer.
 
+Tenants: the model is shared by every session, so it learns only names of the
+shared vocabulary (``apps.batch.selectors.next_action_vocabulary``: valid
+identifiers performed by at least ``AI_NEXT_ACTION_MIN_USERS`` distinct users,
+at most ``AI_NEXT_ACTION_VOCAB_MAX``); every other name is left out of the
+sequences before training, so the artifact cannot hold or offer it.
+
 Split: by session (crc32 of the id), so no held-out session leaks into
 training. Evaluation: top-1 and top-k accuracy over every (prefix, next) pair
 of the held-out sessions, for the candidate, the frequency baseline fitted on
@@ -71,12 +77,15 @@ def _accuracy(predictor: Any, pairs: list[tuple[list[str], str]], k: int) -> tup
 
 def train_next_action(*, config: TrainingConfig) -> dict[str, Any]:
     """Run one training round; returns the metrics and the registered version (id, label, promoted)."""
+    from django.conf import settings
+
     from apps.ai import selectors as ai_selectors
     from apps.ai import services as ai_services
     from apps.batch import selectors as batch_selectors
     from workers.inference.next_action import (
         DEFAULT_CONTEXT,
         FrequencyBaseline,
+        Vocab,
         load_predictor,
         save_artifact,
         train_model,
@@ -88,8 +97,11 @@ def train_next_action(*, config: TrainingConfig) -> dict[str, Any]:
 
         torch.set_num_threads(config.threads)
     started = time.perf_counter()
-    sessions = batch_selectors.action_sequences_by_session(max_sessions=config.max_sessions)
-    feedback = batch_selectors.accepted_next_action_examples(context=DEFAULT_CONTEXT)
+    vocabulary = batch_selectors.next_action_vocabulary(
+        min_users=settings.AI_NEXT_ACTION_MIN_USERS, max_names=settings.AI_NEXT_ACTION_VOCAB_MAX
+    )
+    sessions = batch_selectors.action_sequences_by_session(max_sessions=config.max_sessions, vocabulary=vocabulary)
+    feedback = batch_selectors.accepted_next_action_examples(context=DEFAULT_CONTEXT, vocabulary=vocabulary)
     load_s = time.perf_counter() - started
     train_seqs = [actions for sid, actions in sessions if not in_eval_split(sid, config.eval_percent)]
     eval_seqs = [actions for sid, actions in sessions if in_eval_split(sid, config.eval_percent)]
@@ -106,6 +118,7 @@ def train_next_action(*, config: TrainingConfig) -> dict[str, Any]:
         "eval_sessions": len(eval_seqs),
         "eval_pairs": len(eval_pairs),
         "feedback_examples": len(feedback),
+        "vocabulary": len(vocabulary),
         "config": {k: v for k, v in config.__dict__.items()},
     }
     if not train_seqs:
@@ -115,6 +128,7 @@ def train_next_action(*, config: TrainingConfig) -> dict[str, Any]:
     fit_started = time.perf_counter()
     model, vocab = train_model(
         train_seqs + feedback_seqs,
+        vocab=Vocab(sorted(vocabulary)),
         epochs=config.epochs,
         lr=config.lr,
         batch_size=config.batch_size,

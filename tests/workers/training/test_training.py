@@ -71,7 +71,7 @@ def test_training_beats_the_baseline_and_only_a_better_model_is_promoted(db):
 
 
 def test_too_little_data_is_registered_but_not_promoted(db):
-    training_data_generate(config=SyntheticConfig(sessions=4, min_actions=5, max_actions=6, seed=1), users=1)
+    training_data_generate(config=SyntheticConfig(sessions=12, min_actions=5, max_actions=6, seed=1), users=3)
     run = job_execute(name="train_next_action", params={**TRAIN, "epochs": 1, "min_eval_pairs": 1000})
     assert run.result["promoted"] is False
     assert "held-out pairs" in run.result["metrics"]["decision"]
