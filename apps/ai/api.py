@@ -10,6 +10,7 @@ from __future__ import annotations
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
+from rest_framework.exceptions import Throttled
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -105,9 +106,13 @@ class SuggestionRequestApi(APIView):
     def post(self, request: Request, session_id: str) -> Response:
         body = SuggestionRequestApi.InputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        inference = services.inference_request_create_query(
-            session_id=session_id, user=request.user, query=body.validated_data["query"]
-        )
+        try:
+            inference = services.inference_request_create_query(
+                session_id=session_id, user=request.user, query=body.validated_data["query"]
+            )
+        except services.AiQuotaExceeded as exc:
+            # DRF's Throttled is what carries Retry-After through the one REST error mapping.
+            raise Throttled(wait=exc.retry_after) from exc
         return Response(
             {"id": str(inference.id), "status": inference.status, "kind": inference.kind, "query": inference.query},
             status=status.HTTP_202_ACCEPTED,

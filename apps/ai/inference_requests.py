@@ -28,6 +28,7 @@ from django.utils import timezone
 
 from apps.ai import push, selectors
 from apps.ai.models import InferenceRequest, Suggestion
+from apps.ai.quotas import ai_query_quota_take
 from apps.common.exceptions import ValidationFailed
 from apps.common.logging import get_correlation_id
 from apps.context import selectors as context_selectors
@@ -133,7 +134,13 @@ def inference_request_trigger(
 
 
 def inference_request_create_query(*, session_id: Any, user: AbstractBaseUser, query: Any) -> InferenceRequest:
-    """An explicit question: a ``query`` request over the session (never coalesced)."""
+    """An explicit question: a ``query`` request over the session.
+
+    The same question (same session, same text) while one is still pending is
+    answered by that one: it is returned, and no second task is sent. A new
+    question counts against the asker's and the session's quota
+    (``ai_query_quota_take``; ``AiQuotaExceeded``, 429, when over).
+    """
     if not isinstance(query, str) or not query.strip():
         raise ValidationFailed("A non-empty query is required.", details={"query": ["This field is required."]})
     if len(query) > QUERY_MAX_CHARS:
@@ -145,19 +152,35 @@ def inference_request_create_query(*, session_id: Any, user: AbstractBaseUser, q
     if "\x00" in query:
         raise ValidationFailed("The query contains a NUL character.", details={"query": ["Invalid character."]})
     session = context_selectors.session_get_for_user(session_id=session_id, user=user)
+    text = query.strip()
+    pending = InferenceRequest.objects.filter(
+        session=session, kind=InferenceRequest.Kind.QUERY, status=InferenceRequest.Status.PENDING, query=text
+    )
+    existing = pending.first()
+    if existing is not None:
+        return existing
+    ai_query_quota_take(user_id=user.pk, session_id=session.pk)
     now = timezone.now()
-    with transaction.atomic():
-        request = InferenceRequest.objects.create(
-            session=session,
-            requested_by=user,
-            trigger_seq=context_selectors.session_last_seq(session_id=session.pk),
-            kind=InferenceRequest.Kind.QUERY,
-            query=query.strip(),
-            correlation_id=(get_correlation_id() or "")[:64],
-            queued_at=now,
-        )
-        _enqueue(request)
-        transaction.on_commit(lambda: push.presence_ai_state(session_id=session.pk, state="queued"))
+    try:
+        with transaction.atomic():
+            request = InferenceRequest.objects.create(
+                session=session,
+                requested_by=user,
+                trigger_seq=context_selectors.session_last_seq(session_id=session.pk),
+                kind=InferenceRequest.Kind.QUERY,
+                query=text,
+                correlation_id=(get_correlation_id() or "")[:64],
+                queued_at=now,
+            )
+            _enqueue(request)
+            transaction.on_commit(lambda: push.presence_ai_state(session_id=session.pk, state="queued"))
+    except IntegrityError:
+        # The same question was created concurrently (the partial unique
+        # constraint made us wait for it): answer with that one.
+        existing = pending.first()
+        if existing is None:
+            raise
+        return existing
     return request
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
+from django.db.models.functions import MD5
 
 from apps.common.models import BaseModel
 
@@ -66,6 +67,12 @@ class InferenceRequest(BaseModel):
                 fields=["session"],
                 condition=Q(status="pending", kind="auto"),
                 name="ai_one_pending_auto_request_per_session",
+            ),
+            models.UniqueConstraint(
+                F("session"),
+                MD5("query"),
+                condition=Q(status="pending", kind="query"),
+                name="ai_one_pending_query_per_session_text",
             ),
         ]
         indexes = [models.Index(fields=["session", "-created_at"])]

@@ -32,6 +32,7 @@ from apps.ai.inference_requests import (
     outbox_event,
 )
 from apps.ai.models import Embedding, ModelVersion, SuggestionFeedback, SuggestionKind
+from apps.ai.quotas import AiQuotaExceeded, ai_query_quota_take
 from apps.common.exceptions import NotFound, ValidationFailed
 from apps.common.logging import get_correlation_id
 
@@ -182,8 +183,10 @@ __all__ = [
     "QUERY_MAX_CHARS",
     "TASK_NAME",
     "TASK_QUEUE",
+    "AiQuotaExceeded",
     "SuggestionDraft",
     "SuggestionKind",
+    "ai_query_quota_take",
     "embedding_store_many",
     "inference_request_claim",
     "inference_request_complete",

@@ -171,6 +171,11 @@ REST_FRAMEWORK = {
         "ip": env.get_str("THROTTLE_IP_RATE", "12000/min"),
         "login": env.get_str("THROTTLE_LOGIN_RATE", "10/min"),
         "dead_letter_replay": env.get_str("THROTTLE_REPLAY_RATE", "30/min"),
+        # New AI queries (POST sessions/{id}/suggestions/), per asker and per
+        # session: 5/s sustained per person is far above interactive use, and a
+        # flood of distinct questions stops there (identical pending ones merge).
+        "ai_query_user": env.get_str("THROTTLE_AI_QUERY_USER_RATE", "300/min"),
+        "ai_query_session": env.get_str("THROTTLE_AI_QUERY_SESSION_RATE", "600/min"),
     },
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
     # Trusted proxies in front of the web processes (HAProxy: 1); 0 trusts no
