@@ -19,9 +19,12 @@ change is seen within ``AUTH_CACHE_TTL``.
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import AuthenticationFailed
@@ -34,8 +37,19 @@ AUTH_CACHE_TTL = 30.0
 _MAX_KEY_LENGTH = 64  # DRF keys are 40 characters; longer is never worth a lookup
 
 
+def token_digest(key: str) -> str:
+    """A token's SHA-256: how it is named anywhere but its own row (cache keys, revocation pushes)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def token_expired(token: Token) -> bool:
+    """Past ``API_TOKEN_TTL_S`` since it was issued (or rotated); 0 means tokens never expire."""
+    ttl = settings.API_TOKEN_TTL_S
+    return ttl > 0 and token.created <= timezone.now() - timedelta(seconds=ttl)
+
+
 def token_cache_key(key: str) -> str:
-    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    digest = token_digest(key)
     version = model_fingerprint(Token) + model_fingerprint(get_user_model())
     return cache_key("auth.token", digest, version=version)
 
@@ -62,6 +76,9 @@ class CachedTokenAuthentication(TokenAuthentication):
         user, token = found
         if not user.is_active:
             raise AuthenticationFailed("User inactive or deleted.")
+        if token_expired(token):
+            # The cached pair carries ``created``: expiry needs no invalidation.
+            raise AuthenticationFailed("Token expired.")
         return user, token
 
 

@@ -3,6 +3,10 @@
 ``seq`` is never editable: it is handed out by ``context_event_append`` under
 the session row lock, and an admin edit would break the gap-free order.
 Events are therefore read-only here; write them through the API.
+
+Edits of sessions and participants go through the services, as the API's do:
+the outbox events are written, the caches invalidated, open sockets told
+(``session`` frames) and a removed participant's sockets closed (4404).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
+from apps.context import services
 from apps.context.models import ContextEvent, IdempotencyKey, Participant, Session, UserPreference
 
 
@@ -61,6 +66,41 @@ class SessionAdmin(admin.ModelAdmin):
     list_select_related = ("owner",)
     inlines = [ParticipantInline, ContextEventInline]
 
+    def save_model(self, request: HttpRequest, obj: Session, form: Any, change: bool) -> None:
+        if change:
+            services.session_save_by_admin(session=obj, changed_fields=form.changed_data)
+        else:
+            super().save_model(request, obj, form, change)
+
+    def delete_model(self, request: HttpRequest, obj: Session) -> None:
+        services.session_delete_by_admin(session_id=obj.pk)
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        for session_id in list(queryset.values_list("pk", flat=True)):
+            services.session_delete_by_admin(session_id=session_id)
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        if formset.model is not Participant:
+            return super().save_formset(request, form, formset, change)
+        instances = formset.save(commit=False)
+        for removed in formset.deleted_objects:
+            services.participant_evict(participant_id=removed.pk, actor=request.user)
+        for participant in instances:
+            _participant_save(participant)
+        formset.save_m2m()
+        return None
+
+
+def _participant_save(participant: Participant) -> None:
+    """An admin edit of one participant row: ``left_at`` set means removed (through the service)."""
+    if participant.pk is not None and participant.left_at is not None:
+        was_active = Participant.objects.filter(pk=participant.pk, left_at__isnull=True).exists()
+        if was_active:
+            services.participant_evict(participant_id=participant.pk)
+            return
+    participant.save()
+    services.participant_caches_invalidate(session_id=participant.session_id)
+
 
 @admin.register(Participant)
 class ParticipantAdmin(admin.ModelAdmin):
@@ -69,6 +109,19 @@ class ParticipantAdmin(admin.ModelAdmin):
     search_fields = ("user__username", "session__title", "=session__id")
     autocomplete_fields = ("user", "session")
     list_select_related = ("user", "session")
+
+    def save_model(self, request: HttpRequest, obj: Participant, form: Any, change: bool) -> None:
+        _participant_save(obj)
+
+    def delete_model(self, request: HttpRequest, obj: Participant) -> None:
+        services.participant_evict(participant_id=obj.pk, actor=request.user)
+        # The row goes too, as the admin asked; its leaving was recorded first.
+        Participant.objects.filter(pk=obj.pk).delete()
+        services.participant_caches_invalidate(session_id=obj.session_id)
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        for participant in list(queryset):
+            self.delete_model(request, participant)
 
 
 @admin.register(ContextEvent)

@@ -20,6 +20,9 @@ class ContextHooks:
     events_appended: Callable[..., None] | None = None
     # session_message(session_id=, message={...}): realtime's session_broadcast (presence frames).
     session_message: Callable[..., None] | None = None
+    # access_revoked(user_id=, session_id=, reason=): realtime's session_access_revoke, which
+    # closes that user's sockets on that session (session_id None: on every session).
+    access_revoked: Callable[..., None] | None = None
 
     def after_commit_events(self, *, session_id: Any, events: list[dict[str, Any]]) -> None:
         if self.events_appended is not None:
@@ -28,6 +31,10 @@ class ContextHooks:
     def after_commit_message(self, *, session_id: Any, message: dict[str, Any]) -> None:
         if self.session_message is not None:
             self.session_message(session_id=session_id, message=message)
+
+    def after_commit_access_revoked(self, *, user_id: Any, session_id: Any, reason: str) -> None:
+        if self.access_revoked is not None:
+            self.access_revoked(user_id=user_id, session_id=session_id, reason=reason)
 
 
 hooks = ContextHooks()

@@ -2,6 +2,11 @@
 
 Every function is keyword-only, runs in one transaction, and does its side
 effects (broadcasts, publishes) only after commit.
+
+Long on purpose: every write of the domain (sessions, participants, events,
+preferences), the API's and the admin's, shares the private helpers that emit
+the events, drop the caches and tell open sockets; split apart, an edge could
+again write without them.
 """
 
 from __future__ import annotations
@@ -94,7 +99,36 @@ def session_update(
         if metadata is not None:
             session.metadata = metadata
         session.save()
-        cache_invalidate_tags(tags=[session_cache_tag(session.pk)])  # now and again after commit
+        _after_session_changed(session)
+    return session
+
+
+def _after_session_changed(session: Session) -> None:
+    cache_invalidate_tags(tags=[session_cache_tag(session.pk)])  # now and again after commit
+    # Open sockets learn the new title and state live (closed: writes now answer session_closed).
+    changed = {
+        "type": "session",
+        "event": "closed" if session.state == Session.State.CLOSED else "updated",
+        "session": {"id": str(session.pk), "title": session.title, "state": session.state},
+    }
+    transaction.on_commit(lambda: hooks.after_commit_message(session_id=session.pk, message=changed))
+
+
+def session_save_by_admin(*, session: Session, changed_fields: Sequence[str]) -> Session:
+    """An admin edit of a session (title, metadata, state): saved with the same side effects as the API."""
+    with transaction.atomic():
+        was = Session.objects.select_for_update().filter(pk=session.pk).values("state").first()
+        if was is not None and "state" in changed_fields and session.state != was["state"]:
+            session.closed_at = timezone.now() if session.state == Session.State.CLOSED else None
+            if session.state == Session.State.CLOSED:
+                outbox_event_add(
+                    event_type="session.closed",
+                    session_id=session.pk,
+                    user_id=None,
+                    data={"closed_at": session.closed_at},
+                )
+        session.save()
+        _after_session_changed(session)
     return session
 
 
@@ -129,7 +163,23 @@ def session_delete(*, session: Session, actor: AbstractBaseUser) -> None:
             raise PermissionDenied("Only the owner can delete the session.")
         session_pk = session.pk
         session.delete()
-        cache_invalidate_tags(tags=[session_cache_tag(session_pk)])
+        _after_session_deleted(session_pk)
+
+
+def session_delete_by_admin(*, session_id: Any) -> bool:
+    """Delete a session without the owner check (admin); the same cache drops and socket closes."""
+    with transaction.atomic():
+        deleted, _ = Session.objects.filter(pk=session_id).delete()
+        if deleted:
+            _after_session_deleted(session_id)
+    return bool(deleted)
+
+
+def _after_session_deleted(session_pk: Any) -> None:
+    cache_invalidate_tags(tags=[session_cache_tag(session_pk), participants_cache_tag(session_pk)])
+    # Every open socket on it hears why, then closes (4404).
+    gone = {"type": "session", "event": "deleted", "session": {"id": str(session_pk)}}
+    transaction.on_commit(lambda: hooks.after_commit_message(session_id=session_pk, message=gone))
 
 
 def participant_add(*, session: Session, actor: AbstractBaseUser, username: str, role: str) -> Participant:
@@ -181,21 +231,56 @@ def participant_remove(*, session: Session, actor: AbstractBaseUser, username: s
             raise PermissionDenied("Only the owner can remove other participants.")
         if participant.role == Participant.Role.OWNER:
             raise Conflict("The owner cannot leave the session; close or delete it instead.", code="owner_cannot_leave")
-        participant.left_at = timezone.now()
-        participant.save(update_fields=["left_at", "updated_at"])
-        # The removed user must lose access once this commits, in every process.
-        cache_invalidate_tags(tags=[participants_cache_tag(session.pk)])
-        cache_invalidate_keys(keys=[snapshot_cache_key(session.pk)])
-        outbox_event_add(
-            event_type="participant.left",
-            session_id=session.pk,
-            user_id=actor.pk,
-            data={"participant_user_id": participant.user_id, "username": username, "removed": not is_self},
-        )
-        # The removed user's live WebSockets close (4404) when this frame reaches them.
-        removed = {"type": "presence", "event": "removed", "user": username, "state": None}
-        transaction.on_commit(lambda: hooks.after_commit_message(session_id=session.pk, message=removed))
+        _participant_leave(participant=participant, actor_id=actor.pk, removed=not is_self)
     return participant
+
+
+def participant_evict(*, participant_id: Any, actor: AbstractBaseUser | None = None) -> Participant | None:
+    """Remove a participant without the owner check (admin, operators); None if already gone.
+
+    The same writes, events and socket closes as ``participant_remove``.
+    """
+    with transaction.atomic():
+        participant = (
+            Participant.objects.select_for_update()
+            .select_related("user")
+            .filter(pk=participant_id, left_at__isnull=True)
+            .first()
+        )
+        if participant is None:
+            return None
+        _participant_leave(participant=participant, actor_id=getattr(actor, "pk", None), removed=True)
+    return participant
+
+
+def participant_caches_invalidate(*, session_id: Any) -> None:
+    """Drop a session's cached membership (after an edit outside the services above: admin)."""
+    cache_invalidate_tags(tags=[participants_cache_tag(session_id)])
+    cache_invalidate_keys(keys=[snapshot_cache_key(session_id)])
+
+
+def _participant_leave(*, participant: Participant, actor_id: Any, removed: bool) -> None:
+    """Mark ``participant`` (locked by the caller) as left; caches, event and sockets follow."""
+    session_pk = participant.session_id
+    user_id = participant.user_id
+    username = participant.user.get_username()
+    participant.left_at = timezone.now()
+    participant.save(update_fields=["left_at", "updated_at"])
+    # The removed user must lose access once this commits, in every process.
+    cache_invalidate_tags(tags=[participants_cache_tag(session_pk)])
+    cache_invalidate_keys(keys=[snapshot_cache_key(session_pk)])
+    outbox_event_add(
+        event_type="participant.left",
+        session_id=session_pk,
+        user_id=actor_id,
+        data={"participant_user_id": user_id, "username": username, "removed": removed},
+    )
+    left = {"type": "presence", "event": "removed", "user": username, "state": None}
+    transaction.on_commit(lambda: hooks.after_commit_message(session_id=session_pk, message=left))
+    # The user's own sockets on this session close (4404), through their per-user group.
+    transaction.on_commit(
+        lambda: hooks.after_commit_access_revoked(user_id=user_id, session_id=session_pk, reason="removed")
+    )
 
 
 def _validate_event_inputs(events: Sequence[EventInput]) -> None:

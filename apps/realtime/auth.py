@@ -17,7 +17,8 @@ from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
-from rest_framework.authtoken.models import Token
+
+from apps.caching.auth import auth_token_get, token_expired
 
 SUBPROTOCOL = "context-engine"
 TOKEN_SUBPROTOCOL_PREFIX = "token."  # noqa: S105 - a subprotocol prefix, not a password
@@ -55,20 +56,23 @@ def origin_allowed(scope: dict[str, Any]) -> bool:
 
 @database_sync_to_async
 def _user_for_token(key: str) -> Any:
-    # Token keys are 40 hex characters; anything longer is not worth a query.
-    if len(key) > 64:
+    # The same cached lookup and checks as REST (apps/caching/auth.py): revoked,
+    # expired and inactive are refused alike.
+    found = auth_token_get(key=key)
+    if found is None or not found[0].is_active or token_expired(found[1]):
         return AnonymousUser()
-    token = Token.objects.select_related("user").filter(key=key).first()
-    if token is None or not token.user.is_active:
-        return AnonymousUser()
-    return token.user
+    return found[0]
 
 
 class TokenAuthMiddleware(BaseMiddleware):
-    """Puts ``scope["user"]`` (AnonymousUser without a valid token); the consumer refuses."""
+    """Puts ``scope["user"]`` (AnonymousUser without a valid token) and ``scope["token_key"]``; the consumer refuses.
+
+    The consumer keeps the key to re-check it while the socket is open (apps/realtime/revocation.py).
+    """
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         scope = dict(scope)
         key = token_from_scope(scope)
         scope["user"] = await _user_for_token(key) if key else AnonymousUser()
+        scope["token_key"] = key if scope["user"].is_authenticated else None
         return await super().__call__(scope, receive, send)

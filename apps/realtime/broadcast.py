@@ -41,6 +41,38 @@ def session_group_name(session_id: Any) -> str:
     return f"session.{session_id}"
 
 
+def user_group_name(user_id: Any) -> str:
+    """The channel-layer group of every socket one user holds, on any session (revocation)."""
+    return f"user.{user_id}"
+
+
+# The handler name on SessionConsumer ("access.revoked" -> access_revoked).
+ACCESS_REVOKED_TYPE = "access.revoked"
+
+
+def access_revoke(*, user_id: Any, reason: str, session_id: Any = None, token_digest: str | None = None) -> None:
+    """Close the user's sockets (on ``session_id`` only, or with ``token_digest`` only, if given). Sync; after commit.
+
+    At most once like every push; each socket also re-checks its access on the
+    frames it serves and on its heartbeat, which catches a lost push.
+    """
+    message = {
+        "type": ACCESS_REVOKED_TYPE,
+        "reason": reason,
+        "session_id": None if session_id is None else str(session_id),
+        "token": token_digest,
+    }
+    try:
+        async_to_sync(get_channel_layer().group_send)(user_group_name(user_id), message)
+    except Exception:
+        logger.warning("revocation push dropped", exc_info=True, extra={"user_id": user_id, "reason": reason})
+
+
+def session_access_revoke(*, user_id: Any, session_id: Any, reason: str) -> None:
+    """The context hook ``access_revoked``: one user loses one session."""
+    access_revoke(user_id=user_id, session_id=session_id, reason=reason)
+
+
 def _group_message(message: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ValueError("A broadcast message is a dict with a string 'type'.")

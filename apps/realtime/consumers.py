@@ -22,22 +22,23 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
+from apps.caching.auth import token_digest
 from apps.common.exceptions import ApplicationError, NotFound, ValidationFailed
 from apps.common.logging import correlation_id, correlation_id_accept, set_correlation_id
 from apps.common.metrics import WS_CONNECTIONS, WS_MESSAGES
 from apps.context import selectors as context_selectors
 from apps.context import services as context_services
 from apps.context.validation import CLIENT_MSG_ID_MAX, event_input_from_frame
-from apps.realtime import presence
+from apps.realtime import presence, revocation
 from apps.realtime.auth import origin_allowed, selected_subprotocol
-from apps.realtime.broadcast import session_broadcast_async, session_group_name
+from apps.realtime.broadcast import session_broadcast_async, session_group_name, user_group_name
 from apps.realtime.limits import StrikeCounter, TokenBucket
 
 logger = logging.getLogger(__name__)
 
-CLOSE_UNAUTHENTICATED = 4401
+CLOSE_UNAUTHENTICATED = revocation.CLOSE_UNAUTHENTICATED
 CLOSE_FORBIDDEN = 4403
-CLOSE_NOT_FOUND = 4404
+CLOSE_NOT_FOUND = revocation.CLOSE_NOT_FOUND
 CLOSE_RATE_LIMITED = 4429
 CLOSE_TRY_AGAIN = 1013
 
@@ -82,6 +83,7 @@ def _last_seq(*, session_id: Any) -> int:
 
 
 membership_get = database_sync_to_async(_membership)
+access_problem_get = database_sync_to_async(revocation.access_problem)
 event_append = database_sync_to_async(_append)
 events_between = database_sync_to_async(_events_between)
 last_seq_get = database_sync_to_async(_last_seq)
@@ -105,6 +107,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
     _registered: bool = False
     _cleaned: bool = False
     _counted: bool = False  # counted in WS_CONNECTIONS (accepted and registered)
+    _access_checked_at: float = 0.0  # monotonic time of the last access re-check that passed
+    _token_key: str | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -121,6 +125,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.session_id = str(self.scope["url_route"]["kwargs"]["session_id"])
         self.user = self.scope.get("user")
+        self._token_key = self.scope.get("token_key")
         subprotocol = selected_subprotocol(self.scope)
         if not origin_allowed(self.scope):
             return await self._refuse(CLOSE_FORBIDDEN, subprotocol)
@@ -134,6 +139,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         self.username = membership.username
         self.session_id = str(membership.session.pk)
         self.group = session_group_name(self.session_id)
+        self.user_group = user_group_name(self.user.pk)
         self.bucket = TokenBucket(rate=settings.WS_RATE_PER_SECOND, burst=settings.WS_RATE_BURST)
         self.strikes = StrikeCounter(limit=settings.WS_RATE_STRIKES)
         self.typing_sent_at = 0.0
@@ -145,6 +151,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
             # arrives live; one committed before it has seq <= last_seq and its
             # live copy is dropped. Nothing is lost, nothing doubled.
             await self.channel_layer.group_add(self.group, self.channel_name)
+            # Revocations (token, user, membership) are pushed to the user's group.
+            await self.channel_layer.group_add(self.user_group, self.channel_name)
             last_seq = await last_seq_get(session_id=self.session_id)
             joined = await presence.presence_join(
                 session_id=self.session_id, channel_name=self.channel_name, username=membership.username
@@ -157,6 +165,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         await self.accept(subprotocol)
         WS_CONNECTIONS.inc()
         self._counted = True
+        self._access_checked_at = time.monotonic()
         self.delivered_seq = last_seq
         session = membership.session
         await self._send(
@@ -204,12 +213,14 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if self._counted:
             WS_CONNECTIONS.dec()
             self._counted = False
-        if self._heartbeat is not None:
+        if self._heartbeat is not None and self._heartbeat is not asyncio.current_task():
+            # (The heartbeat itself may be closing a revoked socket: it returns on its own.)
             self._heartbeat.cancel()
         if not self._registered or self.membership is None:
             return
         try:
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self.channel_layer.group_discard(self.user_group, self.channel_name)
             await presence.connection_slot_release(user_id=self.user.pk, channel_name=self.channel_name)
             left = await presence.presence_leave(
                 session_id=self.session_id, channel_name=self.channel_name, username=self.membership.username
@@ -233,6 +244,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
         while True:
             # Jitter: connections opened together must not all beat together.
             await asyncio.sleep(settings.PRESENCE_HEARTBEAT_S * random.uniform(0.8, 1.0))  # noqa: S311
+            if not await self._access_ok(force=True):
+                return
             try:
                 existed, stale = await presence.presence_heartbeat(
                     session_id=self.session_id, channel_name=self.channel_name, user_id=self.user.pk
@@ -244,6 +257,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
                         session_id=self.session_id, channel_name=self.channel_name, username=self.username
                     )
                     await self.channel_layer.group_add(self.group, self.channel_name)
+                    await self.channel_layer.group_add(self.user_group, self.channel_name)
                     await self._broadcast_presence("join", state="active")
                 if trouble or not existed:
                     # Broadcasts were lost while Redis was away, and the layer
@@ -295,6 +309,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
             return
         handler = self._handlers.get(content["type"])
         WS_MESSAGES.labels(direction="in", type=content["type"] if handler is not None else "unknown").inc()
+        # Writes and history always re-check; other frames at most every WS_ACCESS_RECHECK_S.
+        if not await self._access_ok(force=content["type"] in ("context_update", "resume")):
+            return
         if handler is None:
             await self._error(
                 "unknown_type", f"Unknown frame type {content['type'][:40]!r}.", {"allowed": sorted(self._handlers)}
@@ -411,7 +428,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     async def session_message(self, event: dict[str, Any]) -> None:
         """A group message from ``session_broadcast``."""
-        if self.membership is None:
+        if self.membership is None or not await self._access_ok():
             return
         message = event.get("message") or {}
         kind = message.get("type")
@@ -424,11 +441,55 @@ class SessionConsumer(AsyncWebsocketConsumer):
         elif kind == "presence" and message.get("event") == "removed" and message.get("user") == self.username:
             # Removed from the session: no more of its events, same code as an outsider.
             await self._send(message)
-            await self.close(code=CLOSE_NOT_FOUND)
-            await self._cleanup()
-            self.membership = None
+            await self._revoke("removed", notify=False)
+        elif kind == "session" and message.get("event") == "deleted":
+            await self._send(message)
+            await self._revoke("session_deleted", notify=False)
         else:
             await self._send(message)
+
+    async def access_revoked(self, event: dict[str, Any]) -> None:
+        """A push from ``broadcast.access_revoke`` to this user's group."""
+        if self.membership is None:
+            return
+        if event.get("session_id") not in (None, self.session_id):
+            return
+        if event.get("token") is not None and event["token"] != token_digest(self._token_key or ""):
+            return  # another of the user's tokens
+        await self._revoke(str(event.get("reason") or "token_revoked"))
+
+    async def _access_ok(self, *, force: bool = False) -> bool:
+        """Whether this socket may still serve its session; closes it when not."""
+        if self.membership is None:
+            return False
+        now = time.monotonic()
+        if not force and now - self._access_checked_at < settings.WS_ACCESS_RECHECK_S:
+            return True
+        try:
+            problem = await access_problem_get(
+                token_key=self._token_key or "", user_id=self.user.pk, session_id=self.session_id
+            )
+        except Exception:
+            # Cache and database both failing: the frame itself will fail; keep the
+            # last verdict rather than close every socket on an outage.
+            logger.info("access re-check failed", exc_info=True)
+            return True
+        if problem is not None:
+            await self._revoke(problem)
+            return False
+        self._access_checked_at = now
+        return True
+
+    async def _revoke(self, reason: str, *, notify: bool = True) -> None:
+        """Stop serving at once: no more events, resumes or writes; tell the client why and close."""
+        if self.membership is None:
+            return
+        code = revocation.CLOSE_CODES.get(reason, CLOSE_UNAUTHENTICATED)
+        if notify:
+            await self._send({"type": "revoked", "reason": reason, "close_code": code})
+        await self.close(code=code, reason=reason)
+        await self._cleanup()
+        self.membership = None
 
     async def _catch_up(self) -> None:
         last_seq = await last_seq_get(session_id=self.session_id)

@@ -140,6 +140,10 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
+# API tokens expire this long after they are issued or rotated (0: never); a
+# client rotates before then (POST /api/v1/auth/token/rotate/). 30 days.
+API_TOKEN_TTL_S = env.get_int("API_TOKEN_TTL_S", 2_592_000)
+
 # Request body cap: larger bodies get 413 before any parsing happens.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.get_int("MAX_BODY_BYTES", 1_048_576)
 
@@ -254,6 +258,10 @@ WS_MAX_CONNECTIONS_PER_USER = env.get_int("WS_MAX_CONNECTIONS_PER_USER", 20)
 # A resume (or a live gap) longer than this gets resync_required: refetch the snapshot.
 WS_RESUME_MAX_EVENTS = env.get_int("WS_RESUME_MAX_EVENTS", 10_000)
 WS_REPLAY_PAGE = env.get_int("WS_REPLAY_PAGE", 500)
+# Revocation: pushes close a revoked socket at once; besides, a socket re-checks its
+# token and membership (through the cache) at most this often per frame it serves,
+# and on every heartbeat, so a lost push is caught within PRESENCE_HEARTBEAT_S.
+WS_ACCESS_RECHECK_S = env.get_float("WS_ACCESS_RECHECK_S", 1.0)
 # Presence: each connection refreshes its entry every HEARTBEAT s; an entry not
 # refreshed for TTL s (a dead server process) is swept by any live connection.
 PRESENCE_HEARTBEAT_S = env.get_float("PRESENCE_HEARTBEAT_S", 10.0)
