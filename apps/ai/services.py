@@ -9,6 +9,7 @@ inference request (trigger or query -> claim -> complete or fail) is in
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ from apps.ai.inference_requests import (
     inference_request_trigger,
     outbox_event,
 )
-from apps.ai.models import Embedding, ModelVersion, SuggestionFeedback, SuggestionKind
+from apps.ai.models import Embedding, InferenceRequest, ModelVersion, Suggestion, SuggestionFeedback, SuggestionKind
 from apps.ai.quotas import AiQuotaExceeded, ai_query_quota_take
 from apps.common.exceptions import NotFound, ValidationFailed
 from apps.common.logging import get_correlation_id
@@ -178,6 +179,59 @@ def embedding_store_many(*, model_name: str, vectors: dict[str, np.ndarray]) -> 
     return len(rows)
 
 
+# --- retention ----------------------------------------------------------------
+
+# Rows deleted per statement: each chunk is one indexed id read and one
+# DELETE, short enough not to hold locks against the realtime path.
+PURGE_CHUNK = 5000
+
+
+def _purge_in_chunks(queryset: Any) -> int:
+    model = queryset.model
+    deleted = 0
+    while True:
+        ids = list(queryset.order_by().values_list("pk", flat=True)[:PURGE_CHUNK])
+        if not ids:
+            return deleted
+        count, _ = model.objects.filter(pk__in=ids).delete()
+        deleted += len(ids)
+        if len(ids) < PURGE_CHUNK or not count:
+            return deleted
+
+
+def suggestion_feedback_purge(*, older_than: datetime) -> int:
+    """Delete feedback given before ``older_than`` (its suggestion then falls to the suggestion purge)."""
+    return _purge_in_chunks(SuggestionFeedback.objects.filter(updated_at__lt=older_than))
+
+
+def suggestion_purge(*, older_than: datetime) -> int:
+    """Delete suggestions made before ``older_than`` that no longer carry feedback.
+
+    Feedback is training data with its own, longer retention; a suggestion
+    with feedback stays until the feedback is purged.
+    """
+    return _purge_in_chunks(Suggestion.objects.filter(created_at__lt=older_than, feedback__isnull=True))
+
+
+def inference_request_purge(*, older_than: datetime) -> int:
+    """Delete finished (done or failed) requests that ended before ``older_than`` and have no suggestion left.
+
+    Pending and running requests are never touched, whatever their age.
+    """
+    return _purge_in_chunks(
+        InferenceRequest.objects.filter(
+            status__in=[InferenceRequest.Status.DONE, InferenceRequest.Status.FAILED],
+            finished_at__lt=older_than,
+            suggestions__isnull=True,
+        )
+    )
+
+
+def embedding_purge(*, older_than: datetime) -> int:
+    """Delete embeddings stored before ``older_than``: a cache by content hash, recomputed when next needed."""
+    return _purge_in_chunks(Embedding.objects.filter(created_at__lt=older_than))
+
+
 __all__ = [
     "CLAIM_LEASE",
     "QUERY_MAX_CHARS",
@@ -187,15 +241,19 @@ __all__ = [
     "SuggestionDraft",
     "SuggestionKind",
     "ai_query_quota_take",
+    "embedding_purge",
     "embedding_store_many",
     "inference_request_claim",
     "inference_request_complete",
     "inference_request_create_query",
     "inference_request_fail",
+    "inference_request_purge",
     "inference_request_trigger",
     "model_version_demote",
     "model_version_promote",
     "model_version_register",
     "model_version_rollback",
+    "suggestion_feedback_purge",
     "suggestion_feedback_submit",
+    "suggestion_purge",
 ]

@@ -233,6 +233,13 @@ RETENTION_DEAD_LETTER_DAYS = env.get_int("RETENTION_DEAD_LETTER_DAYS", 30)
 RETENTION_OUTBOX_DAYS = env.get_int("RETENTION_OUTBOX_DAYS", 7)
 RETENTION_PROCESSED_EVENT_DAYS = env.get_int("RETENTION_PROCESSED_EVENT_DAYS", 7)
 RETENTION_JOB_RUN_DAYS = env.get_int("RETENTION_JOB_RUN_DAYS", 30)
+# AI tables: feedback is training data, kept longest (its suggestion stays with
+# it); suggestions without feedback, then finished requests left without
+# suggestions, go sooner; embeddings are a cache by content hash (recomputed).
+RETENTION_FEEDBACK_DAYS = env.get_int("RETENTION_FEEDBACK_DAYS", 90)
+RETENTION_SUGGESTION_DAYS = env.get_int("RETENTION_SUGGESTION_DAYS", 30)
+RETENTION_INFERENCE_REQUEST_DAYS = env.get_int("RETENTION_INFERENCE_REQUEST_DAYS", 7)
+RETENTION_EMBEDDING_DAYS = env.get_int("RETENTION_EMBEDDING_DAYS", 30)
 # Modules whose @register'd jobs the runner, run_job and the jobs API know;
 # code, not deployment configuration, so no environment variable.
 BATCH_JOB_MODULES = ["workers.batch.jobs", "workers.training.jobs"]

@@ -15,6 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from apps.ai import services as ai_services
 from apps.batch import selectors as batch_selectors
 from apps.batch import services as batch_services
 from apps.batch.hooks import hooks as batch_hooks
@@ -72,17 +73,33 @@ class RetentionPurgeJob(Job):
     name = "retention_purge"
     queue = Queue.MAINTENANCE.value
     description = (
-        "Delete old dead letters, published outbox rows, event dedupe records, idempotency keys and finished job runs."
+        "Delete old dead letters, published outbox rows, event dedupe records, idempotency keys, finished job runs, "
+        "AI feedback, suggestions, finished inference requests and embeddings."
     )
     params = {
         "dead_letter_days": Param(int, None, "default: settings.RETENTION_DEAD_LETTER_DAYS"),
         "outbox_days": Param(int, None, "default: settings.RETENTION_OUTBOX_DAYS"),
         "processed_event_days": Param(int, None, "default: settings.RETENTION_PROCESSED_EVENT_DAYS"),
         "job_run_days": Param(int, None, "default: settings.RETENTION_JOB_RUN_DAYS"),
+        "feedback_days": Param(int, None, "default: settings.RETENTION_FEEDBACK_DAYS"),
+        "suggestion_days": Param(int, None, "default: settings.RETENTION_SUGGESTION_DAYS"),
+        "inference_request_days": Param(int, None, "default: settings.RETENTION_INFERENCE_REQUEST_DAYS"),
+        "embedding_days": Param(int, None, "default: settings.RETENTION_EMBEDDING_DAYS"),
     }
     # One target per step: each purge commits with its checkpoint, so a resumed
-    # run skips the purges already done.
-    targets = ("dead_letters", "outbox", "processed_events", "idempotency_keys", "job_runs")
+    # run skips the purges already done. Feedback goes before suggestions and
+    # suggestions before requests: each purge frees rows for the next one.
+    targets = (
+        "dead_letters",
+        "outbox",
+        "processed_events",
+        "idempotency_keys",
+        "job_runs",
+        "feedback",
+        "suggestions",
+        "inference_requests",
+        "embeddings",
+    )
 
     def total(self, *, params: dict[str, Any]) -> int | None:
         return len(self.targets)
@@ -116,8 +133,20 @@ class RetentionPurgeJob(Job):
             return eventbus_services.processed_events_purge(older_than=timedelta(days=days))
         if target == "idempotency_keys":
             return idempotency_key_purge()  # the keys' own retention (IDEMPOTENCY_KEY_TTL_S, 24 h)
-        days = _or_default(params, "job_run_days", settings.RETENTION_JOB_RUN_DAYS)
-        return batch_services.job_run_purge(older_than=now - timedelta(days=days))
+        if target == "job_runs":
+            days = _or_default(params, "job_run_days", settings.RETENTION_JOB_RUN_DAYS)
+            return batch_services.job_run_purge(older_than=now - timedelta(days=days))
+        if target == "feedback":
+            days = _or_default(params, "feedback_days", settings.RETENTION_FEEDBACK_DAYS)
+            return ai_services.suggestion_feedback_purge(older_than=now - timedelta(days=days))
+        if target == "suggestions":
+            days = _or_default(params, "suggestion_days", settings.RETENTION_SUGGESTION_DAYS)
+            return ai_services.suggestion_purge(older_than=now - timedelta(days=days))
+        if target == "inference_requests":
+            days = _or_default(params, "inference_request_days", settings.RETENTION_INFERENCE_REQUEST_DAYS)
+            return ai_services.inference_request_purge(older_than=now - timedelta(days=days))
+        days = _or_default(params, "embedding_days", settings.RETENTION_EMBEDDING_DAYS)
+        return ai_services.embedding_purge(older_than=now - timedelta(days=days))
 
 
 @register

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from datetime import UTC, date, datetime, timedelta
 
@@ -145,8 +147,95 @@ def test_retention_deletes_exactly_the_old_rows(db):
         "deleted_processed_events": 1,
         "deleted_idempotency_keys": 1,
         "deleted_job_runs": 2,
+        "deleted_feedback": 0,
+        "deleted_suggestions": 0,
+        "deleted_inference_requests": 0,
+        "deleted_embeddings": 0,
     }
-    assert run.progress_done == run.progress_total == 5
+    assert run.progress_done == run.progress_total == 9
+
+
+def _ai_rows(session: Session, user, *, now: datetime) -> dict[str, object]:
+    """AI rows just past and just inside each default retention (7 / 30 / 90 / 30 days)."""
+    import numpy as np
+
+    from apps.ai.models import Embedding, InferenceRequest, Suggestion, SuggestionFeedback
+    from apps.ai.services import embedding_store_many
+
+    def request(status: str, finished_days: float | None) -> InferenceRequest:
+        finished = now - timedelta(days=finished_days) if finished_days is not None else None
+        return InferenceRequest.objects.create(
+            session=session, kind="query", status=status, queued_at=now - timedelta(days=200), finished_at=finished
+        )
+
+    def suggestion(req: InferenceRequest, rank: int, days: float) -> Suggestion:
+        made = Suggestion.objects.create(request=req, session=session, kind="query", rank=rank, content={"text": "t"})
+        Suggestion.objects.filter(pk=made.pk).update(created_at=now - timedelta(days=days))
+        return made
+
+    def feedback(sug: Suggestion, days: float) -> SuggestionFeedback:
+        given = SuggestionFeedback.objects.create(suggestion=sug, user=user, verdict="accept")
+        SuggestionFeedback.objects.filter(pk=given.pk).update(updated_at=now - timedelta(days=days))
+        return given
+
+    rows: dict[str, object] = {
+        "req_bare_old": request("done", 8),
+        "req_failed_old": request("failed", 8),
+        "req_bare_young": request("done", 6),
+        "req_pending_ancient": request("pending", None),
+        "req_running_ancient": request("running", None),
+    }
+    with_suggestions = request("done", 40)
+    rows["req_with_suggestions"] = with_suggestions
+    rows["sug_old"] = suggestion(with_suggestions, 0, 31)
+    rows["sug_young"] = suggestion(with_suggestions, 1, 29)
+    rows["sug_old_fb_young"] = suggestion(with_suggestions, 2, 100)
+    rows["fb_young"] = feedback(rows["sug_old_fb_young"], 89)
+    rows["sug_old_fb_old"] = suggestion(with_suggestions, 3, 100)
+    rows["fb_old"] = feedback(rows["sug_old_fb_old"], 91)
+    orphaned = request("done", 40)
+    rows["req_orphaned"] = orphaned
+    rows["sug_orphaning"] = suggestion(orphaned, 0, 31)
+    embedding_store_many(model_name="m", vectors={"old": np.ones(4), "young": np.ones(4)})
+    Embedding.objects.filter(content_hash="old").update(created_at=now - timedelta(days=31))
+    Embedding.objects.filter(content_hash="young").update(created_at=now - timedelta(days=29))
+    return rows
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retention_purges_the_ai_tables_with_their_default_windows(session_factory, user, subprocess_env):
+    # Given AI rows on both sides of each default window
+    from apps.ai.models import Embedding, InferenceRequest, Suggestion, SuggestionFeedback
+    from tests.conftest import REPO_ROOT
+
+    rows = _ai_rows(session_factory(), user, now=timezone.now())
+
+    # When the retention job runs as the platform runs it, with its defaults
+    done = subprocess.run(
+        [sys.executable, "manage.py", "run_job", "retention_purge", "--no-progress"],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    # Then exactly the rows past their windows are gone
+    def ids(model) -> set:
+        return set(model.objects.values_list("pk", flat=True))
+
+    pk = {name: row.pk for name, row in rows.items()}
+    assert ids(SuggestionFeedback) == {pk["fb_young"]}
+    assert ids(Suggestion) == {pk["sug_young"], pk["sug_old_fb_young"]}
+    assert ids(InferenceRequest) == {
+        pk["req_bare_young"],
+        pk["req_pending_ancient"],
+        pk["req_running_ancient"],
+        pk["req_with_suggestions"],
+    }
+    hashes = set(Embedding.objects.filter(content_hash__in=["old", "young"]).values_list("content_hash", flat=True))
+    assert hashes == {"young"}
 
 
 def test_retention_rejects_a_zero_day_window(db):
