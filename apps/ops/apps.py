@@ -10,10 +10,13 @@ class OpsConfig(AppConfig):
     def ready(self) -> None:
         import importlib
 
+        from django.contrib.auth.signals import user_login_failed
+
         from apps.batch.hooks import hooks as batch_hooks
         from apps.eventbus.hooks import hooks
         from apps.ops import (
             checks,  # noqa: F401 - registers the deploy checks (METRICS_TOKEN)
+            lockout,
             metrics,  # noqa: F401 - a worker serves its metrics (METRICS_PORT)
         )
         from apps.ops.deadletters import services
@@ -22,6 +25,8 @@ class OpsConfig(AppConfig):
             signals,  # noqa: F401 - connects the Celery signal handlers
         )
 
+        # Wrong passwords (admin login, token login) count towards the lockout.
+        user_login_failed.connect(lockout.on_user_login_failed, dispatch_uid="apps.ops.lockout")
         # Tasks and subscribers report failures and replay outcomes up to this layer.
         hooks.failure_recorded = services.task_failure_record
         hooks.replay_finished = services.dead_letter_replay_finish

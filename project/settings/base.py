@@ -36,6 +36,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: times the whole request and sets the correlation id every log line carries.
     "apps.ops.middleware.ObservabilityMiddleware",
+    # Next: refuses clients over the failed-authentication limits before any work (apps/ops/lockout.py).
+    "apps.ops.middleware.AuthLockoutMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -288,6 +290,12 @@ READINESS_TIMEOUT = env.get_float("READINESS_TIMEOUT", 2.0)
 # of unauthenticated probes costs one check (apps/ops/health.py); 0: every probe
 # not overlapping a running check checks anew. Below HAProxy's 1 s interval.
 READINESS_CACHE_SECONDS = env.get_float("READINESS_CACHE_SECONDS", 1.0)
+# Failed authentications (apps/ops/lockout.py), per fixed window of this many
+# seconds: wrong passwords per username and per client IP, and rejected
+# credentials (401 to an Authorization header) per client IP; past them: 429.
+AUTH_FAILURE_WINDOW_SECONDS = env.get_int("AUTH_FAILURE_WINDOW_SECONDS", 300)
+AUTH_FAILURES_PER_USERNAME = env.get_int("AUTH_FAILURES_PER_USERNAME", 10)
+AUTH_FAILURES_PER_IP = env.get_int("AUTH_FAILURES_PER_IP", 30)
 # When set, /metrics requires "Authorization: Bearer <token>".
 METRICS_TOKEN = env.get_str("METRICS_TOKEN", "")
 # RabbitMQ management API base URL (e.g. http://rabbitmq:15672); when set the

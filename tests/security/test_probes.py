@@ -33,6 +33,8 @@ from django.db import connection
 
 from tests.support.processes import REPO_ROOT
 
+pytestmark = [pytest.mark.integration]
+
 BURST = 40
 # Cache time and per-check timeout the web process runs with (the defaults).
 CACHE_SECONDS = 1.0
