@@ -19,12 +19,9 @@ change is seen within ``AUTH_CACHE_TTL``.
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.utils import timezone
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import AuthenticationFailed
@@ -32,6 +29,7 @@ from rest_framework.exceptions import AuthenticationFailed
 from apps.caching.keys import cache_key, model_fingerprint
 from apps.caching.selectors import get_or_load
 from apps.caching.services import cache_invalidate_keys
+from apps.common.services import api_token_expired
 
 AUTH_CACHE_TTL = 30.0
 _MAX_KEY_LENGTH = 64  # DRF keys are 40 characters; longer is never worth a lookup
@@ -44,8 +42,7 @@ def token_digest(key: str) -> str:
 
 def token_expired(token: Token) -> bool:
     """Past ``API_TOKEN_TTL_S`` since it was issued (or rotated); 0 means tokens never expire."""
-    ttl = settings.API_TOKEN_TTL_S
-    return ttl > 0 and token.created <= timezone.now() - timedelta(seconds=ttl)
+    return api_token_expired(token)
 
 
 def token_cache_key(key: str) -> str:

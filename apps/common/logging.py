@@ -52,6 +52,47 @@ def correlation_id_accept(given: object) -> str:
     return given if isinstance(given, str) and _VALID_ID.fullmatch(given) else new_correlation_id()
 
 
+# A credential in a URL's query string (``?token=...``: old WebSocket clients).
+_SECRET_IN_QUERY = re.compile(r"(?i)([?&](?:token|access_token|api_key)=)[^&\s\"'#]*")
+REDACTED = "[redacted]"
+# The server's own loggers: uvicorn logs every request line and WebSocket
+# handshake with its full path, through handlers of its own (not Django's).
+SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "django.request", "django.channels.server")
+
+
+def redact_secrets(text: str) -> str:
+    return _SECRET_IN_QUERY.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+class SecretRedactionFilter(logging.Filter):
+    """Rewrites query-string credentials out of a record's message and arguments."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and "=" in record.msg:
+            record.msg = redact_secrets(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_secrets(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: redact_secrets(v) if isinstance(v, str) else v for k, v in record.args.items()}
+        return True
+
+
+def secret_redaction_install() -> None:
+    """Put ``SecretRedactionFilter`` on the server's loggers and on every handler of the root logger.
+
+    Logger filters see the records those loggers create (uvicorn's access and
+    handshake lines); handler filters see everything that propagates to root.
+    Idempotent; called once per process from ``RealtimeConfig.ready``.
+    """
+    redaction = SecretRedactionFilter()
+    targets: list[logging.Filterer] = [logging.getLogger(name) for name in SERVER_LOGGERS]
+    for logger in [logging.getLogger(), *targets]:
+        targets.extend(getattr(logger, "handlers", []))
+    for target in targets:
+        if not any(isinstance(f, SecretRedactionFilter) for f in target.filters):
+            target.addFilter(redaction)
+
+
 class CorrelationIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "correlation_id", None):

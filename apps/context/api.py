@@ -31,7 +31,7 @@ from apps.common.exceptions import NotFound, ValidationFailed
 from apps.common.pagination import PageNumberPaginationWithSize
 from apps.common.schema import error_responses
 from apps.common.serializers import JSONObjectField, StrictSerializer
-from apps.common.services import api_token_get_or_create
+from apps.common.services import api_token_expires_at, api_token_issue, api_token_revoke, api_token_rotate
 from apps.common.throttling import DefaultThrottle, LoginThrottle
 from apps.context import idempotency, selectors, services
 from apps.context.models import ContextEvent, Participant, Session
@@ -105,6 +105,7 @@ class TokenObtainApi(APIView):
 
     class OutputSerializer(serializers.Serializer):
         token = serializers.CharField()
+        expires_at = serializers.DateTimeField(allow_null=True, help_text="Null when tokens never expire.")
 
     @extend_schema(
         operation_id="auth_token_create",
@@ -119,7 +120,33 @@ class TokenObtainApi(APIView):
         user = authenticate(request=request, **data.validated_data)
         if user is None or not user.is_active:
             raise ValidationFailed("Wrong username or password.", code="invalid_credentials")
-        return Response({"token": api_token_get_or_create(user=user)})
+        return Response(_token_body(api_token_issue(user=user)))
+
+
+def _token_body(token: Any) -> dict[str, Any]:
+    return TokenObtainApi.OutputSerializer({"token": token.key, "expires_at": api_token_expires_at(token)}).data
+
+
+class TokenRotateApi(APIView):
+    """Replace the caller's token with a new one; the old key stops working at once (open sockets close 4401)."""
+
+    @extend_schema(
+        operation_id="auth_token_rotate",
+        tags=["auth"],
+        request=None,
+        responses={200: TokenObtainApi.OutputSerializer, **_errors(401)},
+    )
+    def post(self, request: Request) -> Response:
+        return Response(_token_body(api_token_rotate(user=request.user)))
+
+
+class TokenRevokeApi(APIView):
+    """End the caller's token (log out everywhere it is used; open sockets close 4401)."""
+
+    @extend_schema(operation_id="auth_token_revoke", tags=["auth"], request=None, responses={204: None, **_errors(401)})
+    def post(self, request: Request) -> Response:
+        api_token_revoke(user=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 # --- sessions ----------------------------------------------------------------

@@ -4,6 +4,8 @@ from apps.context import api
 
 urlpatterns = [
     path("auth/token/", api.TokenObtainApi.as_view(), name="auth-token"),
+    path("auth/token/rotate/", api.TokenRotateApi.as_view(), name="auth-token-rotate"),
+    path("auth/token/revoke/", api.TokenRevokeApi.as_view(), name="auth-token-revoke"),
     path("sessions/", api.SessionCollectionApi.as_view(), name="sessions"),
     path("sessions/<uuid:session_id>/", api.SessionItemApi.as_view(), name="session-detail"),
     path("sessions/<uuid:session_id>/participants/", api.ParticipantCollectionApi.as_view(), name="participants"),

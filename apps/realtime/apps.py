@@ -11,6 +11,7 @@ class RealtimeConfig(AppConfig):
         from django.db.models.signals import post_delete, post_save
         from rest_framework.authtoken.models import Token
 
+        from apps.common.logging import secret_redaction_install
         from apps.context.hooks import hooks
         from apps.realtime import revocation
         from apps.realtime.broadcast import context_events_broadcast, session_access_revoke, session_broadcast
@@ -25,3 +26,5 @@ class RealtimeConfig(AppConfig):
         post_save.connect(revocation.on_user_saved, sender=user_model, dispatch_uid="realtime.user_saved")
         post_delete.connect(revocation.on_user_deleted, sender=user_model, dispatch_uid="realtime.user_deleted")
         post_delete.connect(revocation.on_token_deleted, sender=Token, dispatch_uid="realtime.token_deleted")
+        # ?token= (old WebSocket clients) never reaches a log line, uvicorn's included.
+        secret_redaction_install()

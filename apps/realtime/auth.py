@@ -19,12 +19,21 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 
 from apps.caching.auth import auth_token_get, token_expired
+from apps.common.services import api_token_expires_at
 
 SUBPROTOCOL = "context-engine"
 TOKEN_SUBPROTOCOL_PREFIX = "token."  # noqa: S105 - a subprotocol prefix, not a password
 
 
 def token_from_scope(scope: dict[str, Any]) -> str | None:
+    """The handshake's token: ``Authorization: Token <key>`` (scripts, services), else the
+    ``token.<key>`` subprotocol (browsers), else the ``token`` query parameter (kept for old
+    clients; redacted from every log line by ``apps.common.logging.SecretRedactionFilter``)."""
+    for name, value in scope.get("headers") or []:
+        if name == b"authorization":
+            scheme, _, key = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "token" and key.strip():
+                return key.strip()
     for offered in scope.get("subprotocols") or []:
         if offered.startswith(TOKEN_SUBPROTOCOL_PREFIX):
             return offered[len(TOKEN_SUBPROTOCOL_PREFIX) :] or None
@@ -60,8 +69,8 @@ def _user_for_token(key: str) -> Any:
     # expired and inactive are refused alike.
     found = auth_token_get(key=key)
     if found is None or not found[0].is_active or token_expired(found[1]):
-        return AnonymousUser()
-    return found[0]
+        return AnonymousUser(), None
+    return found[0], api_token_expires_at(found[1])
 
 
 class TokenAuthMiddleware(BaseMiddleware):
@@ -73,6 +82,6 @@ class TokenAuthMiddleware(BaseMiddleware):
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         scope = dict(scope)
         key = token_from_scope(scope)
-        scope["user"] = await _user_for_token(key) if key else AnonymousUser()
+        scope["user"], scope["token_expires_at"] = await _user_for_token(key) if key else (AnonymousUser(), None)
         scope["token_key"] = key if scope["user"].is_authenticated else None
         return await super().__call__(scope, receive, send)

@@ -21,6 +21,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
+from django.utils import timezone
 
 from apps.caching.auth import token_digest
 from apps.common.exceptions import ApplicationError, NotFound, ValidationFailed
@@ -109,6 +110,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
     _counted: bool = False  # counted in WS_CONNECTIONS (accepted and registered)
     _access_checked_at: float = 0.0  # monotonic time of the last access re-check that passed
     _token_key: str | None = None
+    _expiry: asyncio.TimerHandle | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -166,6 +168,13 @@ class SessionConsumer(AsyncWebsocketConsumer):
         WS_CONNECTIONS.inc()
         self._counted = True
         self._access_checked_at = time.monotonic()
+        expires_at = self.scope.get("token_expires_at")
+        if expires_at is not None:
+            # The token's end closes the socket even if it sends and receives nothing.
+            delay = max(0.0, (expires_at - timezone.now()).total_seconds())
+            self._expiry = asyncio.get_running_loop().call_later(
+                delay, lambda: asyncio.ensure_future(self._revoke("token_expired"))
+            )
         self.delivered_seq = last_seq
         session = membership.session
         await self._send(
@@ -213,6 +222,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if self._counted:
             WS_CONNECTIONS.dec()
             self._counted = False
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self._heartbeat is not None and self._heartbeat is not asyncio.current_task():
             # (The heartbeat itself may be closing a revoked socket: it returns on its own.)
             self._heartbeat.cancel()
