@@ -22,15 +22,19 @@ Two kinds of figures:
 
 from __future__ import annotations
 
+import hmac
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
 from typing import Any, TypeVar
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from celery import signals
 from django.conf import settings
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -198,18 +202,48 @@ def _serve_worker_metrics(**_: Any) -> None:
         worker_metrics_serve(port=settings.METRICS_PORT)
 
 
-def worker_metrics_serve(*, port: int) -> None:
+def metrics_bearer_ok(authorization: str) -> bool:
+    """May this ``Authorization`` header read metrics: no ``METRICS_TOKEN`` set, or ``Bearer <that token>``."""
+    token = settings.METRICS_TOKEN
+    if not token:
+        return True
+    given = authorization.removeprefix("Bearer ").strip()
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every few seconds are not worth a log line each."""
+
+
+_UNAUTHORIZED = b'{"code": "not_authenticated", "message": "A valid metrics bearer token is required.", "details": {}}'
+
+
+def worker_metrics_serve(*, port: int) -> WSGIServer:
     """Serve this host's merged multi-process metrics on ``port`` (Celery workers in their own containers).
 
     The web instances' ``/metrics`` covers processes sharing their directory;
-    a worker container has its own, so its main process serves it (``METRICS_PORT``).
+    a worker container has its own, so its main process serves it (``METRICS_PORT``),
+    behind the same bearer token as the web's ``/metrics`` when ``METRICS_TOKEN`` is set.
     """
-    from prometheus_client import start_http_server
-
     registry = CollectorRegistry(auto_describe=False)
     path = multiprocess_dir()
     if path:
         MultiProcessCollector(registry, path=path)
     else:
         registry.register(_DefaultRegistryCollector())
-    start_http_server(port, registry=registry)
+    metrics_app = make_wsgi_app(registry)
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not metrics_bearer_ok(environ.get("HTTP_AUTHORIZATION", "")):
+            start_response("401 Unauthorized", [("Content-Type", "application/json")])
+            return [_UNAUTHORIZED]
+        return metrics_app(environ, start_response)
+
+    server = make_server("", port, guarded, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="worker-metrics", daemon=True).start()
+    return server

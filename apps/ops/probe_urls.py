@@ -14,7 +14,6 @@ warning at its first scrape.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import socket
@@ -53,16 +52,13 @@ async def readyz(request: HttpRequest) -> JsonResponse:
 @never_cache
 @require_GET
 async def metrics_view(request: HttpRequest) -> HttpResponse:
-    token = settings.METRICS_TOKEN
-    if not token and not settings.DEBUG:
+    if not settings.METRICS_TOKEN and not settings.DEBUG:
         _warn_public_metrics()
-    if token:
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            return JsonResponse(
-                {"code": "not_authenticated", "message": "A valid metrics bearer token is required.", "details": {}},
-                status=401,
-            )
+    if not metrics.metrics_bearer_ok(request.headers.get("Authorization", "")):
+        return JsonResponse(
+            {"code": "not_authenticated", "message": "A valid metrics bearer token is required.", "details": {}},
+            status=401,
+        )
     # The scrape-time collectors block on RabbitMQ/PostgreSQL/Redis: off the event loop.
     body = await sync_to_async(metrics.metrics_render)()
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

@@ -11,7 +11,7 @@ test sees every connection the server opens and can cut them:
   within ``READINESS_CACHE_SECONDS`` plus the check timeout, and its recovery too;
 * compose and Kubernetes set ``METRICS_TOKEN``; production settings with an
   empty token fail ``manage.py check --deploy``; with a token set, /metrics
-  answers only to its bearer.
+  (and a worker's metrics port) answers only to its bearer.
 """
 
 from __future__ import annotations
@@ -266,6 +266,30 @@ def test_metrics_is_protected_by_default(start_web):
     anonymous = httpx.get(f"{web.http}/metrics", timeout=30)
     wrong = httpx.get(f"{web.http}/metrics", headers={"Authorization": "Bearer nope"}, timeout=30)
     right = httpx.get(f"{web.http}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert (anonymous.status_code, wrong.status_code) == (401, 401)
+    assert "# TYPE" not in anonymous.text
+    assert right.status_code == 200 and "# TYPE" in right.text
+
+
+def test_a_worker_metrics_port_needs_the_bearer_token_too(settings):
+    # the HTTP server a Celery worker container starts on METRICS_PORT, run here on a free port
+    from apps.ops.metrics import worker_metrics_serve
+    from tests.support.services import free_port, wait_for_port
+
+    settings.METRICS_TOKEN = token = secrets.token_hex(32)
+    port = free_port()
+    server = worker_metrics_serve(port=port)
+    try:
+        wait_for_port(port)
+        url = f"http://127.0.0.1:{port}/metrics"
+        anonymous = httpx.get(url, timeout=10)
+        wrong = httpx.get(url, headers={"Authorization": "Bearer nope"}, timeout=10)
+        right = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
     assert (anonymous.status_code, wrong.status_code) == (401, 401)
     assert "# TYPE" not in anonymous.text
     assert right.status_code == 200 and "# TYPE" in right.text
