@@ -14,6 +14,7 @@ conditional, with the suggestions) or ``inference_request_fail``.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,11 +29,13 @@ from django.utils import timezone
 
 from apps.ai import push, selectors
 from apps.ai.models import InferenceRequest, Suggestion
-from apps.ai.quotas import ai_query_quota_take
+from apps.ai.quotas import ai_auto_quota_allows, ai_query_quota_take
 from apps.common.exceptions import ValidationFailed
 from apps.common.logging import get_correlation_id
 from apps.context import selectors as context_selectors
 from apps.eventbus.services import outbox_event_add, outbox_task_add
+
+logger = logging.getLogger(__name__)
 
 TASK_NAME = "ai.generate_suggestions"
 TASK_QUEUE = "ai.realtime"
@@ -86,7 +89,9 @@ def inference_request_trigger(
     """A context update happened: create the session's pending request, or move it forward.
 
     Returns the new request, or None when the update was coalesced into a
-    pending one (or the session is gone, closed, or its author turned AI off).
+    pending one (or the session is gone, closed, or its author turned AI off,
+    or the author is over their quota of new automatic requests: REST and
+    WebSocket appends alike ask through here, ``ai_auto_quota_allows``).
     The task message is written to the outbox only when a request is created.
     """
     trigger_seq = int(trigger_seq)
@@ -110,6 +115,11 @@ def inference_request_trigger(
         if pending.update(
             trigger_seq=Greatest(F("trigger_seq"), trigger_seq), coalesced=F("coalesced") + 1, updated_at=now
         ):
+            return None
+        if user_id is not None and not ai_auto_quota_allows(user_id=user_id):
+            # Dropped, not queued: a later update (after the window) reads the
+            # whole recent context anyway.
+            logger.info("automatic AI request over quota", extra={"session_id": str(sid), "user_id": user_id})
             return None
         try:
             with transaction.atomic():

@@ -4,10 +4,13 @@ The counters are the platform's fixed-window Redis throttles
 (``apps.common.throttling.RedisThrottle``), asked from the service rather than
 from a DRF view so they are counted only after the asker is known to take part
 in the session (an outsider, who gets 404, spends nothing) and so any edge
-(REST today) shares them. Scopes ``ai_query_user`` and ``ai_query_session``;
+(REST today) shares them. Scopes ``ai_query_user`` and ``ai_query_session``
+for questions, ``ai_auto_user`` for the automatic requests context updates
+create (REST and WebSocket appends, through the ``ai_trigger`` subscriber);
 their rates sit in ``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]``
-(``THROTTLE_AI_QUERY_USER_RATE``, ``THROTTLE_AI_QUERY_SESSION_RATE``) beside
-every other limit. Like every throttle they fail open when Redis is down.
+(``THROTTLE_AI_QUERY_USER_RATE``, ``THROTTLE_AI_QUERY_SESSION_RATE``,
+``THROTTLE_AI_AUTO_USER_RATE``) beside every other limit. Like every throttle
+they fail open when Redis is down.
 """
 
 from __future__ import annotations
@@ -54,3 +57,13 @@ def ai_query_quota_take(*, user_id: Any, session_id: Any) -> None:
         quota = _Quota([(scope, ident)])
         if not quota.allow_request(None, None):
             raise AiQuotaExceeded(retry_after=quota.wait() or 1.0, scope=scope)
+
+
+def ai_auto_quota_allows(*, user_id: Any) -> bool:
+    """Count one new automatic request against its author's quota; False when over (the trigger is dropped).
+
+    Only creations count: an update coalesced into a pending request costs
+    nothing, so one busy session stays within it; many sessions flooded by
+    one author do not.
+    """
+    return _Quota([("ai_auto_user", str(user_id))]).allow_request(None, None)

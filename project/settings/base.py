@@ -182,6 +182,9 @@ REST_FRAMEWORK = {
         # flood of distinct questions stops there (identical pending ones merge).
         "ai_query_user": env.get_str("THROTTLE_AI_QUERY_USER_RATE", "300/min"),
         "ai_query_session": env.get_str("THROTTLE_AI_QUERY_SESSION_RATE", "600/min"),
+        # New automatic AI requests per author (context updates over REST or
+        # WebSocket; updates merged into a pending request do not count).
+        "ai_auto_user": env.get_str("THROTTLE_AI_AUTO_USER_RATE", "600/min"),
     },
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
     # Trusted proxies in front of the web processes (HAProxy: 1); 0 trusts no

@@ -4,6 +4,8 @@ Two real web processes (uvicorn, the platform's ASGI application) over the
 real PostgreSQL and Redis: one with the default quotas, one with tight ones so
 a session's quota can be reached in a few requests. No worker runs, so every
 accepted question stays pending: what is counted is exactly what was stored.
+The automatic path (context updates -> relay -> ``ai_trigger`` subscriber)
+runs the real relay and subscriber processes with a tight per-author quota.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 TIGHT_USER_RATE = 10
 TIGHT_SESSION_RATE = 15
+TIGHT_AUTO_RATE = 5
 
 
 @dataclass
@@ -47,29 +50,18 @@ class Web:
         return self.log_path.read_text(errors="replace")[-3000:]
 
 
+def _spawn(log_path: Path, command: list[str], **env: str) -> subprocess.Popen:
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            command, cwd=REPO_ROOT, env=child_env(**env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
 def _start_web(log_dir: Path, name: str, **env: str) -> Web:
     port = free_port()
     log_path = log_dir / f"{name}.log"
-    with log_path.open("wb") as log:
-        popen = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "project.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            cwd=REPO_ROOT,
-            env=child_env(**env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    command = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1"]
+    popen = _spawn(log_path, [*command, "--port", str(port), "--log-level", "warning"], **env)
     web = Web(url=f"http://127.0.0.1:{port}", popen=popen, log_path=log_path)
     try:
         wait_for_port(port, timeout=90)
@@ -90,6 +82,7 @@ def servers(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[di
                 "tight",
                 THROTTLE_AI_QUERY_USER_RATE=f"{TIGHT_USER_RATE}/min",
                 THROTTLE_AI_QUERY_SESSION_RATE=f"{TIGHT_SESSION_RATE}/min",
+                THROTTLE_AI_AUTO_USER_RATE=f"{TIGHT_AUTO_RATE}/min",
             )
         except BaseException:
             webs["default"].stop()
@@ -97,6 +90,38 @@ def servers(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[di
     yield webs
     for web in webs.values():
         web.stop()
+
+
+@pytest.fixture
+def event_path(transactional_db, tmp_path) -> Iterator[dict[str, Web]]:
+    """The relay and the subscribers (with the tight automatic quota), for the tests that append.
+
+    Function-scoped: they are stopped before the test database is flushed, so
+    the flush races none of their transactions.
+    """
+    from tests.integration.ai.conftest import purge_realtime_queue
+
+    log_dir = tmp_path
+    env = {"THROTTLE_AI_AUTO_USER_RATE": f"{TIGHT_AUTO_RATE}/min", "LOG_LEVEL": "INFO"}
+    commands = {
+        "relay": [sys.executable, "manage.py", "run_outbox_relay", "--poll-interval", "0.5"],
+        "subscribers": [sys.executable, "manage.py", "run_event_subscribers"],
+    }
+    procs: dict[str, Web] = {}
+    try:
+        for name, command in commands.items():
+            log_path = log_dir / f"{name}.log"
+            procs[name] = Web(url="", popen=_spawn(log_path, command, **env), log_path=log_path)
+        for name, ready in (("relay", "outbox relay started"), ("subscribers", "subscribers ready")):
+            deadline = time.monotonic() + 90
+            while ready not in procs[name].log_path.read_text(errors="replace"):
+                assert procs[name].popen.poll() is None and time.monotonic() < deadline, procs[name].log()
+                time.sleep(0.2)
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.stop()
+        purge_realtime_queue()
 
 
 def _user(username: str) -> tuple[Any, str]:
@@ -209,3 +234,34 @@ def test_a_sessions_quota_holds_across_its_participants_and_outsiders_cannot_spe
     assert statuses.count(429) == 2 * TIGHT_USER_RATE - TIGHT_SESSION_RATE, statuses
     assert all("Retry-After" in r.headers for r in second if r.status_code == 429)
     assert _stored_queries(session) == TIGHT_SESSION_RATE
+
+
+def test_a_flood_of_automatic_requests_is_bounded_per_author_over_every_session(servers, event_path):
+    # Given an author with many sessions (no coalescing between sessions) and another user
+    from apps.ai.models import InferenceRequest
+    from apps.eventbus.models import ProcessedEvent
+
+    flooder, flooder_token = _user("quota-flooder6")
+    other, other_token = _user("quota-other6")
+    sessions = [_shared_session(flooder) for _ in range(TIGHT_AUTO_RATE + 7)]
+    bystander = _shared_session(other)
+
+    # When the author writes one update in every session within one window, and the other user one
+    _inside_one_window(needed=30)
+    with httpx.Client(base_url=servers["tight"].url, timeout=30) as client:
+        for session, token in [*((s, flooder_token) for s in sessions), (bystander, other_token)]:
+            response = client.post(
+                f"/api/v1/sessions/{session.pk}/events/",
+                json={"event_type": "context_update", "data": {"text": "Status update."}},
+                headers={"Authorization": f"Token {token}"},
+            )
+            assert response.status_code == 201, response.text
+    deadline = time.monotonic() + 120
+    while ProcessedEvent.objects.filter(subscriber="ai_trigger").count() < len(sessions) + 1:
+        assert time.monotonic() < deadline, event_path["subscribers"].log()
+        time.sleep(0.1)
+
+    # Then the author got their quota's worth of automatic requests, and the other user theirs
+    flooded = InferenceRequest.objects.filter(session__in=sessions, kind="auto").count()
+    assert flooded == TIGHT_AUTO_RATE, flooded
+    assert InferenceRequest.objects.filter(session=bystander, kind="auto").count() == 1

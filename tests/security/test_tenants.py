@@ -107,6 +107,21 @@ def _settled(session_id: Any, trigger_seq: int) -> bool:
     )
 
 
+def _quiesce(stack: AiStack) -> None:
+    """Wait until the outbox is drained and no request is open, so the test's teardown flush races nothing."""
+    from apps.ai.models import InferenceRequest
+    from apps.eventbus.models import OutboxMessage
+
+    _wait(
+        lambda: (
+            not OutboxMessage.objects.filter(status="pending").exists()
+            and not InferenceRequest.objects.filter(status__in=["pending", "running"]).exists()
+        ),
+        what="the platform to go quiet",
+        stack=stack,
+    )
+
+
 def _rest_suggestions(stack: AiStack, session_id: Any, token: str) -> list[dict[str, Any]]:
     response = httpx.get(
         f"{stack.http}/api/v1/sessions/{session_id}/suggestions/?page_size=100",
@@ -167,6 +182,30 @@ def _leaks(items: list[dict[str, Any]], *, private_session: Any) -> list[dict[st
     ]
 
 
+def test_the_trained_model_learns_only_the_shared_vocabulary():
+    # Given planted and private names beside structured sessions of three users
+    # (first in the module, before the stack starts: nothing else writes meanwhile)
+    from apps.ai.models import ModelVersion
+    from apps.ai.selectors import model_version_artifact
+    from apps.batch.jobs import job_execute
+    from apps.batch.synthetic import SyntheticConfig, training_data_generate
+    from workers.inference.next_action import load_predictor
+
+    _plant_vocabulary_attack()
+    training_data_generate(config=SyntheticConfig(sessions=30, min_actions=10, max_actions=12, seed=5), users=3)
+
+    # When the training job runs
+    run = job_execute(name="train_next_action", params={"epochs": 1, "min_eval_pairs": 1, "device": "cpu"})
+
+    # Then the registered artifact knows none of the planted or private names
+    version = ModelVersion.objects.get(pk=run.result["model_version_id"])
+    tokens = load_predictor(model_version_artifact(model_version_id=version.pk)).vocab.actions
+    assert PLANTED_LINK not in tokens, tokens
+    assert all(len(t) <= 64 for t in tokens), [t[:80] for t in tokens]
+    assert PRIVATE_NAME not in tokens, tokens
+    assert {"open_doc", "edit", "save"} <= set(tokens), tokens
+
+
 def test_automatic_suggestions_never_show_another_session_to_a_viewer(stack):
     # Given alice's private session holds the best match, and a shared session where bob only views
     alice, alice_token = _user("tenant-alice")
@@ -191,6 +230,7 @@ def test_automatic_suggestions_never_show_another_session_to_a_viewer(stack):
     related = [s for s in stored if s["kind"] == "related_context"]
     assert all(s["content"]["session_id"] == str(shared.pk) for s in related), related
     assert all(set(s["source_seqs"]) <= {*seqs, trigger_seq} for s in related), related
+    _quiesce(stack)
 
 
 def test_a_coalesced_request_never_queries_one_participants_sessions_with_anothers_text(stack):
@@ -225,6 +265,7 @@ def test_a_coalesced_request_never_queries_one_participants_sessions_with_anothe
     stored = _rest_suggestions(stack, shared.pk, dan_token)
     assert not _leaks(stored, private_session=private), stored
     assert all(s["content"].get("session_id", str(shared.pk)) == str(shared.pk) for s in stored), stored
+    _quiesce(stack)
 
 
 def _plant(user: Any, title: str, actions: list[str]) -> None:
@@ -268,26 +309,4 @@ def test_next_action_suggestions_offer_only_the_shared_vocabulary(stack):
     assert all(len(a) <= 64 for a in actions), [a[:80] for a in actions]
     assert PRIVATE_NAME not in actions, actions
     assert "edit" in actions, actions
-
-
-def test_the_trained_model_learns_only_the_shared_vocabulary(stack):
-    # Given planted and private names beside structured sessions of three users
-    from apps.ai.models import ModelVersion
-    from apps.ai.selectors import model_version_artifact
-    from apps.batch.jobs import job_execute
-    from apps.batch.synthetic import SyntheticConfig, training_data_generate
-    from workers.inference.next_action import load_predictor
-
-    _plant_vocabulary_attack()
-    training_data_generate(config=SyntheticConfig(sessions=30, min_actions=10, max_actions=12, seed=5), users=3)
-
-    # When the training job runs
-    run = job_execute(name="train_next_action", params={"epochs": 1, "min_eval_pairs": 1, "device": "cpu"})
-
-    # Then the registered artifact knows none of the planted or private names
-    version = ModelVersion.objects.get(pk=run.result["model_version_id"])
-    tokens = load_predictor(model_version_artifact(model_version_id=version.pk)).vocab.actions
-    assert PLANTED_LINK not in tokens, tokens
-    assert all(len(t) <= 64 for t in tokens), [t[:80] for t in tokens]
-    assert PRIVATE_NAME not in tokens, tokens
-    assert {"open_doc", "edit", "save"} <= set(tokens), tokens
+    _quiesce(stack)
