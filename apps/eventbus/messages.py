@@ -61,6 +61,11 @@ def is_event_queue(queue: str) -> bool:
     return queue.startswith(SUBSCRIBER_QUEUE_PREFIX) and not queue.endswith(".dlq")
 
 
+# AMQP heartbeat of the platform's own long-lived connections (relay, subscriber
+# runner), seconds: a dead peer or a black-holed network is noticed within about
+# two intervals instead of never (heartbeat 0), and the broker drops our side likewise.
+BROKER_HEARTBEAT_S = 30
+
 # What the hooks (apps/eventbus/hooks.py) are told: a replay's end, a dead letter's reason.
 REPLAY_SUCCEEDED = "succeeded"
 REASON_REJECTED = "rejected"

@@ -115,11 +115,29 @@ class ConfirmPublisher:
         self._next_tag = 1
         self._acked_upto = 0
 
-    def close(self) -> None:
+    def close(self, *, broken: bool = False) -> None:
+        """Close the connection; a ``broken`` one is dropped without the AMQP close handshake,
+        which would wait forever on a dead peer."""
         if self._conn is not None:
             with contextlib.suppress(Exception):  # already broken; we are dropping it anyway
-                self._conn.release()
+                if broken:
+                    self._conn.collect()
+                else:
+                    self._conn.release()
         self._conn, self._channel = None, None
+
+    def heartbeat_check(self) -> None:
+        """Between batches: read what the broker sent (its heartbeats, late confirms) and send ours.
+
+        Raises a broker error when the broker has been silent for two heartbeat
+        intervals, so a dead connection is replaced instead of failing the next batch late.
+        """
+        conn = self._conn
+        if conn is None or not self.heartbeat:
+            return
+        with contextlib.suppress(TimeoutError):
+            conn.drain_events(timeout=0.01)
+        conn.heartbeat_check()
 
     def publish(self, message: OutgoingMessage) -> None:
         """One message, confirmed; raises ``PublishError`` when the broker did not take it."""

@@ -49,6 +49,7 @@ from django.db import DatabaseError, connection, transaction
 
 from apps.common.backoff import backoff_delay
 from apps.common.metrics import OUTBOX_PUBLISHED
+from apps.eventbus.messages import BROKER_HEARTBEAT_S
 from apps.eventbus.models import OutboxMessage
 from apps.eventbus.publisher import ConfirmPublisher, OutgoingMessage
 from apps.eventbus.queues import dead_letter_queue, declare_topology, subscriber_queue, subscriber_queue_name
@@ -168,6 +169,7 @@ class OutboxRelay:
         poll_interval: float = 2.0,
         max_attempts: int = 5,
         max_backoff: float = 10.0,
+        heartbeat: float = BROKER_HEARTBEAT_S,
     ) -> None:
         # Broker outages back off up to max_backoff seconds: short enough that
         # a restarted broker (about 10 s) is used again within seconds.
@@ -175,7 +177,7 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.max_attempts = max_attempts
-        self.publisher = ConfirmPublisher(broker_url, declare=_declare)
+        self.publisher = ConfirmPublisher(broker_url, declare=_declare, heartbeat=heartbeat)
         self.listener = NotifyListener()
         self.stop_event = threading.Event()
         self.crash_after_publish = os.environ.get(CRASH_AFTER_PUBLISH_ENV) == "1"
@@ -283,6 +285,7 @@ class OutboxRelay:
         db_failures = 0
         while not self.stop_event.is_set():
             try:
+                self.publisher.heartbeat_check()
                 result = self.relay_batch()
                 broker_failures = db_failures = 0
             except DatabaseError as exc:
@@ -296,7 +299,7 @@ class OutboxRelay:
                 broker_failures += 1
                 delay = backoff_delay(broker_failures, base=0.5, cap=self.max_backoff)
                 logger.warning("relay broker error; backing off", extra={"error": repr(exc), "sleep_s": delay})
-                self.publisher.close()
+                self.publisher.close(broken=True)
                 self.stop_event.wait(delay)
                 continue
             if once and result.claimed < self.batch_size:

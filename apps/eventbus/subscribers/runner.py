@@ -42,6 +42,7 @@ from apps.eventbus.amqp_io import buffered_reads
 from apps.eventbus.contracts import ContractError, Event, event_parse
 from apps.eventbus.hooks import hooks
 from apps.eventbus.messages import (
+    BROKER_HEARTBEAT_S,
     HEADER_DELIVERY_COUNT,
     HEADER_REPLAY_ID,
     REASON_REJECTED,
@@ -113,16 +114,24 @@ class RunnerStats:
     applied: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+    broker_reconnects: int = 0
+    database_waits: int = 0
 
 
 class SubscriberRunner:
     def __init__(
-        self, *, subscribers: Sequence[Subscriber], broker_url: str | None = None, max_wait: float = 0.05
+        self,
+        *,
+        subscribers: Sequence[Subscriber],
+        broker_url: str | None = None,
+        max_wait: float = 0.05,
+        heartbeat: float = BROKER_HEARTBEAT_S,
     ) -> None:
         if not subscribers:
             raise ValueError("no subscribers to run")
         self.broker_url = broker_url or settings.BROKER_URL
         self.max_wait = max_wait
+        self.heartbeat = heartbeat
         self.slots = {s.name: _Slot(subscriber=s) for s in subscribers}
         self.stop_event = threading.Event()
         self.ready_event = threading.Event()
@@ -132,7 +141,7 @@ class SubscriberRunner:
     # --- broker -------------------------------------------------------------
     def connect(self) -> None:
         self.close()
-        conn = Connection(self.broker_url, connect_timeout=5, heartbeat=0)
+        conn = Connection(self.broker_url, connect_timeout=5, heartbeat=self.heartbeat)
         conn.connect()
         buffered_reads(conn)
         for slot in self.slots.values():
@@ -148,10 +157,15 @@ class SubscriberRunner:
         self._conn = conn
         logger.info("subscribers connected", extra={"subscribers": sorted(self.slots)})
 
-    def close(self) -> None:
+    def close(self, *, broken: bool = False) -> None:
+        """Close the connection; a ``broken`` one is dropped without the AMQP close handshake,
+        which would wait forever on a dead peer."""
         if self._conn is not None:
             with contextlib.suppress(Exception):  # already broken; dropping it
-                self._conn.release()
+                if broken:
+                    self._conn.collect()
+                else:
+                    self._conn.release()
         self._conn = None
         for slot in self.slots.values():
             slot.channel, slot.messages = None, []
@@ -181,6 +195,7 @@ class SubscriberRunner:
         try:
             applied = subscriber_apply(subscriber=sub, events=[e for _, e in parsed])
         except TRANSIENT_DB_ERRORS:
+            self._keep_in_hand(slot, [m for m, _ in parsed])
             raise
         except Exception:  # one bad event must not hold back the batch: retry one by one
             logger.warning(
@@ -188,18 +203,20 @@ class SubscriberRunner:
                 exc_info=True,
                 extra={"subscriber": sub.name, "events": len(parsed)},
             )
-            self._apply_one_by_one(channel, sub, parsed)
+            self._apply_one_by_one(slot, parsed)
             return
         self.stats.applied += applied
         self.stats.duplicates += len(parsed) - applied
         channel.basic_ack(delivery_tag=max(m.delivery_tag for m, _ in parsed), multiple=True)
         self._replays_finished([m for m, _ in parsed])
 
-    def _apply_one_by_one(self, channel: Any, sub: Subscriber, parsed: list[tuple[Any, Event]]) -> None:
-        for message, event in parsed:
+    def _apply_one_by_one(self, slot: _Slot, parsed: list[tuple[Any, Event]]) -> None:
+        sub, channel = slot.subscriber, slot.channel
+        for index, (message, event) in enumerate(parsed):
             try:
                 applied = subscriber_apply(subscriber=sub, events=[event])
             except TRANSIENT_DB_ERRORS:
+                self._keep_in_hand(slot, [m for m, _ in parsed[index:]])
                 raise
             except Exception as exc:  # noqa: BLE001 - the handler refused this event
                 self._dead_letter(channel, message, sub, reason=repr(exc), event=event, exc_info=True, exc=exc)
@@ -208,6 +225,15 @@ class SubscriberRunner:
             self.stats.duplicates += 1 - applied
             channel.basic_ack(delivery_tag=message.delivery_tag)
             self._replays_finished([message])
+
+    def _keep_in_hand(self, slot: _Slot, messages: list[Any]) -> None:
+        """A database error: the unsettled messages go back to the front of the slot, still unacked.
+
+        They are retried once the database answers, on the same channel: not
+        handed back to the broker, whose redelivery would count against the
+        queue's delivery limit and dead-letter good events during an outage.
+        """
+        slot.messages = messages + slot.messages
 
     def _replays_finished(self, messages: Sequence[Any]) -> None:
         """A replayed event (``ce_replay_id``, set by ``dead_letter_replay``) is settled: mark its replay succeeded.
@@ -288,6 +314,8 @@ class SubscriberRunner:
             timeout = idle_timeout
         with contextlib.suppress(TimeoutError):
             self._conn.drain_events(timeout=timeout)
+        # Raises when the broker's heartbeats stopped (a dead peer, a black-holed network).
+        self._conn.heartbeat_check()
         now = time.monotonic()
         for slot in self.slots.values():
             full = len(slot.messages) >= slot.subscriber.batch_size
@@ -304,16 +332,37 @@ class SubscriberRunner:
                 self.run_once()
                 failures = 0
             except TRANSIENT_DB_ERRORS as exc:
+                # The broker connection stays up and the messages stay in hand (see _keep_in_hand).
                 failures += 1
-                self._recover("database", exc, failures)
+                self.stats.database_waits += 1
+                delay = backoff_delay(failures, base=0.5, cap=5.0)
+                logger.warning(
+                    "subscribers: database error; holding the messages and retrying",
+                    extra={"error": repr(exc), "sleep_s": delay},
+                )
                 connection.close()
+                self._wait_servicing_broker(delay)
             except BROKER_ERRORS as exc:
                 failures += 1
-                self._recover("broker", exc, failures)
+                self.stats.broker_reconnects += 1
+                delay = backoff_delay(failures, base=0.5, cap=10.0)
+                logger.warning("subscribers: broker error; reconnecting", extra={"error": repr(exc), "sleep_s": delay})
+                self.close(broken=True)
+                self.stop_event.wait(delay)
         self.close()
 
-    def _recover(self, what: str, exc: BaseException, failures: int) -> None:
-        delay = backoff_delay(failures, base=0.5, cap=10.0)
-        logger.warning(f"subscribers: {what} error; reconnecting", extra={"error": repr(exc), "sleep_s": delay})
-        self.close()
-        self.stop_event.wait(delay)
+    def _wait_servicing_broker(self, seconds: float) -> None:
+        """Wait out a database outage while answering the broker's heartbeats (new messages queue up in hand)."""
+        deadline = time.monotonic() + seconds
+        while not self.stop_event.is_set() and (remaining := deadline - time.monotonic()) > 0:
+            if self._conn is None:
+                self.stop_event.wait(remaining)
+                return
+            try:
+                with contextlib.suppress(TimeoutError):
+                    self._conn.drain_events(timeout=min(1.0, remaining))
+                self._conn.heartbeat_check()
+            except BROKER_ERRORS as exc:  # the broker went too: reconnect on the next round
+                self.stats.broker_reconnects += 1
+                logger.warning("subscribers: broker error while waiting; reconnecting", extra={"error": repr(exc)})
+                self.close(broken=True)
