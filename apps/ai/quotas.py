@@ -26,14 +26,18 @@ class AiQuotaExceeded(ApplicationError):
     """A user or a session asked for more AI work than its quota; ``retry_after`` is in seconds."""
 
     code = "rate_limited"
-    status_code = 429
 
     def __init__(self, *, retry_after: float, scope: str) -> None:
         self.retry_after = max(1, math.ceil(retry_after))
         super().__init__(
             "Too many AI requests; try again later.",
             details={"retry_after_seconds": self.retry_after, "quota": scope},
+            status_code=429,
         )
+
+
+# The throttle reads only its own limits, never the request it is usually given.
+_NO_REQUEST: Any = None
 
 
 class _Quota(RedisThrottle):
@@ -55,7 +59,7 @@ def ai_query_quota_take(*, user_id: Any, session_id: Any) -> None:
     """
     for scope, ident in (("ai_query_user", str(user_id)), ("ai_query_session", str(session_id))):
         quota = _Quota([(scope, ident)])
-        if not quota.allow_request(None, None):
+        if not quota.allow_request(_NO_REQUEST, None):
             raise AiQuotaExceeded(retry_after=quota.wait() or 1.0, scope=scope)
 
 
@@ -66,4 +70,4 @@ def ai_auto_quota_allows(*, user_id: Any) -> bool:
     nothing, so one busy session stays within it; many sessions flooded by
     one author do not.
     """
-    return _Quota([("ai_auto_user", str(user_id))]).allow_request(None, None)
+    return _Quota([("ai_auto_user", str(user_id))]).allow_request(_NO_REQUEST, None)

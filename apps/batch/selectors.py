@@ -12,7 +12,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Collection
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 from django.db.models import Count, QuerySet, Sum
 from django.db.models.fields.json import KT
@@ -238,7 +238,7 @@ def next_action_vocabulary(*, min_users: int, max_names: int) -> frozenset[str]:
     return frozenset(name for name in rows if len(name) <= ACTION_NAME_MAX_CHARS)
 
 
-def _allowed(name: Any, vocabulary: Collection[str] | None) -> bool:
+def _allowed(name: Any, vocabulary: Collection[str] | None) -> TypeGuard[str]:
     return action_name_valid(name) and (vocabulary is None or name in vocabulary)
 
 
