@@ -105,59 +105,70 @@ class RedisThrottle(BaseThrottle):
         raise NotImplementedError
 
     def allow_request(self, request: Request, view: Any) -> bool:
-        rates = api_settings.DEFAULT_THROTTLE_RATES
-        checks = [
-            (scope, ident, *parse_rate(rates[scope])) for scope, ident in self.limits(request) if rates.get(scope)
-        ]
-        if not checks:
-            return True
-        now = time.time()
-        due: list[tuple[tuple[str, str, int], int, int, int]] = []  # (key, increment, limit, period)
-        refused_waits: list[float] = []
-        with _windows_lock:
-            if len(_windows) > _MAX_WINDOWS:
-                _prune(now)
-            for scope, ident, limit, period in checks:
-                key = (scope, ident, int(now // period))
-                window = _windows.get(key)
-                if window is None:
-                    window = _windows[key] = _Window()
-                window.pending += 1
-                estimate = window.shared + window.pending
-                if (
-                    estimate > limit
-                    or window.pending >= max(1, limit // 100)
-                    or now - window.synced_at >= SYNC_INTERVAL_S
-                ):
-                    due.append((key, window.pending, limit, period))
-                    window.pending = 0
-                    window.synced_at = now
-        if not due:
-            return True
-        try:
-            pipe = _client(cache._cache).pipeline(transaction=False)
-            for (scope, ident, index), increment, _limit, period in due:
-                redis_key = cache.make_key(f"throttle:{scope}:{ident}:{index}")
-                pipe.set(redis_key, 0, ex=period + 1, nx=True)
-                pipe.incrby(redis_key, increment)
-            totals = pipe.execute()[1::2]
-        except (RedisError, OSError):
-            logger.warning("throttle cache unavailable; request allowed")
-            return True
-        with _windows_lock:
-            for (key, _increment, limit, period), total in zip(due, totals, strict=True):
-                window = _windows.get(key)
-                if window is not None:
-                    window.shared = max(window.shared, total)
-                if total > limit:
-                    refused_waits.append((key[2] + 1) * period - now)
-        if not refused_waits:
-            return True
-        self._wait = max(refused_waits)
-        return False
+        self._wait = throttle_check(self.limits(request))
+        return self._wait is None
 
     def wait(self) -> float | None:
         return self._wait
+
+
+def throttle_check(limits: list[tuple[str, str]]) -> float | None:
+    """Count one request against each ``(scope, ident)``; None if allowed, else seconds to wait.
+
+    The counters of ``RedisThrottle``, for callers without a DRF request: the
+    WebSocket consumer counts each frame that does work against the same
+    ``user`` budget as the user's REST calls (``ws_frame_throttle_check``).
+    """
+    rates = api_settings.DEFAULT_THROTTLE_RATES
+    checks = [(scope, ident, *parse_rate(rates[scope])) for scope, ident in limits if rates.get(scope)]
+    if not checks:
+        return None
+    now = time.time()
+    due: list[tuple[tuple[str, str, int], int, int, int]] = []  # (key, increment, limit, period)
+    refused_waits: list[float] = []
+    with _windows_lock:
+        if len(_windows) > _MAX_WINDOWS:
+            _prune(now)
+        for scope, ident, limit, period in checks:
+            key = (scope, ident, int(now // period))
+            window = _windows.get(key)
+            if window is None:
+                window = _windows[key] = _Window()
+            window.pending += 1
+            estimate = window.shared + window.pending
+            if estimate > limit or window.pending >= max(1, limit // 100) or now - window.synced_at >= SYNC_INTERVAL_S:
+                due.append((key, window.pending, limit, period))
+                window.pending = 0
+                window.synced_at = now
+    if not due:
+        return None
+    try:
+        pipe = _client(cache._cache).pipeline(transaction=False)
+        for (scope, ident, index), increment, _limit, period in due:
+            redis_key = cache.make_key(f"throttle:{scope}:{ident}:{index}")
+            pipe.set(redis_key, 0, ex=period + 1, nx=True)
+            pipe.incrby(redis_key, increment)
+        totals = pipe.execute()[1::2]
+    except (RedisError, OSError):
+        logger.warning("throttle cache unavailable; request allowed")
+        return None
+    with _windows_lock:
+        for (key, _increment, limit, period), total in zip(due, totals, strict=True):
+            window = _windows.get(key)
+            if window is not None:
+                window.shared = max(window.shared, total)
+            if total > limit:
+                refused_waits.append((key[2] + 1) * period - now)
+    if not refused_waits:
+        return None
+    return max(refused_waits)
+
+
+def ws_frame_throttle_check(*, user_id: Any, ip: str | None) -> float | None:
+    """A WebSocket frame that does work, counted as one request of ``DefaultThrottle``'s
+    budgets (per user, per IP): a user's frames on all their sockets and their REST
+    calls share one limit. None if allowed, else seconds to wait."""
+    return throttle_check([("user", str(user_id)), ("ip", ip or "unknown")])
 
 
 class DefaultThrottle(RedisThrottle):

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -27,6 +28,7 @@ from apps.caching.auth import token_digest
 from apps.common.exceptions import ApplicationError, NotFound, ValidationFailed
 from apps.common.logging import correlation_id, correlation_id_accept, set_correlation_id
 from apps.common.metrics import WS_CONNECTIONS, WS_MESSAGES
+from apps.common.throttling import ws_frame_throttle_check
 from apps.context import selectors as context_selectors
 from apps.context import services as context_services
 from apps.context.validation import CLIENT_MSG_ID_MAX, event_input_from_frame
@@ -41,6 +43,8 @@ CLOSE_UNAUTHENTICATED = revocation.CLOSE_UNAUTHENTICATED
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = revocation.CLOSE_NOT_FOUND
 CLOSE_RATE_LIMITED = 4429
+# The client stopped reading: its outgoing frames would otherwise pile up in this process.
+CLOSE_TOO_SLOW = 4408
 CLOSE_TRY_AGAIN = 1013
 
 
@@ -111,6 +115,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
     _access_checked_at: float = 0.0  # monotonic time of the last access re-check that passed
     _token_key: str | None = None
     _expiry: asyncio.TimerHandle | None = None
+    _stalled: bool = False  # a send timed out: the client stopped reading
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -291,7 +296,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
     # --- client -> server ------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.membership is None:
+        if self.membership is None or self._stalled:
             return
         if not self.bucket.take():
             if self.strikes.strike():
@@ -322,6 +327,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
         WS_MESSAGES.labels(direction="in", type=content["type"] if handler is not None else "unknown").inc()
         # Writes and history always re-check; other frames at most every WS_ACCESS_RECHECK_S.
         if not await self._access_ok(force=content["type"] in ("context_update", "resume")):
+            return
+        if handler is not None and not await self._user_budget_ok():
             return
         if handler is None:
             await self._error(
@@ -439,7 +446,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     async def session_message(self, event: dict[str, Any]) -> None:
         """A group message from ``session_broadcast``."""
-        if self.membership is None or not await self._access_ok():
+        if self.membership is None or self._stalled or not await self._access_ok():
             return
         message = event.get("message") or {}
         kind = message.get("type")
@@ -468,6 +475,29 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if event.get("token") is not None and event["token"] != token_digest(self._token_key or ""):
             return  # another of the user's tokens
         await self._revoke(str(event.get("reason") or "token_revoked"))
+
+    async def _user_budget_ok(self) -> bool:
+        """The user's budget across all their sockets and their REST calls (DefaultThrottle's counters)."""
+        client = self.scope.get("client") or (None, None)
+        try:
+            wait = await sync_to_async(ws_frame_throttle_check, thread_sensitive=False)(
+                user_id=self.user.pk, ip=client[0]
+            )
+        except Exception:
+            logger.info("throttle check failed; frame allowed", exc_info=True)
+            return True
+        if wait is None:
+            return True
+        if self.strikes.strike():
+            await self._error("rate_limited", "Too many requests; closing.", {"close_code": CLOSE_RATE_LIMITED})
+            await self.close(code=CLOSE_RATE_LIMITED)
+            return False
+        await self._error(
+            "rate_limited",
+            "Too many requests for this user (REST and WebSocket together).",
+            {"retry_after_ms": max(1, int(wait * 1000)), "scope": "user"},
+        )
+        return False
 
     async def _access_ok(self, *, force: bool = False) -> bool:
         """Whether this socket may still serve its session; closes it when not."""
@@ -578,8 +608,27 @@ class SessionConsumer(AsyncWebsocketConsumer):
         await self._send({"type": "error", "code": code, "message": message, "details": details or {}})
 
     async def _send(self, content: dict[str, Any]) -> None:
-        await self.send(text_data=_frame(content))
+        if self._stalled:
+            return
+        try:
+            # uvicorn's send waits while the socket's write buffer is over its high-water
+            # mark (64 KiB): a client that stops reading blocks it here, and everything
+            # pushed to this socket meanwhile waits in the channel layer's queue.
+            async with asyncio.timeout(settings.WS_SEND_TIMEOUT_S):
+                await self.send(text_data=_frame(content))
+        except TimeoutError:
+            self._stall()
+            return
         WS_MESSAGES.labels(direction="out", type=str(content.get("type", "unknown"))).inc()
+
+    def _stall(self) -> None:
+        """Give up on a client that stopped reading: drop what comes next and close (4408)."""
+        logger.info("websocket client stopped reading; closing", extra={"session_id": self.session_id})
+        # From now on pushes are taken off the channel layer's queue and dropped.
+        self._stalled = True
+        # In the background: the close frame itself waits for buffer space (then the
+        # transport is aborted), and this consumer must keep draining meanwhile.
+        asyncio.ensure_future(self.close(code=CLOSE_TOO_SLOW, reason="client too slow"))
 
 
 class NotFoundConsumer(AsyncWebsocketConsumer):

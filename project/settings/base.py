@@ -274,6 +274,9 @@ WS_REPLAY_PAGE = env.get_int("WS_REPLAY_PAGE", 500)
 # token and membership (through the cache) at most this often per frame it serves,
 # and on every heartbeat, so a lost push is caught within PRESENCE_HEARTBEAT_S.
 WS_ACCESS_RECHECK_S = env.get_float("WS_ACCESS_RECHECK_S", 1.0)
+# A send that waits this long (the client stopped reading, its socket buffer is
+# full) closes the socket 4408 instead of queueing more for it in this process.
+WS_SEND_TIMEOUT_S = env.get_float("WS_SEND_TIMEOUT_S", 5.0)
 # Presence: each connection refreshes its entry every HEARTBEAT s; an entry not
 # refreshed for TTL s (a dead server process) is swept by any live connection.
 PRESENCE_HEARTBEAT_S = env.get_float("PRESENCE_HEARTBEAT_S", 10.0)
