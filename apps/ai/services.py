@@ -227,6 +227,17 @@ def inference_request_purge(*, older_than: datetime) -> int:
     )
 
 
+def model_version_purge(*, older_than: datetime) -> int:
+    """Delete model versions registered before ``older_than`` that were never promoted.
+
+    A training round registers one every day, artifact included; the promoted
+    one and every version ever promoted (the rollback targets) are kept.
+    """
+    return _purge_in_chunks(
+        ModelVersion.objects.filter(created_at__lt=older_than, promoted=False, promoted_at__isnull=True)
+    )
+
+
 def embedding_purge(*, older_than: datetime) -> int:
     """Delete embeddings stored before ``older_than``: a cache by content hash, recomputed when next needed."""
     return _purge_in_chunks(Embedding.objects.filter(created_at__lt=older_than))
@@ -251,6 +262,7 @@ __all__ = [
     "inference_request_trigger",
     "model_version_demote",
     "model_version_promote",
+    "model_version_purge",
     "model_version_register",
     "model_version_rollback",
     "suggestion_feedback_purge",

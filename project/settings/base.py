@@ -245,6 +245,9 @@ RETENTION_FEEDBACK_DAYS = env.get_int("RETENTION_FEEDBACK_DAYS", 90)
 RETENTION_SUGGESTION_DAYS = env.get_int("RETENTION_SUGGESTION_DAYS", 30)
 RETENTION_INFERENCE_REQUEST_DAYS = env.get_int("RETENTION_INFERENCE_REQUEST_DAYS", 7)
 RETENTION_EMBEDDING_DAYS = env.get_int("RETENTION_EMBEDDING_DAYS", 30)
+# Model versions never promoted (one per training round, artifact included);
+# promoted and once-promoted versions (rollback targets) are kept.
+RETENTION_MODEL_VERSION_DAYS = env.get_int("RETENTION_MODEL_VERSION_DAYS", 30)
 # Modules whose @register'd jobs the runner, run_job and the jobs API know;
 # code, not deployment configuration, so no environment variable.
 BATCH_JOB_MODULES = ["workers.batch.jobs", "workers.training.jobs"]

@@ -74,7 +74,7 @@ class RetentionPurgeJob(Job):
     queue = Queue.MAINTENANCE.value
     description = (
         "Delete old dead letters, published outbox rows, event dedupe records, idempotency keys, finished job runs, "
-        "AI feedback, suggestions, finished inference requests and embeddings."
+        "AI feedback, suggestions, finished inference requests, embeddings and never-promoted model versions."
     )
     params = {
         "dead_letter_days": Param(int, None, "default: settings.RETENTION_DEAD_LETTER_DAYS"),
@@ -85,6 +85,7 @@ class RetentionPurgeJob(Job):
         "suggestion_days": Param(int, None, "default: settings.RETENTION_SUGGESTION_DAYS"),
         "inference_request_days": Param(int, None, "default: settings.RETENTION_INFERENCE_REQUEST_DAYS"),
         "embedding_days": Param(int, None, "default: settings.RETENTION_EMBEDDING_DAYS"),
+        "model_version_days": Param(int, None, "default: settings.RETENTION_MODEL_VERSION_DAYS"),
     }
     # One target per step: each purge commits with its checkpoint, so a resumed
     # run skips the purges already done. Feedback goes before suggestions and
@@ -99,6 +100,7 @@ class RetentionPurgeJob(Job):
         "suggestions",
         "inference_requests",
         "embeddings",
+        "model_versions",
     )
 
     def total(self, *, params: dict[str, Any]) -> int | None:
@@ -145,8 +147,11 @@ class RetentionPurgeJob(Job):
         if target == "inference_requests":
             days = _or_default(params, "inference_request_days", settings.RETENTION_INFERENCE_REQUEST_DAYS)
             return ai_services.inference_request_purge(older_than=now - timedelta(days=days))
-        days = _or_default(params, "embedding_days", settings.RETENTION_EMBEDDING_DAYS)
-        return ai_services.embedding_purge(older_than=now - timedelta(days=days))
+        if target == "embeddings":
+            days = _or_default(params, "embedding_days", settings.RETENTION_EMBEDDING_DAYS)
+            return ai_services.embedding_purge(older_than=now - timedelta(days=days))
+        days = _or_default(params, "model_version_days", settings.RETENTION_MODEL_VERSION_DAYS)
+        return ai_services.model_version_purge(older_than=now - timedelta(days=days))
 
 
 @register

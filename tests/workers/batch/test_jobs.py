@@ -151,8 +151,9 @@ def test_retention_deletes_exactly_the_old_rows(db):
         "deleted_suggestions": 0,
         "deleted_inference_requests": 0,
         "deleted_embeddings": 0,
+        "deleted_model_versions": 0,
     }
-    assert run.progress_done == run.progress_total == 9
+    assert run.progress_done == run.progress_total == 10
 
 
 def _ai_rows(session: Session, user, *, now: datetime) -> dict[str, object]:
@@ -199,6 +200,19 @@ def _ai_rows(session: Session, user, *, now: datetime) -> dict[str, object]:
     embedding_store_many(model_name="m", vectors={"old": np.ones(4), "young": np.ones(4)})
     Embedding.objects.filter(content_hash="old").update(created_at=now - timedelta(days=31))
     Embedding.objects.filter(content_hash="young").update(created_at=now - timedelta(days=29))
+    from apps.ai.models import ModelVersion
+
+    for version, (days, promoted, once) in enumerate(
+        [(31, False, False), (29, False, False), (100, True, True), (100, False, True)], start=1
+    ):
+        made = ModelVersion.objects.create(
+            name="retention_test",
+            version=version,
+            artifact=b"x",
+            promoted=promoted,
+            promoted_at=now - timedelta(days=days) if once else None,
+        )
+        ModelVersion.objects.filter(pk=made.pk).update(created_at=now - timedelta(days=days))
     return rows
 
 
@@ -236,6 +250,10 @@ def test_retention_purges_the_ai_tables_with_their_default_windows(session_facto
     }
     hashes = set(Embedding.objects.filter(content_hash__in=["old", "young"]).values_list("content_hash", flat=True))
     assert hashes == {"young"}
+    from apps.ai.models import ModelVersion
+
+    # Never promoted and 31 days old: gone; 29 days, promoted, once promoted: kept
+    assert set(ModelVersion.objects.filter(name="retention_test").values_list("version", flat=True)) == {2, 3, 4}
 
 
 def test_retention_rejects_a_zero_day_window(db):
