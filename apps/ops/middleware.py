@@ -145,7 +145,7 @@ class AuthLockoutMiddleware:
         response = self.get_response(request)
         if not login and self._credential_failed(request, response):  # type: ignore[arg-type]
             lockout.credential_failure_record(ip=lockout.client_ip(request))
-        return response  # type: ignore[return-value]
+        return response
 
     async def __acall__(self, request: HttpRequest) -> HttpResponse:
         login = request.method == "POST" and request.path_info in _login_paths()
