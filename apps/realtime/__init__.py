@@ -2,20 +2,32 @@
 
 Endpoint
     ``/ws/sessions/<session id>/`` on the web process (uvicorn, ``--ws websockets``).
-    Token in the ``token`` query parameter, or offer the subprotocols
-    ``["context-engine", "token.<key>"]`` in ``Sec-WebSocket-Protocol`` (the
-    server selects ``context-engine``). A browser's ``Origin`` must be listed in
+    The token, in order of preference: an ``Authorization: Token <key>`` header
+    (scripts, services); the subprotocols ``["context-engine", "token.<key>"]``
+    in ``Sec-WebSocket-Protocol`` (browsers; the server selects
+    ``context-engine``); the ``token`` query parameter (old clients; it is
+    rewritten to ``token=[redacted]`` in every log line, uvicorn's access and
+    handshake lines included). Revoked, expired (``API_TOKEN_TTL_S``) and
+    inactive users' tokens are refused. A browser's ``Origin`` must be listed in
     ``ALLOWED_ORIGINS`` (``*`` allows any); clients that send no Origin (scripts,
     services) are not browsers and are let through on their token alone.
 
 Close codes (the server accepts, then closes, so the client sees the code)
     ====  ==========================================================================
-    4401  unauthenticated: no token, unknown token, inactive user
+    4401  unauthenticated: no token, unknown token, inactive user; on an open
+          socket: its token was revoked, rotated or deleted, or expired, or the user
+          was deactivated or deleted (after a ``revoked`` frame)
     4403  forbidden: Origin not in ALLOWED_ORIGINS
     4404  not found: no such session, not a participant, malformed id, unknown path
-          (all identical, so outsiders learn nothing about which sessions exist)
+          (all identical, so outsiders learn nothing about which sessions exist);
+          on an open socket: the participant was removed (REST or admin), or the
+          session was deleted (after a ``session`` ``deleted`` frame)
+    4408  client too slow: a frame waited WS_SEND_TIMEOUT_S (5 s) for a client that
+          stopped reading; what was pushed meanwhile is dropped. Reconnect, ``resume``
     4429  too many connections for this user (WS_MAX_CONNECTIONS_PER_USER, across
           servers), or a client that keeps exceeding the message rate
+    1009  message too big: a frame over WS_MAX_FRAME_BYTES, refused by uvicorn
+          (``--ws-max-size``, Procfile) before it is buffered
     1013  try again later: Redis (channel layer / presence) unavailable at connect
     1011  server error: reconnect and ``resume``
     1012  service restart: this web instance is shutting down (SIGTERM; uvicorn
@@ -42,7 +54,12 @@ Frames (JSON text, each with ``type``)
         ``typing`` ``{user, active, ttl_ms}`` (not echoed to the typist);
         ``suggestion`` (whatever the AI worker broadcast); ``pong`` ``{t, server_time}``;
         ``error`` ``{code, message, details, client_msg_id?}``; ``resync_required``
-        ``{after_seq, last_seq, max_events}``.
+        ``{after_seq, last_seq, max_events}``;
+        ``session`` ``{event: "updated"|"closed"|"deleted", session: {id, title?, state?}}``
+        (an edit by REST or admin; after ``deleted`` the socket closes 4404);
+        ``revoked`` ``{reason, close_code}`` just before a 4401/4404 close, reason one
+        of ``token_revoked``, ``token_expired``, ``user_inactive``, ``user_deleted``,
+        ``removed`` (also announced as ``presence`` ``removed``), ``session_deleted``.
 
 Ordering and delivery
     ``hello.last_seq`` is read after the connection joined the session's group:
@@ -83,8 +100,27 @@ Presence
     If Redis loses its state (restart, flush), the heartbeat notices its entry
     is gone, re-registers, re-joins the group and catches up from PostgreSQL.
 
+Revocation (apps/realtime/revocation.py)
+    Every socket joins its user's channel-layer group (``user.<id>``). Removing a
+    participant (the service: REST and admin), deactivating or deleting a user,
+    and deleting, rotating or revoking a token push ``access.revoked`` there after
+    commit; the socket sends ``revoked`` and closes (measured 60-160 ms after the
+    REST call returns, tests/security/test_revocation.py). Besides, ``context_update``
+    and ``resume`` re-check token and membership through the cache (invalidated by
+    the same writes), other frames in and out at most every WS_ACCESS_RECHECK_S (1 s),
+    and the heartbeat every PRESENCE_HEARTBEAT_S: a lost push is caught within 10 s.
+    A token's expiry closes its sockets by a timer. A revoked socket gets no event
+    after the close decision, cannot ``resume`` and cannot write.
+
 Limits (settings, env vars of the same name)
-    WS_MAX_FRAME_BYTES (96 KiB) -> ``error`` ``frame_too_large``;
+    WS_MAX_FRAME_BYTES (96 KiB): uvicorn closes 1009 before buffering (``error``
+    ``frame_too_large`` where the server does not enforce it); uvicorn holds at most
+    8 unread incoming frames per socket (``--ws-max-queue``): 768 KiB in. Out: the
+    socket's write buffer (64 KiB) and, for a client that stops reading, whatever
+    arrives within WS_SEND_TIMEOUT_S, then 4408. Every frame that does work counts
+    against the user's REST budget too (THROTTLE_USER_RATE, THROTTLE_IP_RATE, across
+    all their sockets and web instances) -> ``error`` ``rate_limited`` ``{retry_after_ms,
+    scope: "user"}``;
     WS_RATE_PER_SECOND / WS_RATE_BURST (20/s, burst 40) -> ``error`` ``rate_limited``
     with ``retry_after_ms``; WS_RATE_STRIKES (20) refusals within 10 s -> close 4429;
     WS_MAX_CONNECTIONS_PER_USER (20). Malformed JSON (``malformed_json``), a
