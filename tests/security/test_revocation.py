@@ -241,3 +241,23 @@ def test_session_renamed_and_closed_are_told_live(web, team):
         await bob.close()
 
     asyncio.run(scenario())
+
+
+def test_token_deleted_in_admin_closes_the_socket_and_the_cached_token_is_refused_at_once(web, team, make_user):
+    admin = _admin_client(web, make_user)
+    bob_id = team["users"]["bob"].pk
+    key = team["tokens"]["bob"]
+    assert httpx.get(f"{web.http}/api/v1/sessions/", headers=auth(key), timeout=10).status_code == 200  # cached
+
+    async def scenario() -> None:
+        bob = await WS.open(web.ws_url(team["sid"], key))
+        started = time.monotonic()
+        response = await asyncio.to_thread(
+            _admin_post, admin, web, f"/admin/authtoken/tokenproxy/{bob_id}/delete/", {"post": "yes"}
+        )
+        assert response.status_code == 302, response.text[:300]
+        code, elapsed, seen = await _close_after(bob, started)
+        _assert_revoked(code, elapsed, seen, expected=4401, label="token deleted (admin)")
+
+    asyncio.run(scenario())
+    assert httpx.get(f"{web.http}/api/v1/sessions/", headers=auth(key), timeout=10).status_code == 401
