@@ -16,7 +16,14 @@ standby takes over within ``STANDBY_POLL_S`` plus the backend's exit.
 On taking over, the new leader re-reads the schedule (``last_run_at``
 included) from the database. ``sync_every_tasks = 1`` makes the leader write
 ``last_run_at`` right after each send, so a takeover does not re-send what the
-old leader already sent.
+old leader already sent. That write is one ``UPDATE`` of beat's own two
+columns: django-celery-beat's entry re-reads the row and saves all of it, so an
+operator's edit landing in between (disabling the task, new kwargs) was
+written back over, and a task turned off in admin kept firing.
+
+A database outage (a PostgreSQL restart) does not end beat: the tick that
+fails gives up the lock, waits ``STANDBY_POLL_S`` and tries again; the lock is
+taken again and the schedule re-read once PostgreSQL answers.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from typing import Any
 
 import psycopg
 from django.conf import settings
-from django_celery_beat.schedulers import DatabaseScheduler
+from django.db import DatabaseError, InterfaceError, close_old_connections, connection
+from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +58,18 @@ def _lock_connection() -> psycopg.Connection:
     )
 
 
+class BookkeepingEntry(ModelEntry):
+    def save(self) -> None:
+        """Write only what beat owns (``last_run_at``, ``total_run_count``): an operator's concurrent
+        edit of the row survives. No signal fires, so the schedule is not reloaded for it."""
+        type(self.model)._default_manager.filter(pk=self.model.pk).update(
+            last_run_at=self.model.last_run_at, total_run_count=self.model.total_run_count
+        )
+
+
 class SingleBeatScheduler(DatabaseScheduler):
+    Entry = BookkeepingEntry
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._lock_conn: psycopg.Connection | None = None
         self.is_leader = False
@@ -98,9 +117,19 @@ class SingleBeatScheduler(DatabaseScheduler):
         self._heap_invalidated = True
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
-        if not self.hold_lock():
+        try:
+            if not self.hold_lock():
+                return STANDBY_POLL_S
+            return super().tick(*args, **kwargs)
+        except (DatabaseError, InterfaceError):
+            # A restarted or unreachable PostgreSQL: stand by (the lock went with the
+            # connection) and try again; beat itself keeps running.
+            logger.warning("beat: database unavailable; standing by and retrying", exc_info=True)
+            self.is_leader = False
+            self._drop_lock_connection()
+            close_old_connections()
+            connection.close()
             return STANDBY_POLL_S
-        return super().tick(*args, **kwargs)
 
     def close(self) -> None:
         try:

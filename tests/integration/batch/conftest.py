@@ -86,7 +86,7 @@ class Starter:
         self.started.append(proc)
         return proc
 
-    def beat(self, name: str) -> Proc:
+    def beat(self, name: str, **env: str) -> Proc:
         return self(
             name,
             [
@@ -105,6 +105,7 @@ class Starter:
                 "-s",
                 str(self.log_dir / f"{name}-schedule"),
             ],
+            **env,
         )
 
     def worker(self, name: str, queues: str, *, pool: str = "prefork") -> Proc:

@@ -18,11 +18,17 @@ from tests.integration.batch.conftest import drain, wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PROBE = "maintenance.beat_probe"  # never registered: nothing consumes it here, we count the messages
+FENCE = "maintenance.beat_fence"
 
 
 def _probes(conn, seen: list[dict]) -> list[dict]:
     seen.extend(m for m in drain(conn, "maintenance") if m["task"] == PROBE)
     return seen
+
+
+def _fences(conn, tail: list[dict]) -> int:
+    tail.extend(drain(conn, "maintenance"))
+    return sum(m["task"] == FENCE for m in tail)
 
 
 def test_one_beat_sends_a_second_stands_by_takes_over_and_follows_edits(processes, broker):
@@ -78,10 +84,20 @@ def test_one_beat_sends_a_second_stands_by_takes_over_and_follows_edits(processe
         message="beat sending the edited kwargs",
     )
 
-    # When the operator disables it, beat stops sending it
+    # When the operator disables it, beat stops sending it. A fence task added after the disable
+    # proves beat has re-read the schedule: the disable is in every schedule the fence is in, so no
+    # probe may follow the first fence in the queue (one beat publishes in order).
     task.enabled = False
     task.save()
-    time.sleep(4)  # picked up within beat's max interval (1 s here), plus a send in flight
-    drain(broker, "maintenance")
-    time.sleep(4)
-    assert _probes(broker, []) == []
+    PeriodicTask.objects.create(name="fence", task=FENCE, interval=every_second, queue="maintenance")
+    tail: list[dict] = []
+    wait_for(
+        lambda: _fences(broker, tail) >= 3,
+        timeout=60,
+        message="the fence task after the disable",
+    )
+    first_fence = next(i for i, m in enumerate(tail) if m["task"] == FENCE)
+    assert [m for m in tail[first_fence:] if m["task"] == PROBE] == []
+    # Beat's own bookkeeping writes did not put the operator's edit back.
+    task.refresh_from_db()
+    assert (task.enabled, json.loads(task.kwargs)) == (False, {"marker": "b"})
