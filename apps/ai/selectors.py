@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
-from apps.ai.models import Embedding, InferenceRequest, ModelVersion, Suggestion
+from apps.ai.models import Embedding, InferenceRequest, ModelVersion, Suggestion, SuggestionKind
 from apps.common.exceptions import NotFound
 from apps.context import selectors as context_selectors
 
@@ -66,8 +66,17 @@ def inference_request_get_for_user(*, request_id: Any, user: AbstractBaseUser) -
     return request
 
 
+# Suggestions stored before retrieval became same-session only may show
+# another session's text; reads leave them out (tenant isolation).
+# ``has_key`` first: a missing key would make the comparison NULL, and
+# ``exclude`` would then drop every row without it.
+_CROSS_SESSION = Q(kind=SuggestionKind.RELATED_CONTEXT, content__has_key="same_session") & Q(
+    content__same_session=False
+)
+
+
 def suggestion_list_for_session(*, session: Any, kind: str | None = None) -> QuerySet[Suggestion]:
-    qs = Suggestion.objects.filter(session=session)
+    qs = Suggestion.objects.filter(session=session).exclude(_CROSS_SESSION)
     if kind:
         qs = qs.filter(kind=kind)
     return qs.order_by("-created_at", "kind", "rank", "id")
@@ -75,7 +84,7 @@ def suggestion_list_for_session(*, session: Any, kind: str | None = None) -> Que
 
 def suggestion_get_for_user(*, suggestion_id: Any, user: AbstractBaseUser) -> Suggestion:
     sid = _as_uuid(suggestion_id, what="Suggestion")
-    suggestion = Suggestion.objects.filter(pk=sid).first()
+    suggestion = Suggestion.objects.filter(pk=sid).exclude(_CROSS_SESSION).first()
     if suggestion is None or not _takes_part(session_id=suggestion.session_id, user=user):
         raise NotFound("Suggestion not found.")
     return suggestion
@@ -111,7 +120,10 @@ def inference_request_to_dict(request: InferenceRequest) -> dict[str, Any]:
     if request.status == InferenceRequest.Status.FAILED:
         body["error"] = request.error
     body["suggestions"] = (
-        [suggestion_to_dict(s) for s in request.suggestions.order_by("-created_at", "kind", "rank")]
+        [
+            suggestion_to_dict(s)
+            for s in request.suggestions.exclude(_CROSS_SESSION).order_by("-created_at", "kind", "rank")
+        ]
         if request.status == InferenceRequest.Status.DONE
         else []
     )

@@ -310,3 +310,37 @@ def test_next_action_suggestions_offer_only_the_shared_vocabulary(stack):
     assert PRIVATE_NAME not in actions, actions
     assert "edit" in actions, actions
     _quiesce(stack)
+
+
+def test_suggestions_stored_before_the_rule_are_not_shown(stack):
+    # Given a shared session holding a related suggestion stored earlier from another session
+    from django.utils import timezone
+
+    from apps.ai.models import InferenceRequest, Suggestion
+
+    owner, owner_token = _user("tenant-frank")
+    viewer, viewer_token = _user("tenant-grace")
+    private = _session(owner, "Frank private")
+    shared = _session(owner, "Shared", **{viewer.username: "viewer"})
+    request = InferenceRequest.objects.create(session=shared, status="done", queued_at=timezone.now())
+    content = {"text": SECRET, "session_id": str(private.pk), "seq": 1, "same_session": False}
+    leaked = Suggestion.objects.create(
+        request=request, session=shared, kind="related_context", content={**content, "event_type": "context_update"}
+    )
+
+    # When the viewer lists the session's suggestions, reads the request and sends feedback on it
+    headers = {"Authorization": f"Token {viewer_token}"}
+    listed = _rest_suggestions(stack, shared.pk, viewer_token)
+    detail = httpx.get(f"{stack.http}/api/v1/inference-requests/{request.pk}/", headers=headers, timeout=30)
+    feedback = httpx.post(
+        f"{stack.http}/api/v1/suggestions/{leaked.pk}/feedback/",
+        json={"verdict": "accept"},
+        headers=headers,
+        timeout=30,
+    )
+
+    # Then the stored cross-session suggestion is shown nowhere
+    assert not _leaks(listed, private_session=private), listed
+    assert detail.status_code == 200 and not _leaks(detail.json()["suggestions"], private_session=private), detail.text
+    assert feedback.status_code == 404, feedback.text
+    assert _rest_suggestions(stack, shared.pk, owner_token) == []
