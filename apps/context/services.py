@@ -220,7 +220,8 @@ def participant_remove(*, session: Session, actor: AbstractBaseUser, username: s
     with transaction.atomic():
         actor_participant = _participant_for(session=session, user=actor)
         participant = (
-            Participant.objects.select_for_update()
+            Participant.objects.select_for_update(of=("self",))
+            .select_related("user")
             .filter(session=session, user__username=username, left_at__isnull=True)
             .first()
         )
@@ -242,7 +243,7 @@ def participant_evict(*, participant_id: Any, actor: AbstractBaseUser | None = N
     """
     with transaction.atomic():
         participant = (
-            Participant.objects.select_for_update()
+            Participant.objects.select_for_update(of=("self",))
             .select_related("user")
             .filter(pk=participant_id, left_at__isnull=True)
             .first()
