@@ -292,6 +292,9 @@ AI_STATE_TTL_S = env.get_int("AI_STATE_TTL_S", 120)
 # The group holding every ops permission (created by migration ops.0003; see
 # apps/ops/permissions.py); `create_api_token USER --staff` adds the user to it.
 OPS_OPERATORS_GROUP = "operators"
+# A dead-letter replay still pending after this long was cut off before its publish
+# (the process died): the next replay request takes it over instead of answering 409.
+OPS_REPLAY_PENDING_TIMEOUT_S = env.get_float("OPS_REPLAY_PENDING_TIMEOUT_S", 60.0)
 # Per-check timeout of /readyz, seconds: short, so a hung dependency takes the
 # instance out of the load balancer quickly instead of hanging the probe.
 READINESS_TIMEOUT = env.get_float("READINESS_TIMEOUT", 2.0)

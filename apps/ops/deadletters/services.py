@@ -12,11 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import signal
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -49,6 +52,10 @@ from apps.ops.models import (
 )
 
 logger = logging.getLogger(__name__)
+
+# Test hook: SIGKILL a replaying process after its claim commits and before it
+# publishes (the window tests/integration/ops/test_replay_crash.py proves safe).
+CRASH_BEFORE_PUBLISH_ENV = "OPS_REPLAY_CRASH_BEFORE_PUBLISH"
 
 CANARY_TASK_NAME = "ops.canary"
 
@@ -413,6 +420,22 @@ def _publish_event(*, queue: str, body: str, headers: dict, properties: dict) ->
     )
 
 
+def _replay_interrupted(dead_letter: DeadLetter) -> bool:
+    """Its last replay is still pending after ``OPS_REPLAY_PENDING_TIMEOUT_S``: the process that claimed it died
+    before its publish was confirmed. That replay is marked failed, and a new one may go ahead without force."""
+    latest = dead_letter.replays.order_by("-created_at").first()
+    if latest is None or latest.status != ReplayStatus.PENDING:
+        return False
+    if timezone.now() - latest.created_at < timedelta(seconds=settings.OPS_REPLAY_PENDING_TIMEOUT_S):
+        return False  # another request is publishing it right now
+    DeadLetterReplay.objects.filter(id=latest.id, status=ReplayStatus.PENDING).update(
+        status=ReplayStatus.PUBLISH_FAILED,
+        error="interrupted: the replaying process ended before its publish was confirmed",
+        finished_at=timezone.now(),
+    )
+    return True
+
+
 def dead_letter_replay(*, dead_letter_id: Any, user: Any | None, force: bool = False) -> DeadLetterReplay:
     """Publish the dead task again (a new task id); once per dead letter unless ``force``.
 
@@ -427,7 +450,7 @@ def dead_letter_replay(*, dead_letter_id: Any, user: Any | None, force: bool = F
         is_event = is_event_queue(dead_letter.queue)
         if is_event and dead_letter.task_id:
             new_task_id = dead_letter.task_id
-        if dead_letter.status == DeadLetterStatus.REPLAYED and not force:
+        if dead_letter.status == DeadLetterStatus.REPLAYED and not force and not _replay_interrupted(dead_letter):
             raise Conflict(
                 'This dead letter was already replayed; send {"force": true} to replay it again.',
                 code="already_replayed",
@@ -450,7 +473,12 @@ def dead_letter_replay(*, dead_letter_id: Any, user: Any | None, force: bool = F
         dead_letter.status = DeadLetterStatus.REPLAYED
         dead_letter.save(update_fields=["status", "updated_at"])
     # The publish is a side effect: it happens after the claim is committed, and
-    # a failed publish releases the claim and is recorded on the audit row.
+    # a failed publish releases the claim and is recorded on the audit row. A
+    # process that dies in between leaves the replay pending: the next request
+    # takes it over (_replay_interrupted), so the replay is at least once.
+    if os.environ.get(CRASH_BEFORE_PUBLISH_ENV) == "1":
+        logger.warning("replay crash hook: SIGKILL after the claim, before the publish")
+        os.kill(os.getpid(), signal.SIGKILL)
     try:
         if is_event:
             body, headers, properties = _replay_event_message(dead_letter, replay_id=str(replay.id))
