@@ -45,6 +45,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, so its process_exception sees a view's database errors first: 503 + Retry-After, not a 500.
+    "apps.common.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
