@@ -36,7 +36,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.signals import setting_changed
@@ -224,7 +224,7 @@ async def _run(
     started = time.monotonic()
     try:
         if is_async:
-            detail = await asyncio.wait_for(check(timeout), timeout)  # type: ignore[arg-type]
+            detail = await asyncio.wait_for(cast(Awaitable[Any], check(timeout)), timeout)
         else:
             # A thread: the blocking clients' own timeouts bound it; wait_for bounds the answer.
             detail = await asyncio.wait_for(asyncio.to_thread(check, timeout), timeout + 0.5)

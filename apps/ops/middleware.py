@@ -13,6 +13,7 @@ import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.core.exceptions import SuspiciousOperation
@@ -142,8 +143,8 @@ class AuthLockoutMiddleware:
         refused = self._login_refused(request) if login else self._credential_refused(request)
         if refused is not None:
             return refused
-        response = self.get_response(request)
-        if not login and self._credential_failed(request, response):  # type: ignore[arg-type]
+        response = cast(HttpResponse, self.get_response(request))
+        if not login and self._credential_failed(request, response):
             lockout.credential_failure_record(ip=lockout.client_ip(request))
         return response
 
@@ -153,7 +154,7 @@ class AuthLockoutMiddleware:
         refused = await sync_to_async(self._login_refused)(request) if login else self._credential_refused(request)
         if refused is not None:
             return refused
-        response = await self.get_response(request)  # type: ignore[misc]
+        response = await cast(Awaitable[HttpResponse], self.get_response(request))
         if not login and self._credential_failed(request, response):
             await sync_to_async(lockout.credential_failure_record)(ip=lockout.client_ip(request))
         return response
