@@ -16,7 +16,10 @@ import zlib
 import httpx
 import pytest
 from django.db import connection
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as sync_connect
 
 from apps.context.models import ContextEvent
 from tests.security.conftest import WS, auth, server_errors
@@ -254,3 +257,69 @@ def test_a_long_or_multiline_correlation_id_on_a_frame_is_replaced(web, team):
     assert len(stored) == 3
     assert all(0 < len(cid) <= 64 and "\n" not in cid for cid in stored), stored
     assert server_errors(web) == []
+
+
+# --- fuzzing the frame handlers on the real server ------------------------------
+
+_json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=20),
+)
+_json = st.recursive(
+    _json_leaf,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=30,
+)
+_frames = st.one_of(
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["context_update", "resume", "ping", "typing", "presence", "nope"])},
+        optional={
+            "data": _json,
+            "client_msg_id": _json,
+            "event_type": _json,
+            "after_seq": _json,
+            "t": _json,
+            "active": _json,
+            "state": _json,
+            "correlation_id": _json,
+        },
+    ).map(lambda f: json.dumps(f, allow_nan=True)),
+    st.text(max_size=50),
+    _json.map(lambda v: json.dumps(v, allow_nan=True)),
+)
+
+
+def test_fuzzed_frames_never_close_the_socket_or_fail_the_server(start_web, team):
+    web = start_web(WS_RATE_PER_SECOND="10000", WS_RATE_BURST="10000")
+    with sync_connect(web.ws_url(team["sid"], team["tokens"]["bob"]), open_timeout=10, ping_interval=None) as conn:
+        assert json.loads(conn.recv(timeout=10))["type"] == "hello"
+        _fuzz(conn)
+    assert server_errors(web) == []
+
+
+def _fuzz(conn) -> None:
+    counter = iter(range(10**9))
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(frame=_frames)
+    @example(frame='{"type": "context_update", "data": {"t": "a\\u0000"}}')
+    @example(frame='{"type": "context_update", "data": {"t": "\\udc00"}}')
+    @example(frame='{"type": "context_update", "data": {"x": NaN}}')
+    @example(frame='{"type": "context_update", "data": ' + _nested(900) + "}")
+    @example(frame="[" * 90_000)
+    def one(frame: str) -> None:
+        mark = f"probe-{next(counter)}"
+        try:
+            conn.send(frame.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
+            conn.send(json.dumps({"type": "ping", "t": mark}))
+            while True:
+                reply = json.loads(conn.recv(timeout=10))
+                if reply.get("type") == "pong" and reply.get("t") == mark:
+                    break
+        except ConnectionClosed as closed:
+            pytest.fail(f"closed {closed.rcvd.code if closed.rcvd else None} after {frame[:200]!r}")
+
+    one()
