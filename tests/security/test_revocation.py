@@ -261,3 +261,31 @@ def test_token_deleted_in_admin_closes_the_socket_and_the_cached_token_is_refuse
 
     asyncio.run(scenario())
     assert httpx.get(f"{web.http}/api/v1/sessions/", headers=auth(key), timeout=10).status_code == 401
+
+
+def test_a_lost_revocation_push_is_caught_by_the_heartbeat_recheck(start_web, team, monkeypatch):
+    import importlib
+
+    from rest_framework.authtoken.models import Token
+
+    heartbeat_s = 1.0
+    web = start_web(PRESENCE_HEARTBEAT_S=str(heartbeat_s))
+    # The push from this process is lost (as in a Redis blip); the cache invalidation is not.
+    # (Before issue 13 there was no push to silence, and no module: the socket simply stayed open.)
+    try:
+        revocation = importlib.import_module("apps.realtime.revocation")
+    except ImportError:
+        revocation = None
+    if revocation is not None:
+        monkeypatch.setattr(revocation, "access_revoke", lambda **kwargs: None)
+
+    async def scenario() -> None:
+        bob = await WS.open(web.ws_url(team["sid"], team["tokens"]["bob"]))
+        started = time.monotonic()
+        await _orm(lambda: Token.objects.filter(user=team["users"]["bob"]).delete())
+        code, elapsed, seen = await _close_after(bob, started, timeout=3 * heartbeat_s + 2)
+        print(f"\nlost push -> heartbeat re-check close: {elapsed * 1000:.0f} ms (code {code})")
+        assert code == 4401, (code, seen[-3:])
+        assert elapsed < 2 * heartbeat_s + 1
+
+    asyncio.run(scenario())
