@@ -161,3 +161,27 @@ def test_websocket_appends_and_rest_share_one_per_user_budget(start_web, team):
         timeout=10,
     )
     assert response.status_code == 201, response.text
+
+
+def _web_argv(text: str) -> list[str]:
+    import re
+    import shlex
+
+    # ${VAR:-default} and "${VAR:-default}" -> default, as a shell without VAR set expands them.
+    return shlex.split(re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", text))
+
+
+def test_every_way_the_web_process_starts_enforces_the_frame_limit():
+    from django.conf import settings
+
+    from tests.support.processes import REPO_ROOT
+
+    procfile = next(line for line in (REPO_ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
+    entrypoint = (REPO_ROOT / "docker" / "entrypoint.sh").read_text()
+    web_role = entrypoint[entrypoint.index("    web)") : entrypoint.index(";;", entrypoint.index("    web)"))]
+    web_role = " ".join(line.strip().rstrip("\\") for line in web_role.splitlines() if not line.strip().startswith("#"))
+    for name, argv in (("Procfile", _web_argv(procfile)), ("docker/entrypoint.sh", _web_argv(web_role))):
+        assert "--ws-max-size" in argv, f"{name}: uvicorn buffers frames up to its 16 MiB default"
+        assert int(argv[argv.index("--ws-max-size") + 1]) == settings.WS_MAX_FRAME_BYTES, name
+        assert "--ws-max-queue" in argv, f"{name}: uvicorn queues 32 unread frames per socket by default"
+        assert int(argv[argv.index("--ws-max-queue") + 1]) <= 8, name
