@@ -272,6 +272,11 @@ class BaseTask(celery.Task):
             logger.info("task finished", extra={**log, "outcome": outcome, "duration_ms": round(elapsed * 1000, 2)})
             _reset(token)
 
+    def replay_id(self) -> str | None:
+        """The dead-letter replay this run belongs to (an operator asked for it), else None."""
+        value = _header(self.request, HEADER_REPLAY_ID)
+        return str(value) if value else None
+
     def _on_replay_outcome(self, status: str, error: str | None) -> None:
         replay_id = _header(self.request, HEADER_REPLAY_ID)
         if not replay_id:

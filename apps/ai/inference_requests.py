@@ -194,12 +194,14 @@ def inference_request_create_query(*, session_id: Any, user: AbstractBaseUser, q
     return request
 
 
-def inference_request_claim(*, request_id: Any, claim_token: str = "") -> InferenceRequest | None:
+def inference_request_claim(*, request_id: Any, claim_token: str = "", replay: bool = False) -> InferenceRequest | None:
     """pending -> running, as one conditional update; None if another delivery owns it.
 
     A redelivery of the task that claimed it (same ``claim_token``: its worker
-    died mid-task, or an operator replays its dead letter) may take it again,
-    as may any delivery once ``CLAIM_LEASE`` has passed since the claim.
+    died mid-task) may take it again, as may any delivery once ``CLAIM_LEASE``
+    has passed since the claim. An operator's replay of its dead letter
+    (``replay``: the message carries a replay id, and a task id of its own) may
+    take a failed request: running it again is what the operator asked for.
     """
     try:
         rid = request_id if isinstance(request_id, uuid.UUID) else uuid.UUID(str(request_id))
@@ -210,10 +212,12 @@ def inference_request_claim(*, request_id: Any, claim_token: str = "") -> Infere
         status=InferenceRequest.Status.RUNNING, started_at__lt=now - CLAIM_LEASE
     )
     if claim_token:
-        # Its own crash redelivery, or an operator's replay of its dead letter.
+        # Its own crash redelivery.
         claimable |= Q(
             status__in=[InferenceRequest.Status.RUNNING, InferenceRequest.Status.FAILED], claim_token=claim_token
         )
+    if replay:
+        claimable |= Q(status=InferenceRequest.Status.FAILED)
     claimed = InferenceRequest.objects.filter(claimable, pk=rid).update(
         status=InferenceRequest.Status.RUNNING,
         started_at=now,

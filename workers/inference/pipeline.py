@@ -149,10 +149,10 @@ def _inputs(request: InferenceRequest) -> context_selectors.InferenceInputs:
     )
 
 
-def generate_for_request(*, request_id: str, claim_token: str) -> Outcome:
+def generate_for_request(*, request_id: str, claim_token: str, replay: bool = False) -> Outcome:
     """Claim, compute, complete. Raises on failure (the task decides retry or dead letter)."""
     started = time.perf_counter()
-    request = ai_services.inference_request_claim(request_id=request_id, claim_token=claim_token)
+    request = ai_services.inference_request_claim(request_id=request_id, claim_token=claim_token, replay=replay)
     if request is None:
         return Outcome(status="skipped", request_id=str(request_id))
     timings: dict[str, float] = {"claim_ms": round((time.perf_counter() - started) * 1000, 2)}

@@ -52,8 +52,9 @@ def generate_suggestions(*, request_id: str, **kwargs: Any) -> dict[str, Any]:
     from workers.inference.pipeline import generate_for_request
 
     claim_token = _task_id()
+    replay = generate_suggestions.replay_id() is not None
     try:
-        return generate_for_request(request_id=str(request_id), claim_token=claim_token).as_dict()
+        return generate_for_request(request_id=str(request_id), claim_token=claim_token, replay=replay).as_dict()
     except Exception as exc:
         final = not isinstance(exc, RETRY_ON) or generate_suggestions.attempt_number() >= MAX_ATTEMPTS
         if final:

@@ -229,3 +229,50 @@ def test_a_poison_input_dead_letters_alone_while_its_batch_mates_succeed(ai_stac
             dead.append(message.headers.get("id"))
     assert task_ids[poison] in dead, ai_stack.logs()
     assert not set(dead) & {task_ids[t] for t in good}
+
+
+def test_replaying_the_dead_letter_of_a_failed_request_runs_it_again(ai_stack):
+    """The replay is a new message with a new task id; the request it names failed under the old one.
+
+    Before, the claim only let the old task id retake a failed request: the
+    replayed task was "skipped", the request stayed failed, and the replay was
+    recorded as succeeded.
+    """
+    from django.db import transaction
+
+    from apps.ai import services as ai_services
+    from apps.ai.models import InferenceRequest
+    from apps.ops.deadletters import services as ops_services
+    from apps.ops.models import DeadLetterReplay, ReplayStatus
+    from tests.apps.ops.test_dead_letters_api import archive
+
+    user, _ = _user_with_token("replay_owner")
+    session = _session(user)
+    old_task_id = str(uuid.uuid4())
+    with transaction.atomic():
+        request = ai_services.inference_request_create_query(session_id=session.pk, user=user, query="what next?")
+        # It failed (and was dead-lettered) under its first task id.
+        InferenceRequest.objects.filter(pk=request.pk).update(
+            status=InferenceRequest.Status.FAILED, claim_token=old_task_id, error="TimeoutError: model busy"
+        )
+    dead_letter = archive(
+        task_name="ai.generate_suggestions",
+        queue="ai.realtime",
+        task_id=old_task_id,
+        kwargs={"request_id": str(request.pk)},
+    )
+
+    replay = ops_services.dead_letter_replay(dead_letter_id=dead_letter.pk, user=None)
+    assert replay.status == ReplayStatus.PUBLISHED and replay.new_task_id != old_task_id
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        request.refresh_from_db()
+        if request.status == InferenceRequest.Status.DONE:
+            break
+        time.sleep(0.3)
+    assert request.status == InferenceRequest.Status.DONE, ai_stack.logs()
+    assert request.claim_token == replay.new_task_id
+    deadline = time.monotonic() + 30
+    while DeadLetterReplay.objects.get(pk=replay.pk).status != ReplayStatus.SUCCEEDED:
+        assert time.monotonic() < deadline, ai_stack.logs()
+        time.sleep(0.2)
