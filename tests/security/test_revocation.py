@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from html.parser import HTMLParser
 from typing import Any
 
 import httpx
@@ -289,3 +290,71 @@ def test_a_lost_revocation_push_is_caught_by_the_heartbeat_recheck(start_web, te
         assert elapsed < 2 * heartbeat_s + 1
 
     asyncio.run(scenario())
+
+
+class _FormFields(HTMLParser):
+    """The fields a browser would submit from the admin's change form (inputs, selects, textareas)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fields: dict[str, str] = {}
+        self._select: str | None = None
+        self._textarea: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        name = a.get("name")
+        if tag == "input" and name and a.get("type") not in ("submit", "button", "file"):
+            if a.get("type") in ("checkbox", "radio"):
+                if "checked" in a:
+                    self.fields[name] = a.get("value") or "on"
+            else:
+                self.fields[name] = a.get("value", "")
+        elif tag == "select" and name:
+            self._select = name
+            self.fields.setdefault(name, "")
+        elif tag == "option" and self._select and "selected" in a:
+            self.fields[self._select] = a.get("value", "")
+        elif tag == "textarea" and name:
+            self._textarea = name
+            self.fields[name] = ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "select":
+            self._select = None
+        elif tag == "textarea":
+            self._textarea = None
+
+    def handle_data(self, data: str) -> None:
+        if self._textarea:
+            self.fields[self._textarea] += data
+
+
+def test_a_session_renamed_and_closed_in_admin_is_told_live(web, team, make_user):
+    import html
+
+    admin = _admin_client(web, make_user)
+    path = f"/admin/context/session/{team['sid']}/change/"
+
+    def edit(**changes: str) -> int:
+        parser = _FormFields()
+        parser.feed(admin.get(path).text)
+        fields = {k: html.unescape(v) for k, v in parser.fields.items()}
+        fields.update(changes, _save="Save")
+        return admin.post(path, data=fields, headers={"Referer": f"{web.http}{path}"}).status_code
+
+    async def scenario() -> None:
+        bob = await WS.open(web.ws_url(team["sid"], team["tokens"]["bob"]))
+        for change, event in (({"title": "Renamed in admin"}, "updated"), ({"state": "closed"}, "closed")):
+            assert await asyncio.to_thread(edit, **change) == 302
+            code, _, seen = await _close_after(bob, time.monotonic(), timeout=3)
+            frames = [f for f in seen if f.get("type") == "session"]
+            assert code is None and frames, (change, code, seen[-3:])
+            assert frames[0]["event"] == event and frames[0]["session"]["title"] == "Renamed in admin", frames
+        await bob.close()
+
+    asyncio.run(scenario())
+    from apps.eventbus.models import OutboxMessage
+
+    # The admin's close is a close like any other: its domain event is written.
+    assert OutboxMessage.objects.filter(routing_key="session.closed").exists()
