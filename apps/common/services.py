@@ -38,25 +38,25 @@ def api_token_get_or_create(*, user: AbstractBaseUser) -> str:
 def api_token_issue(*, user: AbstractBaseUser) -> Token:
     """The user's current token, or a new one when there is none or it has expired."""
     with transaction.atomic():
-        token = Token.objects.select_for_update().filter(user=user).first()
+        token = Token.objects.select_for_update().filter(user_id=user.pk).first()
         if token is not None and api_token_expired(token):
             token.delete()
             token = None
-        return token if token is not None else Token.objects.create(user=user)
+        return token if token is not None else Token.objects.create(user_id=user.pk)
 
 
 def api_token_rotate(*, user: AbstractBaseUser) -> Token:
     """A new key for ``user``; the old one is revoked in the same transaction."""
     with transaction.atomic():
-        for old in Token.objects.select_for_update().filter(user=user):
+        for old in Token.objects.select_for_update().filter(user_id=user.pk):
             old.delete()  # one by one: each delete signals its revocation
-        return Token.objects.create(user=user)
+        return Token.objects.create(user_id=user.pk)
 
 
 def api_token_revoke(*, user: AbstractBaseUser) -> bool:
     """End the user's token; False if there was none."""
     with transaction.atomic():
-        tokens = list(Token.objects.select_for_update().filter(user=user))
+        tokens = list(Token.objects.select_for_update().filter(user_id=user.pk))
         for token in tokens:
             token.delete()
     return bool(tokens)

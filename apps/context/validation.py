@@ -25,7 +25,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 
@@ -113,5 +113,5 @@ def event_input_from_frame(frame: Mapping[str, Any]) -> tuple[str, dict[str, Any
         raise _refuse("Invalid context_update.", event_type=[f"Must be one of {list(EVENT_TYPES)}."])
     client_msg_id = client_msg_id_check(frame.get("client_msg_id", ""))
     data = frame.get("data")
-    event_data_check(data)
-    return event_type, data, client_msg_id
+    event_data_check(data)  # raises unless data is a dict
+    return str(event_type), cast(dict[str, Any], data), client_msg_id
