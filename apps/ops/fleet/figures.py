@@ -722,6 +722,15 @@ def fleet_report(*, stats: list[QueueStat], nodes: list[WorkerNode] | None) -> d
 # --- What the API and the admin page show -----------------------------------------------
 
 
+def queue_samples(names: list[str]) -> dict[str, list[Sample]]:
+    """The samples kept for each queue (newest first; see SAMPLE_KEEP), or none when Redis is away."""
+    try:
+        return _read_samples(_shared_redis(), names)
+    except Exception:  # the charts are optional; the figures themselves do not need them
+        logger.warning("fleet samples unavailable", exc_info=True)
+        return {}
+
+
 class FleetUnavailable(Exception):
     """The broker did not answer: no queue figures can be given."""
 
