@@ -40,7 +40,7 @@ up: setup
 	@echo "    API docs     http://$(WEB_HOST):$(WEB_PORT)/api/docs/"
 	@echo "    admin        http://$(WEB_HOST):$(WEB_PORT)/admin/"
 	@echo "    playground   http://$(WEB_HOST):$(WEB_PORT)/playground/  (a live session in the browser)"
-	@echo "    WebSocket    ws://$(WEB_HOST):$(WEB_PORT)/ws/sessions/<id>/?token=<token>"
+	@echo "    WebSocket    ws://$(WEB_HOST):$(WEB_PORT)/ws/sessions/<id>/  (Authorization: Token <token>, or the subprotocol token.<token>)"
 	@echo "    health       http://$(WEB_HOST):$(WEB_PORT)/readyz  metrics http://$(WEB_HOST):$(WEB_PORT)/metrics"
 	@echo "    fleet        http://$(WEB_HOST):$(WEB_PORT)/admin/ops/fleet/  (API: /api/v1/ops/queues/, /api/v1/ops/report/)"
 	@echo ""
