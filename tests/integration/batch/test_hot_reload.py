@@ -49,7 +49,7 @@ def test_promoted_version_is_used_by_the_running_worker_without_restart(processe
 
     # The worker loads its models while the data is written (both take a while on 2 cores).
     worker = processes.worker("realtime-w1", "ai.realtime", pool="threads")
-    training_data_generate(config=SyntheticConfig(sessions=30, min_actions=30, max_actions=40, seed=11), users=2)
+    training_data_generate(config=SyntheticConfig(sessions=30, min_actions=30, max_actions=40, seed=11), users=3)
     user = django_user_model.objects.create_user(username="hot")
     session = session_create(owner=user, title="hot reload")
     context_event_append(
