@@ -10,6 +10,8 @@ STAMP := $(VENV)/.installed-$(REQ_HASH)
 WEB_HOST ?= 127.0.0.1
 WEB_PORT ?= 8000
 PYTEST_ARGS ?=
+# Two pytest-xdist workers, each a test run of its own (project/settings/test.py); a file stays on one worker.
+PYTEST_WORKERS ?= 2
 
 export WEB_HOST WEB_PORT
 
@@ -50,7 +52,7 @@ up: setup
 
 test: lint
 	$(BIN)/python -m project.bootstrap --for-tests
-	DJANGO_SETTINGS_MODULE=project.settings.test $(BIN)/python -m pytest $(PYTEST_ARGS)
+	DJANGO_SETTINGS_MODULE=project.settings.test $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Lint: ruff (rules and format), the layer contract (import-linter, pyproject.toml),
 # and mypy held to its error budget (scripts/type_budget.json).

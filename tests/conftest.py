@@ -125,3 +125,45 @@ def subprocess_env() -> Callable[..., dict[str, str]]:
 @pytest.fixture
 def python_bin() -> str:
     return sys.executable
+
+
+# --- what the data migrations seed, after a transactional test's flush ---------------
+
+# A transactional test ends with a flush that empties every table, the rows data
+# migrations seed included (the default beat schedule, the operators group). Under
+# pytest-xdist a worker runs whole files in turn, so a later file's ordinary tests
+# may run after such a flush: put those rows back, as the migrations made them.
+SEEDING_MIGRATIONS = (
+    ("apps.batch.migrations.0002_default_beat_schedule", "create_schedule"),
+    ("apps.ops.migrations.0003_operators_group", "operators_group_create"),
+    ("apps.ops.migrations.0004_operators_console_permissions", "console_permissions_grant"),
+)
+_migration_state: list[object] = []
+
+
+def _transactional(item: pytest.Item) -> bool:
+    marker = item.get_closest_marker("django_db")
+    fixtures = getattr(item, "fixturenames", ())
+    return bool(marker and marker.kwargs.get("transaction")) or "transactional_db" in fixtures
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    yield  # the test's fixtures are finalized: its flush has happened
+    # After the last test the session's fixtures are gone too (the test database with them).
+    if nextitem is None or not _transactional(item):
+        return
+    import importlib
+    from types import SimpleNamespace
+
+    from django.db import connection
+    from django.db.migrations.loader import MigrationLoader
+    from pytest_django.plugin import blocking_manager_key
+
+    with item.config.stash[blocking_manager_key].unblock():
+        if not _migration_state:
+            _migration_state.append(MigrationLoader(connection).project_state().apps)
+        editor = SimpleNamespace(connection=connection)
+        for module, function in SEEDING_MIGRATIONS:
+            getattr(importlib.import_module(module), function)(_migration_state[0], editor)
+        connection.close()

@@ -13,6 +13,11 @@ from project.settings.base import *
 from project.settings.base import BROKER_URL, CACHES, CHANNEL_LAYERS, DATABASES, REST_FRAMEWORK
 
 TEST_RUN_ID = os.environ.setdefault("TEST_RUN_ID", str(os.getpid()))
+# Under pytest-xdist each worker is a run of its own (database, vhost, Redis prefix);
+# the processes a worker starts inherit both variables and name the same run.
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _XDIST_WORKER and not TEST_RUN_ID.endswith(f"_{_XDIST_WORKER}"):
+    TEST_RUN_ID = os.environ["TEST_RUN_ID"] = f"{TEST_RUN_ID}_{_XDIST_WORKER}"
 
 DEBUG = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -45,12 +45,21 @@ def runner():
 def _publish(bodies: list[bytes]) -> None:
     with Connection(settings.BROKER_URL) as conn:
         channel = conn.channel()
+        # With confirms: a quorum queue may drop what an unconfirmed channel sent just before it
+        # closed (the last message went missing under load).
+        channel.confirm_select()
         for body in bodies:
             channel.basic_publish(
                 amqp.Message(body, content_type="application/json", message_id=str(uuid.uuid4())),
                 exchange="events",
                 routing_key="session.closed",
             )
+
+
+def _queue_state() -> dict:
+    with Connection(settings.BROKER_URL) as conn:
+        ok = conn.default_channel.queue_declare(queue="events.test_recording", passive=True)
+        return {"ready": ok.message_count, "consumers": ok.consumer_count}
 
 
 def _body(**data) -> bytes:
@@ -68,7 +77,7 @@ def test_runner_applies_good_events_once_and_dead_letters_bad_ones_alone(runner)
     _publish([good[0], b"{not json", good[1], _body(explode=True), good[2], good[0], good[3]])
     deadline = time.monotonic() + 60
     while runner.stats.applied + runner.stats.duplicates + runner.stats.dead_lettered < 7:
-        assert time.monotonic() < deadline, runner.stats
+        assert time.monotonic() < deadline, (runner.stats, _queue_state(), runner.slots["test_recording"].messages)
         runner.run_once(idle_timeout=0.2)
     assert (runner.stats.applied, runner.stats.duplicates, runner.stats.dead_lettered) == (4, 1, 2)
     assert ProcessedEvent.objects.filter(subscriber="test_recording").count() == 4

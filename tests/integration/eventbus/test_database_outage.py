@@ -47,6 +47,7 @@ def postgres() -> Iterator[PrivatePostgres]:
 
 def _publish(n: int) -> None:
     with Connection(settings.BROKER_URL) as conn:
+        conn.default_channel.confirm_select()  # see tests/apps/eventbus/test_runner_and_notify.py
         for _ in range(n):
             event = event_build(
                 event_type="session.closed", session_id=uuid.uuid4(), user_id=None, data={}, occurred_at=timezone.now()

@@ -86,6 +86,7 @@ def _publish_event() -> str:
     import json
 
     with Connection(settings.BROKER_URL) as conn:
+        conn.default_channel.confirm_select()  # see tests/apps/eventbus/test_runner_and_notify.py
         conn.default_channel.basic_publish(
             amqp.Message(json.dumps(event.to_wire()), content_type="application/json", message_id=str(event.event_id)),
             exchange="events",
