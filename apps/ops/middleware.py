@@ -40,7 +40,9 @@ def route_label(request: HttpRequest) -> str:
     return match.route or match.view_name or "unmatched"
 
 
-class ObservabilityMiddleware:
+class _HybridMiddleware:
+    """Runs sync under a WSGI server and async under ASGI, whichever the next layer is."""
+
     sync_capable = True
     async_capable = True
 
@@ -50,6 +52,11 @@ class ObservabilityMiddleware:
         if self.is_async:
             markcoroutinefunction(self)
 
+    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
+        raise NotImplementedError
+
+
+class ObservabilityMiddleware(_HybridMiddleware):
     def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
         if self.is_async:
             return self.__acall__(request)
@@ -118,7 +125,7 @@ def _posted_username(request: HttpRequest) -> str | None:
     return username if isinstance(username, str) and username else None
 
 
-class AuthLockoutMiddleware:
+class AuthLockoutMiddleware(_HybridMiddleware):
     """Refuses (429, ``Retry-After``) clients over the failed-authentication limits of apps/ops/lockout.py.
 
     Password logins are checked before the view (per IP and username) and
@@ -126,15 +133,6 @@ class AuthLockoutMiddleware:
     ``Authorization`` header is checked against this process's locks (no I/O)
     and, when answered 401, counted.
     """
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse | Awaitable[HttpResponse]]) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
         if self.is_async:

@@ -8,22 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError, CommandParser
-
 from apps.common.services import api_token_revoke
+from apps.context.management.commands._user_command import UserCommand
 
 
-class Command(BaseCommand):
+class Command(UserCommand):
     help = "Revoke USERNAME's API token (REST answers 401, open WebSockets close 4401)."
 
-    def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("username")
-
-    def handle(self, *args: Any, username: str, **options: Any) -> None:
-        user_model = get_user_model()
-        user = user_model.objects.filter(**{user_model.USERNAME_FIELD: username}).first()
-        if user is None:
-            raise CommandError(f"No user {username!r}.")
+    def handle_user(self, user: Any, *, username: str) -> None:
         revoked = api_token_revoke(user=user)
         self.stdout.write(f"Revoked the token of {username!r}." if revoked else f"{username!r} had no token.")

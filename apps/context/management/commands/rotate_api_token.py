@@ -8,23 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError, CommandParser
-
 from apps.common.services import api_token_expires_at, api_token_rotate
+from apps.context.management.commands._user_command import UserCommand
 
 
-class Command(BaseCommand):
+class Command(UserCommand):
     help = "Replace USERNAME's API token with a new one (the old one is revoked); prints the new token last."
 
-    def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("username")
-
-    def handle(self, *args: Any, username: str, **options: Any) -> None:
-        user_model = get_user_model()
-        user = user_model.objects.filter(**{user_model.USERNAME_FIELD: username}).first()
-        if user is None:
-            raise CommandError(f"No user {username!r}.")
+    def handle_user(self, user: Any, *, username: str) -> None:
         token = api_token_rotate(user=user)
         expires_at = api_token_expires_at(token)
         self.stdout.write(f"Rotated the token of {username!r}; expires {expires_at or 'never'}.")
