@@ -23,6 +23,7 @@ from typing import Any
 from celery import current_app
 
 from apps.common.logging import new_correlation_id
+from apps.eventbus.publisher import OutgoingMessage
 from apps.eventbus.queues import SUBSCRIBER_QUEUE_PREFIX, TASKS_EXCHANGE, Queue, queue_for_task_name
 
 HEADER_CORRELATION_ID = "ce_correlation_id"
@@ -90,6 +91,16 @@ class TaskMessage:
     routing_key: str
     queue: str
     task_id: str
+
+    def outgoing(self) -> OutgoingMessage:
+        """This message as the confirm-mode publisher takes it."""
+        return OutgoingMessage(
+            body=self.body,
+            exchange=self.exchange,
+            routing_key=self.routing_key,
+            headers=self.headers,
+            properties=self.properties,
+        )
 
 
 def build_task_message(

@@ -572,16 +572,7 @@ def canary_run_create(*, mode: str, user: Any | None) -> CanaryRun:
             task_id=task_id,
             queue=Queue.MAINTENANCE,
         )
-        publish_confirmed(
-            OutgoingMessage(
-                body=message.body,
-                exchange=message.exchange,
-                routing_key=message.routing_key,
-                headers=message.headers,
-                properties=message.properties,
-            ),
-            declare=declare_topology,
-        )
+        publish_confirmed(message.outgoing(), declare=declare_topology)
 
     if transaction.get_connection().in_atomic_block:
         transaction.on_commit(send)
