@@ -35,6 +35,7 @@ class OpsConfig(AppConfig):
         hooks.task_finished = figures.task_finished
         # The retention job (workers/batch/jobs.py) purges dead letters through this.
         batch_hooks.dead_letter_purge = services.dead_letter_purge
+        batch_hooks.canary_run_purge = services.canary_run_purge
         # The batch jobs (workers/) register with apps.batch.jobs on import; the
         # jobs API, run_job and beat find them in its registry.
         for module in settings.BATCH_JOB_MODULES:

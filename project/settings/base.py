@@ -250,6 +250,8 @@ RETENTION_EMBEDDING_DAYS = env.get_int("RETENTION_EMBEDDING_DAYS", 30)
 # Model versions never promoted (one per training round, artifact included);
 # promoted and once-promoted versions (rollback targets) are kept.
 RETENTION_MODEL_VERSION_DAYS = env.get_int("RETENTION_MODEL_VERSION_DAYS", 30)
+# Canary runs (synthetic tasks an operator starts): a week shows recent fleet checks.
+RETENTION_CANARY_RUN_DAYS = env.get_int("RETENTION_CANARY_RUN_DAYS", 7)
 # Modules whose @register'd jobs the runner, run_job and the jobs API know;
 # code, not deployment configuration, so no environment variable.
 BATCH_JOB_MODULES = ["workers.batch.jobs", "workers.training.jobs"]

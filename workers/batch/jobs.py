@@ -3,8 +3,8 @@
 Each job's ``step`` does one chunk inside the framework's transaction (see
 ``apps.batch.jobs``) and returns the checkpoint to resume from. Business rules
 live in the services they call; a step only pages through the work. Dead
-letters belong to the operations layer above: retention purges them through
-the callback it installs in ``apps.batch.hooks``.
+letters and canary runs belong to the operations layer above: retention purges
+them through the callbacks it installs in ``apps.batch.hooks``.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ class RetentionPurgeJob(Job):
     queue = Queue.MAINTENANCE.value
     description = (
         "Delete old dead letters, published outbox rows, event dedupe records, idempotency keys, finished job runs, "
-        "AI feedback, suggestions, finished inference requests, embeddings and never-promoted model versions."
+        "AI feedback, suggestions, finished inference requests, embeddings, never-promoted model versions "
+        "and canary runs."
     )
     params = {
         "dead_letter_days": Param(int, None, "default: settings.RETENTION_DEAD_LETTER_DAYS"),
@@ -86,6 +87,7 @@ class RetentionPurgeJob(Job):
         "inference_request_days": Param(int, None, "default: settings.RETENTION_INFERENCE_REQUEST_DAYS"),
         "embedding_days": Param(int, None, "default: settings.RETENTION_EMBEDDING_DAYS"),
         "model_version_days": Param(int, None, "default: settings.RETENTION_MODEL_VERSION_DAYS"),
+        "canary_run_days": Param(int, None, "default: settings.RETENTION_CANARY_RUN_DAYS"),
     }
     # One target per step: each purge commits with its checkpoint, so a resumed
     # run skips the purges already done. Feedback goes before suggestions and
@@ -101,6 +103,7 @@ class RetentionPurgeJob(Job):
         "inference_requests",
         "embeddings",
         "model_versions",
+        "canary_runs",
     )
 
     def total(self, *, params: dict[str, Any]) -> int | None:
@@ -150,6 +153,10 @@ class RetentionPurgeJob(Job):
         if target == "embeddings":
             days = _or_default(params, "embedding_days", settings.RETENTION_EMBEDDING_DAYS)
             return ai_services.embedding_purge(older_than=now - timedelta(days=days))
+        if target == "canary_runs":
+            days = _or_default(params, "canary_run_days", settings.RETENTION_CANARY_RUN_DAYS)
+            canary_purge = batch_hooks.canary_run_purge
+            return canary_purge(older_than=now - timedelta(days=days)) if canary_purge else 0
         days = _or_default(params, "model_version_days", settings.RETENTION_MODEL_VERSION_DAYS)
         return ai_services.model_version_purge(older_than=now - timedelta(days=days))
 

@@ -590,6 +590,19 @@ def canary_run_create(*, mode: str, user: Any | None) -> CanaryRun:
     return run
 
 
+def canary_run_purge(*, older_than: datetime) -> int:
+    """Retention: delete canary runs created before ``older_than``, whatever their status; returns rows deleted.
+
+    A run still pending or running after the retention window (a week by
+    default) has long been dead-lettered or lost; its dead letter, if any, has
+    its own retention.
+    """
+    if timezone.is_naive(older_than):
+        raise ValidationFailed("older_than must be timezone-aware.")
+    count, _ = CanaryRun.objects.filter(created_at__lt=older_than).delete()
+    return count
+
+
 def canary_run_mark(*, canary_id: str, status: str, attempts: int | None = None) -> None:
     now = timezone.now()
     fields: dict[str, Any] = {"status": status, "updated_at": now}

@@ -152,8 +152,9 @@ def test_retention_deletes_exactly_the_old_rows(db):
         "deleted_inference_requests": 0,
         "deleted_embeddings": 0,
         "deleted_model_versions": 0,
+        "deleted_canary_runs": 0,
     }
-    assert run.progress_done == run.progress_total == 10
+    assert run.progress_done == run.progress_total == 11
 
 
 def _ai_rows(session: Session, user, *, now: datetime) -> dict[str, object]:
@@ -254,6 +255,27 @@ def test_retention_purges_the_ai_tables_with_their_default_windows(session_facto
 
     # Never promoted and 31 days old: gone; 29 days, promoted, once promoted: kept
     assert set(ModelVersion.objects.filter(name="retention_test").values_list("version", flat=True)) == {2, 3, 4}
+
+
+def test_retention_deletes_canary_runs_past_their_default_window(db):
+    # Given canary runs just past and just inside the default window (7 days), in every status
+    from apps.ops.models import CanaryRun, CanaryStatus
+
+    now = timezone.now()
+    ages = {"old_ok": 7.5, "old_pending": 30, "young": 6.5, "new": 0}
+    statuses = {"old_ok": CanaryStatus.SUCCEEDED, "old_pending": CanaryStatus.PENDING}
+    runs = {}
+    for name, days in ages.items():
+        run = CanaryRun.objects.create(mode="ok", status=statuses.get(name, CanaryStatus.SUCCEEDED))
+        CanaryRun.objects.filter(pk=run.pk).update(created_at=now - timedelta(days=days))
+        runs[name] = run.pk
+
+    # When the retention job runs with its defaults
+    run = job_execute(name="retention_purge", params={})
+
+    # Then only the runs older than RETENTION_CANARY_RUN_DAYS are gone
+    assert set(CanaryRun.objects.values_list("pk", flat=True)) == {runs["young"], runs["new"]}
+    assert run.result["deleted_canary_runs"] == 2
 
 
 def test_retention_rejects_a_zero_day_window(db):
