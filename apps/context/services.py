@@ -182,6 +182,20 @@ def _after_session_deleted(session_pk: Any) -> None:
     transaction.on_commit(lambda: hooks.after_commit_message(session_id=session_pk, message=gone))
 
 
+def _not_addable() -> ValidationFailed:
+    """The one refusal of ``participant_add``: a missing name, an inactive user and the owner look alike.
+
+    Whatever the reason, the answer (status, code, message, details) is the
+    same and never repeats the name, so adding users is no way to learn which
+    usernames exist or are active.
+    """
+    return ValidationFailed(
+        "This user cannot be added to the session.",
+        code="user_not_addable",
+        details={"username": ["Cannot be added: no active user by this name may join as this role."]},
+    )
+
+
 def participant_add(*, session: Session, actor: AbstractBaseUser, username: str, role: str) -> Participant:
     if role not in (Participant.Role.EDITOR, Participant.Role.VIEWER):
         raise ValidationFailed("Role must be 'editor' or 'viewer'.", details={"role": [f"Invalid role {role!r}."]})
@@ -191,13 +205,13 @@ def participant_add(*, session: Session, actor: AbstractBaseUser, username: str,
             raise PermissionDenied("Only the owner can add participants.")
         user = User.objects.filter(username=username, is_active=True).first()
         if user is None:
-            raise ValidationFailed("No such user.", details={"username": [f"User {username!r} does not exist."]})
+            raise _not_addable()
         participant = Participant.objects.select_for_update().filter(session=session, user=user).first()
         joined = participant is None or participant.left_at is not None
         if participant is None:
             participant = Participant.objects.create(session=session, user=user, role=role)
         elif participant.role == Participant.Role.OWNER:
-            raise Conflict("The owner's role cannot be changed.", code="owner_role")
+            raise _not_addable()
         else:
             participant.role = role
             participant.left_at = None

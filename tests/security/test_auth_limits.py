@@ -121,3 +121,33 @@ def test_adding_a_missing_user_and_one_who_cannot_be_added_answer_alike(start_we
     assert answers["retired"].status_code in (400, 404)
     after = set(Participant.objects.filter(session=team["session"]).values_list("user__username", flat=True))
     assert after == before
+
+
+def test_adding_the_owner_a_missing_and_an_inactive_user_answer_alike_and_a_real_add_works(start_web, team, make_user):
+    # given the owner of a session, an inactive account, a name nobody has, and a user who may join
+    get_user_model().objects.create_user(username="retired", password=PASSWORD, is_active=False)
+    make_user("carol")
+    web = start_web()
+    url = f"{web.http}/api/v1/sessions/{team['sid']}/participants/"
+    owner = auth(team["tokens"]["alice"])
+    before = set(Participant.objects.filter(session=team["session"]).values_list("user__username", "role"))
+
+    # when the owner tries to add a missing name, an inactive user and the owner herself
+    refused = {
+        name: httpx.post(url, json={"username": name, "role": "viewer"}, headers=owner)
+        for name in ("nobody-by-this-name", "retired", "alice")
+    }
+
+    # then each is refused with one and the same answer, and nothing changed
+    answers = {name: (r.status_code, r.json()) for name, r in refused.items()}
+    assert len({repr(a) for a in answers.values()}) == 1, answers
+    assert answers["alice"][0] == 400
+    assert all(name not in r.text for name, r in refused.items())
+    after = set(Participant.objects.filter(session=team["session"]).values_list("user__username", "role"))
+    assert after == before
+
+    # and adding someone who may join still works
+    added = httpx.post(url, json={"username": "carol", "role": "editor"}, headers=owner)
+    assert added.status_code == 201, added.text
+    assert added.json()["username"] == "carol"
+    assert Participant.objects.filter(session=team["session"], user__username="carol", role="editor").exists()

@@ -33,10 +33,13 @@ def test_participants_add_readd_and_remove(user, other_user):
     assert selectors.participant_get(session_id=session.pk, user=other_user) is None
     again = services.participant_add(session=session, actor=user, username=other_user.username, role="editor")
     assert again.left_at is None and again.role == "editor"
-    with pytest.raises(Conflict):
+    # The owner and a missing name get the same refusal (no name is told to exist).
+    with pytest.raises(ValidationFailed) as owner:
         services.participant_add(session=session, actor=user, username=user.username, role="editor")
-    with pytest.raises(ValidationFailed):
+    with pytest.raises(ValidationFailed) as ghost:
         services.participant_add(session=session, actor=user, username="ghost", role="editor")
+    assert owner.value.as_dict() == ghost.value.as_dict()
+    assert owner.value.code == "user_not_addable"
 
 
 def test_append_dedupes_by_client_msg_id_inside_a_mixed_batch(user):
