@@ -6,9 +6,10 @@
 - ``query`` requests: ``query`` suggestions, the session's events closest to
   the question.
 
-Retrieval is cosine similarity over normalised MiniLM embeddings (a dot
-product); candidate texts are usually already embedded (content-hash cache),
-so a request normally sends one new text through the batcher.
+Ranking is ``workers.inference.retrieval.rank_related`` (a pure function,
+measured by ``bench/quality.py`` on labelled conversations); candidate texts
+are usually already embedded (content-hash cache), so a request normally
+sends one new text through the batcher.
 
 Everything the pipeline reads from the session (trigger text, candidates,
 recent actions) comes from one context selector, ``inference_inputs_get``,
@@ -33,6 +34,7 @@ from apps.ai import selectors as ai_selectors
 from apps.ai import services as ai_services
 from apps.ai.models import InferenceRequest, SuggestionKind
 from apps.context import selectors as context_selectors
+from workers.inference import retrieval
 from workers.inference.embeddings import embed_texts
 from workers.inference.predictors import allowed_actions, current_predictor
 from workers.inference.runtime import runtime
@@ -41,9 +43,6 @@ logger = logging.getLogger(__name__)
 
 RELATED_TOP_K = 3
 NEXT_ACTION_TOP_K = 3
-# Below this cosine similarity MiniLM pairs are unrelated in practice (random
-# English sentence pairs score about 0.0-0.15), so they are not suggested.
-MIN_SIMILARITY = 0.2
 SNIPPET_CHARS = 280
 # The predictor is asked for this many names, so that after dropping those the
 # session may not be offered (``allowed_actions``) NEXT_ACTION_TOP_K remain.
@@ -68,24 +67,22 @@ class Outcome:
 
 
 def _rank(
-    query_vector: np.ndarray, candidates: Sequence[dict[str, Any]], vectors: list[np.ndarray], *, k: int, kind: str
+    query_text: str,
+    query_vector: np.ndarray,
+    candidates: Sequence[dict[str, Any]],
+    vectors: list[np.ndarray],
+    *,
+    k: int,
+    kind: str,
+    timings: dict[str, float],
 ) -> list[ai_services.SuggestionDraft]:
-    if not candidates:
-        return []
-    matrix = np.vstack(vectors)
-    scores = matrix @ query_vector
-    order = np.argsort(-scores, kind="stable")
+    """The ranking itself is ``workers.inference.retrieval.rank_related`` (pure, benchmarked on labelled data)."""
+    ranked = retrieval.rank_related(
+        query_text=query_text, query_vector=query_vector, candidates=candidates, vectors=vectors, k=k, timings=timings
+    )
     drafts: list[ai_services.SuggestionDraft] = []
-    seen: set[tuple[str, int]] = set()
-    for index in order:
-        score = float(scores[index])
-        if score < MIN_SIMILARITY or len(drafts) >= k:
-            break
-        candidate = candidates[int(index)]
-        key = (candidate["session_id"], candidate["seq"])
-        if key in seen:
-            continue
-        seen.add(key)
+    for chosen in ranked:
+        candidate = candidates[chosen.index]
         drafts.append(
             ai_services.SuggestionDraft(
                 kind=kind,
@@ -96,7 +93,7 @@ def _rank(
                     "same_session": candidate["same_session"],
                     "event_type": candidate["event_type"],
                 },
-                score=round(score, 4),
+                score=round(chosen.score, 4),
                 source_seqs=[candidate["seq"]],
             )
         )
@@ -109,7 +106,7 @@ def _related(
     t1 = time.perf_counter()
     vectors = embed_texts([query_text, *[c["text"] for c in candidates]])
     t2 = time.perf_counter()
-    drafts = _rank(vectors[0], candidates, vectors[1:], k=RELATED_TOP_K, kind=kind)
+    drafts = _rank(query_text, vectors[0], candidates, vectors[1:], k=RELATED_TOP_K, kind=kind, timings=timings)
     timings["embed_ms"] = round((t2 - t1) * 1000, 2)
     timings["rank_ms"] = round((time.perf_counter() - t2) * 1000, 2)
     return drafts, 1 + len(candidates)
