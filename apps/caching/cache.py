@@ -134,6 +134,7 @@ class MultiLevelCache:
         prefix: str,
         enabled: bool = True,
         l1_max_entries: int = 10_000,
+        l1_max_bytes: int | None = 64 * 1024 * 1024,
         l1_max_ttl: float = 30.0,
         lock_ttl: float = 2.0,
         lock_wait: float = 1.0,
@@ -153,7 +154,7 @@ class MultiLevelCache:
         self.channel = f"{prefix}:cache:{SCHEME}:bus"
         self.gen_ttl_ms = 86_400_000  # longer than any value TTL: a gen must outlive the values it fences
         self.origin = uuid.uuid4().hex
-        self.local = LocalCache(max_entries=l1_max_entries)
+        self.local = LocalCache(max_entries=l1_max_entries, max_bytes=l1_max_bytes)
         self.counters = Counters()
         self.loader_seconds = Histogram(LOADER_BUCKETS)
         self.invalidation_lag = Histogram(LAG_BUCKETS)
@@ -185,7 +186,7 @@ class MultiLevelCache:
     def _after_fork(self) -> None:
         self._process_state()
         self.origin = uuid.uuid4().hex
-        self.local = LocalCache(max_entries=self.local.max_entries)
+        self.local = LocalCache(max_entries=self.local.max_entries, max_bytes=self.local.max_bytes)
         self.counters = Counters()
         self.loader_seconds = Histogram(LOADER_BUCKETS)
         self.invalidation_lag = Histogram(LAG_BUCKETS)
@@ -553,6 +554,9 @@ class MultiLevelCache:
                 "bypassed": counters["l1_bypassed"],
                 "size": len(self.local),
                 "max_entries": self.local.max_entries,
+                "bytes": self.local.bytes,
+                "max_bytes": self.local.max_bytes,
+                "oversized": self.local.oversized,
                 "evictions": self.local.evictions,
                 "expirations": self.local.expirations,
             },
@@ -606,6 +610,7 @@ def get_cache() -> MultiLevelCache:
                     prefix=settings.REDIS_KEY_PREFIX,
                     enabled=settings.CACHE_ENABLED,
                     l1_max_entries=settings.CACHE_L1_MAX_ENTRIES,
+                    l1_max_bytes=settings.CACHE_L1_MAX_BYTES,
                     l1_max_ttl=settings.CACHE_L1_MAX_TTL,
                 )
     return _instance
@@ -622,6 +627,7 @@ def configure_cache(**overrides: Any) -> MultiLevelCache:
             "prefix": settings.REDIS_KEY_PREFIX,
             "enabled": settings.CACHE_ENABLED,
             "l1_max_entries": settings.CACHE_L1_MAX_ENTRIES,
+            "l1_max_bytes": settings.CACHE_L1_MAX_BYTES,
             "l1_max_ttl": settings.CACHE_L1_MAX_TTL,
         }
         options.update(overrides)

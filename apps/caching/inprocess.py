@@ -2,13 +2,16 @@
 
 ``BoundedLRU`` is the one least-recently-used map: the L1 of the multi-level
 cache (``apps.caching.local``) keeps its entries in one, and so does the
-embedding cache of the inference worker. ``SingleFlight`` is the one "one
+embedding cache of the inference worker. It is bounded in entries and,
+optionally, in bytes (``max_bytes``, each value's size estimated once, when
+it is stored): a count alone lets a few large values take a process's memory. ``SingleFlight`` is the one "one
 computation per key at a time" mechanism: the multi-level cache's loads and
 the embedding batches both go through one. Neither does I/O under its lock.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator
@@ -20,13 +23,57 @@ V = TypeVar("V")
 T = TypeVar("T")
 
 
+# The walk visits at most this many objects: sizing a value must never cost
+# more than it is worth (a 10,000-object walk is about a millisecond).
+_DEEP_SIZE_MAX_OBJECTS = 10_000
+
+
+def deep_sizeof(value: object) -> int:
+    """An estimate of the bytes ``value`` holds: ``sys.getsizeof`` summed over what it reaches.
+
+    Follows dicts, lists, tuples, sets, ``__dict__`` and ``__slots__``; each
+    object is counted once, and past ``_DEEP_SIZE_MAX_OBJECTS`` objects the
+    walk stops (the estimate is then low, never unbounded work). NumPy arrays
+    report their buffer through ``sys.getsizeof``.
+    """
+    seen: set[int] = set()
+    stack = [value]
+    total = 0
+    while stack and len(seen) < _DEEP_SIZE_MAX_OBJECTS:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        if isinstance(obj, str | bytes | bytearray | int | float | bool | type(None)):
+            continue
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, list | tuple | set | frozenset):
+            stack.extend(obj)
+        else:
+            attrs = getattr(obj, "__dict__", None)
+            if isinstance(attrs, dict):
+                stack.append(attrs)
+            for slot in getattr(type(obj), "__slots__", ()):
+                if hasattr(obj, slot):
+                    stack.append(getattr(obj, slot))
+    return total
+
+
 class BoundedLRU(Generic[K, V]):
-    """A thread-safe map of at most ``max_entries`` items that drops the least recently used first.
+    """A thread-safe map of at most ``max_entries`` items (and ``max_bytes``) that drops the least recently used first.
 
     ``get`` counts a hit or a miss and makes the item the most recent; ``put``
     inserts (or replaces) an item as the most recent, then evicts the oldest
-    while over the bound. ``None`` is not a storable value (``get`` and ``pop``
-    return it for "absent").
+    while over either bound. ``None`` is not a storable value (``get`` and
+    ``pop`` return it for "absent").
+
+    ``max_bytes``, if given, bounds the sum of the items' sizes: ``sizeof(value)``
+    (default ``deep_sizeof``), asked once per ``put``, outside the lock. A value
+    bigger than ``max_bytes`` by itself is not stored (``put`` returns False,
+    counted in ``oversized``), and the key's older value is dropped with it.
 
     ``expired(value)``, if given, is asked on each ``get`` that finds an item:
     true drops the item and reads as a miss (counted in ``expirations``).
@@ -41,18 +88,25 @@ class BoundedLRU(Generic[K, V]):
         self,
         max_entries: int,
         *,
+        max_bytes: int | None = None,
+        sizeof: Callable[[V], int] | None = None,
         expired: Callable[[V], bool] | None = None,
         on_remove: Callable[[K, V], None] | None = None,
     ) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._sizeof: Callable[[V], int] = sizeof if sizeof is not None else deep_sizeof
         self._data: OrderedDict[K, V] = OrderedDict()
+        self._sizes: dict[K, int] = {}
         self._expired = expired
         self._on_remove = on_remove
         self.lock = threading.RLock()
+        self.bytes = 0  # the sum of the stored items' sizes (0 when max_bytes is None: not measured)
         self.hits = 0
         self.misses = 0
         self.evictions = 0
         self.expirations = 0
+        self.oversized = 0
 
     def __len__(self) -> int:
         return len(self._data)
@@ -72,15 +126,24 @@ class BoundedLRU(Generic[K, V]):
             self.hits += 1
             return value
 
-    def put(self, key: K, value: V) -> None:
+    def put(self, key: K, value: V) -> bool:
+        """Store ``value`` as the most recent; False when it alone is over ``max_bytes`` (not stored)."""
+        size = self._sizeof(value) if self.max_bytes is not None else 0
         with self.lock:
             if key in self._data:
                 self._drop(key)
+            if self.max_bytes is not None and size > self.max_bytes:
+                self.oversized += 1
+                return False
             self._data[key] = value
-            while len(self._data) > self.max_entries:
+            if self.max_bytes is not None:
+                self._sizes[key] = size
+                self.bytes += size
+            while len(self._data) > self.max_entries or (self.max_bytes is not None and self.bytes > self.max_bytes):
                 oldest = next(iter(self._data))
                 self._drop(oldest)
                 self.evictions += 1
+            return True
 
     def pop(self, key: K) -> V | None:
         with self.lock:
@@ -95,9 +158,12 @@ class BoundedLRU(Generic[K, V]):
     def clear(self) -> None:
         with self.lock:
             self._data.clear()
+            self._sizes.clear()
+            self.bytes = 0
 
     def _drop(self, key: K) -> V | None:
         value = self._data.pop(key, None)
+        self.bytes -= self._sizes.pop(key, 0)
         if value is not None and self._on_remove is not None:
             self._on_remove(key, value)
         return value

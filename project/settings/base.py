@@ -88,6 +88,10 @@ CACHE_ENABLED = env.get_bool("CACHE_ENABLED", True)
 # Its own Redis URL so a fault test can point only the cache at a private Redis.
 CACHE_REDIS_URL = env.get_str("CACHE_REDIS_URL", REDIS_URL)
 CACHE_L1_MAX_ENTRIES = env.get_int("CACHE_L1_MAX_ENTRIES", 10_000)
+# L1 is bounded in bytes too (values' estimated sizes): 10,000 entries of a few
+# KiB fit; a few huge ones cannot take the process's memory. A value over the
+# whole budget is not kept in L1 (L2 still serves it).
+CACHE_L1_MAX_BYTES = env.get_int("CACHE_L1_MAX_BYTES", 64 * 1024 * 1024)
 # Upper bound on an L1 entry's life: the staleness bound if a bus message were lost.
 CACHE_L1_MAX_TTL = env.get_float("CACHE_L1_MAX_TTL", 30.0)
 

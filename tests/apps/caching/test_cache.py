@@ -343,3 +343,35 @@ def test_the_bus_survives_a_quiet_spell_longer_than_redis_py_idle_timeouts(make_
     assert _wait(lambda: listener.local.get("k") is None, timeout=2)
     assert listener.stats()["bus"]["reconnects"] == 0
     assert listener.stats()["invalidations"]["received"] == 1
+
+
+def test_the_process_cache_holds_at_most_its_byte_budget_from_settings(monkeypatch):
+    # Given the process's cache built from settings with a 1 MB L1 budget
+    from django.test import override_settings
+
+    from apps.caching import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "_instance", None)  # the test's own instance; the old one comes back after
+    with override_settings(CACHE_L1_MAX_BYTES=1_000_000, CACHE_L1_MAX_ENTRIES=10_000):
+        cache = cache_module.get_cache()
+    try:
+        assert cache.wait_ready(5), "invalidation bus did not connect"
+
+        # When 20 values of 200 KB each are read through it
+        keys = [f"big:{i}" for i in range(20)]
+        for key in keys:
+            assert cache.get_or_load(key, Loader(b"v" * 200_000), ttl=30) == b"v" * 200_000
+
+        # Then L1 holds no more than the budget, the most recent values first
+        held = {key: cache.local.get(key) for key in keys}
+        live = [key for key, entry in held.items() if entry is not None]
+        assert sum(len(held[key].value) for key in live) <= 1_000_000, f"{len(live)} values of 200 KB in L1"
+        assert live and live[-1] == keys[-1]
+
+        # and a value larger than the whole budget is served but not kept in L1
+        huge = Loader(b"h" * 2_000_000)
+        assert cache.get_or_load("huge", huge, ttl=30) == b"h" * 2_000_000
+        assert cache.local.get("huge") is None
+        assert cache.get_or_load("huge", huge, ttl=30) == b"h" * 2_000_000 and huge.calls == 1  # from L2
+    finally:
+        cache.close()

@@ -102,3 +102,32 @@ def test_claim_starts_missing_keys_and_joins_those_in_flight():
     assert started == ["a", "b", "c"]
     flights.release(owned)
     assert set(flights.claim(["a"], start)[0]) == {"a"}
+
+
+def test_lru_bounded_in_bytes_evicts_the_oldest_and_refuses_a_value_over_the_budget():
+    removed: list[str] = []
+    lru: BoundedLRU[str, bytes] = BoundedLRU(100, max_bytes=1000, sizeof=len, on_remove=lambda k, v: removed.append(k))
+    for key in "abcd":
+        assert lru.put(key, b"x" * 300)
+    # 4 x 300 > 1000: the oldest went, though the entry bound (100) was far away
+    assert list(lru) == ["b", "c", "d"] and lru.bytes == 900 and lru.evictions == 1
+    assert lru.get("b") is not None  # "c" is now the oldest
+    assert lru.put("e", b"y" * 500)
+    # 1400 bytes: the two oldest ("c", then "d") make room
+    assert list(lru) == ["b", "e"] and lru.bytes == 800 and removed == ["a", "c", "d"]
+    # a value bigger than the whole budget is not stored, and the key's old value goes with it
+    assert not lru.put("b", b"z" * 1001)
+    assert lru.get("b") is None and lru.oversized == 1 and lru.bytes == 500
+    assert list(lru) == ["e"]
+    lru.clear()
+    assert lru.bytes == 0 and len(lru) == 0
+
+
+def test_deep_sizeof_counts_what_a_value_reaches():
+    from apps.caching.inprocess import deep_sizeof
+
+    small = {"k": "v"}
+    big = {"k": ["x" * 10_000, {"n": b"y" * 20_000}]}
+    assert deep_sizeof(big) > 30_000 > deep_sizeof(small)
+    shared = "s" * 10_000
+    assert deep_sizeof([shared, shared]) < 2 * 10_000  # counted once

@@ -91,3 +91,20 @@ def test_concurrent_use_from_many_threads_keeps_the_bound_and_the_index_consiste
     assert len(cache) <= 50
     indexed = set().union(*cache._by_tag.values()) if cache._by_tag else set()
     assert indexed == set(cache._entries)
+
+
+def test_l1_bounded_in_bytes_evicts_and_keeps_its_tag_index_in_step():
+    def put_blob(cache: LocalCache, key: str, size: int, tags: tuple[str, ...] = ()) -> bool:
+        return cache.set(key, b"x" * size, ttl=10.0, tags=tags, token=cache.token(key, tags), encoded=True)
+
+    cache = LocalCache(max_entries=1000, max_bytes=10_000)
+    for i in range(10):
+        assert put_blob(cache, f"k{i}", 2_000, tags=(f"t{i}",))
+    # about four 2 KB entries fit in 10 KB (each also counts its key and overhead)
+    live = [f"k{i}" for i in range(10) if cache.get(f"k{i}") is not None]
+    assert live == ["k6", "k7", "k8", "k9"] and cache.bytes <= 10_000
+    assert cache.invalidate_tags(["t0", "t5"]) == 0  # evicted entries left the tag index
+    # one value over the whole budget is refused and nothing else is disturbed
+    assert not put_blob(cache, "huge", 20_000, tags=("t9",))
+    assert cache.get("huge") is None and cache.oversized == 1
+    assert cache.invalidate_tags(["t9"]) == 1 and cache.get("k9") is None
