@@ -142,10 +142,12 @@ def scores(probe: Probe, top: Sequence[int], full: Sequence[int]) -> dict[str, f
     }
 
 
-def evaluate(probes: list[Probe], method: str, **kwargs: Any) -> dict[str, dict[str, float]]:
+def evaluate(probes: list[Probe], method: str, *, full: bool = True, **kwargs: Any) -> dict[str, dict[str, float]]:
+    """Mean figures per case type and overall; ``full=False`` skips the whole ranking (MRR is then MRR@3)."""
     by_case: dict[str, list[dict[str, float]]] = defaultdict(list)
     for probe in probes:
-        s = scores(probe, rank(probe, method, k=TOP_K, **kwargs), rank(probe, method, k=None, **kwargs))
+        top = rank(probe, method, k=TOP_K, **kwargs)
+        s = scores(probe, top, rank(probe, method, k=None, **kwargs) if full else top)
         by_case[probe.case].append(s)
         by_case["overall"].append(s)
     return {case: {m: float(np.mean([s[m] for s in rows])) for m in rows[0]} for case, rows in by_case.items()}
@@ -175,6 +177,8 @@ def latency(probes: list[Probe], encoder: SentenceEncoder) -> dict[str, dict[str
         for probe in probes:
             for method in retrieval.METHODS:
                 timings: dict[str, float] = {}
+                # Cold: no text tokenized before (the worker would often have them cached).
+                retrieval.cache_clear()
                 t0 = time.perf_counter()
                 rank(probe, method, k=TOP_K, timings=timings)
                 out[method]["rank (total)"].append((time.perf_counter() - t0) * 1000)
@@ -192,11 +196,16 @@ def tune(probes: list[Probe]) -> None:
     results = []
     for values in itertools.product(*(grid[n] for n in names)):
         params = retrieval.HybridParams(**{**retrieval.HYBRID.__dict__, **dict(zip(names, values, strict=True))})
-        overall = evaluate(probes, retrieval.HYBRID_METHOD, params=params)["overall"]
+        overall = evaluate(probes, retrieval.HYBRID_METHOD, full=False, params=params)["overall"]
         results.append((overall["mrr3"], overall["r3"], dict(zip(names, values, strict=True))))
     results.sort(key=lambda r: (-r[0], -r[1]))
     for mrr3, r3, values in results[:15]:
         print(f"MRR@3 {mrr3:.3f}  R@3 {r3:.3f}  {values}")
+    print("best per value:")
+    for name in names:
+        for value in grid[name]:
+            mrr3, r3, values = next(r for r in results if r[2][name] == value)
+            print(f"  {name}={value}: MRR@3 {mrr3:.3f}  R@3 {r3:.3f}  {values}")
 
 
 def table(figures: dict[str, dict[str, dict[str, float]]]) -> list[str]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 
 from apps.ai import selectors as ai_selectors
 from apps.ai import services as ai_services
@@ -78,7 +79,13 @@ def _rank(
 ) -> list[ai_services.SuggestionDraft]:
     """The ranking itself is ``workers.inference.retrieval.rank_related`` (pure, benchmarked on labelled data)."""
     ranked = retrieval.rank_related(
-        query_text=query_text, query_vector=query_vector, candidates=candidates, vectors=vectors, k=k, timings=timings
+        query_text=query_text,
+        query_vector=query_vector,
+        candidates=candidates,
+        vectors=vectors,
+        k=k,
+        method=settings.AI_RETRIEVAL_METHOD,
+        timings=timings,
     )
     drafts: list[ai_services.SuggestionDraft] = []
     for chosen in ranked:
