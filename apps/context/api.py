@@ -342,21 +342,23 @@ class EventListApi(APIView):
         tags=["context"],
         parameters=[SESSION_ID, FilterSerializer],
         responses={200: OutputSerializer, **_errors(400, 401, 404)},
-        description="Events with `seq > after_seq` in `seq` order; follow `next` until it is null.",
+        description="Events with `seq > after_seq` in `seq` order, at most `limit` and about EVENT_PAGE_MAX_BYTES "
+        "(default 1 MiB; a page holds at least one event); follow `next` until it is null.",
     )
     def get(self, request: Request, session_id: Any) -> Response:
         session = _session_or_404(request, session_id)
         filters = EventListApi.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         after_seq, limit = filters.validated_data["after_seq"], filters.validated_data["limit"]
-        # One extra row tells whether another page exists without a COUNT.
-        events = list(selectors.context_event_list(session=session, after_seq=after_seq, limit=limit + 1))
+        # At most `limit` events and about EVENT_PAGE_MAX_BYTES: a page of large events stops early.
+        page = selectors.context_event_page(
+            session=session, after_seq=after_seq, limit=limit, max_bytes=settings.EVENT_PAGE_MAX_BYTES
+        )
         next_url = None
-        if len(events) > limit:
-            events = events[:limit]
-            query = urlencode({"after_seq": events[-1].seq, "limit": limit})
+        if page.has_more:
+            query = urlencode({"after_seq": page.events[-1].seq, "limit": limit})
             next_url = request.build_absolute_uri(f"{request.path}?{query}")
-        return Response({"results": [selectors.context_event_to_dict(e) for e in events], "next": next_url})
+        return Response({"results": [selectors.context_event_to_dict(e) for e in page.events], "next": next_url})
 
 
 class EventAppendApi(APIView):

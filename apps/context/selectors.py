@@ -8,7 +8,8 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import QuerySet
+from django.db.models import F, Func, IntegerField, QuerySet, TextField, Value
+from django.db.models.functions import Cast, Coalesce, Length
 
 from apps.caching.selectors import (
     cache_key,
@@ -118,6 +119,62 @@ def context_event_list(*, session: Session, after_seq: int = 0, limit: int | Non
     if limit is not None:
         qs = qs[:limit]
     return qs
+
+
+# What an event weighs on the wire beyond its data, user and client_msg_id: the
+# keys, seq, type, created_at and punctuation of its JSON (147 bytes at most),
+# plus the WebSocket frame's "type" key.
+EVENT_ENVELOPE_BYTES = 170
+
+
+@dataclass(frozen=True)
+class EventPage:
+    events: list[ContextEvent]
+    has_more: bool  # more events follow the page (it stopped at its count or its byte cap)
+
+
+def context_event_page(
+    *, session: Session, after_seq: int, limit: int, max_bytes: int, upto_seq: int | None = None
+) -> EventPage:
+    """Events with ``after_seq < seq (<= upto_seq)`` in seq order: at most ``limit`` and about ``max_bytes``.
+
+    The page stops before the event that would take it past ``max_bytes``, but
+    always holds at least one (an event larger than the cap comes alone), so a
+    reader following the pages always moves on. Sizes are read first, in SQL,
+    for at most ``limit + 1`` rows (the JSON text of ``data``, the author's name,
+    ``client_msg_id``, plus ``EVENT_ENVELOPE_BYTES``): only the events that fit
+    are loaded into this process.
+    """
+    rows = ContextEvent.objects.filter(session=session, seq__gt=after_seq)
+    if upto_seq is not None:
+        rows = rows.filter(seq__lte=upto_seq)
+    sizes = list(
+        rows.order_by("seq")
+        .annotate(
+            nbytes=Func(Cast("data", output_field=TextField()), function="octet_length", output_field=IntegerField())
+            + Length("client_msg_id")
+            + Coalesce(Length(F("author__username")), Value(0))
+        )
+        .values_list("seq", "nbytes")[: limit + 1]
+    )
+    total = 0
+    last: int | None = None
+    taken = 0
+    for seq, nbytes in sizes[:limit]:
+        size = nbytes + EVENT_ENVELOPE_BYTES
+        if taken and total + size > max_bytes:
+            break
+        total += size
+        last = seq
+        taken += 1
+    if last is None:
+        return EventPage(events=[], has_more=False)
+    events = list(
+        ContextEvent.objects.filter(session=session, seq__gt=after_seq, seq__lte=last)
+        .select_related("author")
+        .order_by("seq")
+    )
+    return EventPage(events=events, has_more=taken < len(sizes))
 
 
 def session_idle_ids(*, idle_before: Any, after: Any = None, limit: int = 500) -> list[uuid.UUID]:

@@ -79,8 +79,15 @@ def _append(*, session: Any, user: Any, event_type: str, data: dict[str, Any], c
 
 
 def _events_between(*, session: Any, after_seq: int, upto_seq: int, limit: int) -> list[dict[str, Any]]:
-    events = context_selectors.context_event_list(session=session, after_seq=after_seq, limit=limit)
-    return [context_selectors.context_event_to_dict(e) for e in events if e.seq <= upto_seq]
+    # One replay page: at most `limit` events and about WS_REPLAY_PAGE_MAX_BYTES (at least one).
+    page = context_selectors.context_event_page(
+        session=session,
+        after_seq=after_seq,
+        upto_seq=upto_seq,
+        limit=limit,
+        max_bytes=settings.WS_REPLAY_PAGE_MAX_BYTES,
+    )
+    return [context_selectors.context_event_to_dict(e) for e in page.events]
 
 
 def _last_seq(*, session_id: Any) -> int:

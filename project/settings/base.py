@@ -272,6 +272,9 @@ IDEMPOTENCY_KEY_TTL_S = env.get_int("IDEMPOTENCY_KEY_TTL_S", 24 * 3600)
 IDEMPOTENCY_LOCK_TIMEOUT_S = env.get_int("IDEMPOTENCY_LOCK_TIMEOUT_S", 60)
 EVENT_DATA_MAX_BYTES = env.get_int("EVENT_DATA_MAX_BYTES", 65_536)
 SNAPSHOT_RECENT_EVENTS = env.get_int("SNAPSHOT_RECENT_EVENTS", 50)
+# A page of GET .../events/ stops before it passes this many bytes (estimated
+# from the stored JSON; at least one event): 1,000 events of 64 KiB would be 64 MB.
+EVENT_PAGE_MAX_BYTES = env.get_int("EVENT_PAGE_MAX_BYTES", 1_048_576)
 
 # --- Realtime (WebSockets; documented in apps/realtime/__init__.py) ----------
 # Largest text frame a client may send; the biggest legal event (64 KiB data) fits.
@@ -285,6 +288,9 @@ WS_MAX_CONNECTIONS_PER_USER = env.get_int("WS_MAX_CONNECTIONS_PER_USER", 20)
 # A resume (or a live gap) longer than this gets resync_required: refetch the snapshot.
 WS_RESUME_MAX_EVENTS = env.get_int("WS_RESUME_MAX_EVENTS", 10_000)
 WS_REPLAY_PAGE = env.get_int("WS_REPLAY_PAGE", 500)
+# ...and a replay page (resume, gap fill) stops before this many bytes, so one
+# page of large events never sits whole in the web process (at least one event).
+WS_REPLAY_PAGE_MAX_BYTES = env.get_int("WS_REPLAY_PAGE_MAX_BYTES", 1_048_576)
 # Revocation: pushes close a revoked socket at once; besides, a socket re-checks its
 # token and membership (through the cache) at most this often per frame it serves,
 # and on every heartbeat, so a lost push is caught within PRESENCE_HEARTBEAT_S.

@@ -265,6 +265,34 @@ def test_resume_replays_any_gap_in_order_then_continues_live(room, settings):
     async_to_sync(scenario)()
 
 
+def test_a_replay_page_stops_before_its_byte_cap_and_the_next_one_goes_on(room, settings):
+    # given 20 events of about 5 KB and replay pages of 500 events but 20 KB
+    from apps.context.services import EventInput, context_event_append
+
+    settings.WS_REPLAY_PAGE = 500
+    settings.WS_REPLAY_PAGE_MAX_BYTES = 20_000
+    context_event_append(
+        session=room["session"],
+        author=room["alice"],
+        events=[EventInput(event_type="note", data={"text": f"{i}:" + "p" * 5_000}) for i in range(20)],
+    )
+
+    # when the consumer's page function reads the replay page by page
+    pages: list[list[dict]] = []
+    cursor = 0
+    while cursor < 20:
+        page = consumers._events_between(session=room["session"], after_seq=cursor, upto_seq=20, limit=500)
+        assert page, "an empty page before the end"
+        pages.append(page)
+        cursor = page[-1]["seq"]
+
+    # then each page held what fits in 20 KB (as frames), and together every event once, in order
+    sizes = [sum(len(consumers._frame({"type": "event", **e})) for e in page) for page in pages]
+    assert all(size <= 20_000 for size in sizes), sizes
+    assert len(pages) >= 5
+    assert [e["seq"] for page in pages for e in page] == list(range(1, 21))
+
+
 def test_resume_beyond_the_limit_asks_for_resync(room, settings):
     settings.WS_RESUME_MAX_EVENTS = 5
 
