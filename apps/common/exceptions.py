@@ -22,6 +22,8 @@ from rest_framework.views import exception_handler as drf_exception_handler
 class ApplicationError(Exception):
     code = "error"
     status_code = status.HTTP_400_BAD_REQUEST
+    # Whole seconds a client should wait (quotas: 429); sent as Retry-After over REST.
+    retry_after: int | None = None
 
     def __init__(
         self, message: str, *, code: str | None = None, details: Any = None, status_code: int | None = None
@@ -84,7 +86,8 @@ _DRF_CODES = {
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApplicationError):
-        return Response(exc.as_dict(), status=exc.status_code)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return Response(exc.as_dict(), status=exc.status_code, headers=headers)
     if isinstance(exc, RequestDataTooBig):
         return Response(
             {"code": "payload_too_large", "message": "Request body is too large.", "details": {}},

@@ -25,6 +25,7 @@ from apps.caching.services import cache_invalidate_keys, cache_invalidate_tags
 from apps.common.exceptions import ApplicationError, Conflict, NotFound, PermissionDenied, ValidationFailed
 from apps.context.hooks import hooks
 from apps.context.models import ContextEvent, Participant, Session, UserPreference
+from apps.context.quotas import NO_RESERVATION, EventQuotaExceeded, event_quota_reserve
 from apps.context.selectors import (
     context_event_to_dict,
     participants_cache_tag,
@@ -345,8 +346,39 @@ def context_event_append(
 
     Events whose ``client_msg_id`` is already stored are not written again: the
     stored event comes back in their place with ``was_created = False``.
+
+    The events count against the author's quota of stored events
+    (``apps/context/quotas.py``): over it, ``EventQuotaExceeded`` (429) and
+    nothing is written; what is not stored (duplicates, a failure) is given back.
     """
     _validate_event_inputs(events)
+    try:
+        reservation = event_quota_reserve(user_id=author.pk, count=len(events))
+    except EventQuotaExceeded:
+        if not _all_stored_already(session=session, author=author, events=events):
+            raise
+        # A retry of events already stored stores nothing new: it is answered, not refused.
+        reservation = NO_RESERVATION
+    try:
+        result = _context_event_append(session=session, author=author, events=events)
+    except BaseException:
+        reservation.release(len(events))
+        raise
+    reservation.release(sum(1 for event in result if not getattr(event, "was_created", False)))
+    return result
+
+
+def _all_stored_already(*, session: Session, author: AbstractBaseUser, events: Sequence[EventInput]) -> bool:
+    msg_ids = {e.client_msg_id for e in events}
+    if "" in msg_ids:
+        return False
+    stored = ContextEvent.objects.filter(session_id=session.pk, author_id=author.pk, client_msg_id__in=msg_ids)
+    return stored.count() == len(msg_ids)
+
+
+def _context_event_append(
+    *, session: Session, author: AbstractBaseUser, events: Sequence[EventInput]
+) -> list[ContextEvent]:
     with transaction.atomic():
         # The row lock taken here serialises appends per session; everything
         # below (dedupe lookup, seq allocation) happens under it.

@@ -275,6 +275,12 @@ SNAPSHOT_RECENT_EVENTS = env.get_int("SNAPSHOT_RECENT_EVENTS", 50)
 # A page of GET .../events/ stops before it passes this many bytes (estimated
 # from the stored JSON; at least one event): 1,000 events of 64 KiB would be 64 MB.
 EVENT_PAGE_MAX_BYTES = env.get_int("EVENT_PAGE_MAX_BYTES", 1_048_576)
+# Stored events per user per rolling window (REST and WebSocket appends alike;
+# 429 beyond, nothing stored; 0: no quota). 100,000 a day is more than one
+# event a second around the clock: people and client apps never meet it, a
+# runaway script does. Counted in Redis, in 24 buckets of window/24.
+EVENT_QUOTA_PER_USER = env.get_int("EVENT_QUOTA_PER_USER", 100_000)
+EVENT_QUOTA_WINDOW_S = env.get_int("EVENT_QUOTA_WINDOW_S", 86_400)
 
 # --- Realtime (WebSockets; documented in apps/realtime/__init__.py) ----------
 # Largest text frame a client may send; the biggest legal event (64 KiB data) fits.

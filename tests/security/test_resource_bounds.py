@@ -93,3 +93,49 @@ def test_resume_replays_every_event_through_byte_capped_pages(start_web, team):
     # then it gets every event once, in order
     assert asyncio.run(scenario()) == list(range(1, 31))
     assert ContextEvent.objects.filter(session=team["session"]).count() == 30
+
+
+QUOTA = 5
+
+
+def test_a_user_over_the_stored_event_quota_is_refused_over_rest_and_websocket(start_web, team):
+    # given a server that lets each user store 5 events a day, and bob, who stored 4 over REST
+    web = start_web(EVENT_QUOTA_PER_USER=str(QUOTA))
+    url = f"{web.http}/api/v1/sessions/{team['sid']}/events/"
+    bob = auth(team["tokens"]["bob"])
+    batch = {"events": [{"event_type": "note", "data": {"text": f"b{i}"}} for i in range(QUOTA - 1)]}
+    assert httpx.post(url, json=batch, headers=bob, timeout=30).status_code == 201
+    # (a resent client_msg_id stores nothing, so it costs nothing)
+    once = {"event_type": "note", "data": {"text": "once"}, "client_msg_id": "m-1"}
+    assert httpx.post(url, json=once, headers=bob, timeout=30).status_code == 201
+    assert httpx.post(url, json=once, headers=bob, timeout=30).status_code == 201
+
+    # when bob appends once more over REST, then over a WebSocket
+    rest = httpx.post(url, json={"event_type": "note", "data": {"text": "one too many"}}, headers=bob, timeout=30)
+
+    async def over_the_socket() -> dict[str, Any]:
+        ws = await WS.open(web.ws_url(team["sid"], team["tokens"]["bob"]))
+        try:
+            await ws.send({"type": "context_update", "data": {"text": "ws too many"}, "client_msg_id": "ws-1"})
+            while True:
+                frame = await ws.recv(timeout=10)
+                if frame["type"] in ("error", "ack"):
+                    return frame
+        finally:
+            await ws.close()
+
+    frame = asyncio.run(over_the_socket())
+
+    # then REST says 429 with Retry-After, the socket gets a rate_limited error, and nothing was stored
+    assert rest.status_code == 429, rest.text
+    assert 1 <= int(rest.headers["Retry-After"]) <= 86_400
+    assert rest.json()["code"] == "rate_limited"
+    assert rest.json()["details"]["quota"] == "stored_events"
+    assert frame["type"] == "error" and frame["code"] == "rate_limited", frame
+    assert frame["client_msg_id"] == "ws-1" and frame["details"]["retry_after_ms"] >= 1000
+    assert ContextEvent.objects.filter(session=team["session"], author=team["users"]["bob"]).count() == QUOTA
+
+    # and another user's appends are not affected
+    alice = auth(team["tokens"]["alice"])
+    other = httpx.post(url, json={"event_type": "note", "data": {"text": "a"}}, headers=alice, timeout=30)
+    assert other.status_code == 201, other.text
