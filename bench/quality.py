@@ -193,19 +193,19 @@ def tune(probes: list[Probe]) -> None:
     """Grid search over the hybrid's parameters on the probes given (dev only)."""
     grid = retrieval.TUNING_GRID
     names = list(grid)
-    results = []
+    results: list[tuple[float, float, dict[str, float]]] = []
     for values in itertools.product(*(grid[n] for n in names)):
         params = retrieval.HybridParams(**{**retrieval.HYBRID.__dict__, **dict(zip(names, values, strict=True))})
         overall = evaluate(probes, retrieval.HYBRID_METHOD, full=False, params=params)["overall"]
         results.append((overall["mrr3"], overall["r3"], dict(zip(names, values, strict=True))))
     results.sort(key=lambda r: (-r[0], -r[1]))
-    for mrr3, r3, values in results[:15]:
-        print(f"MRR@3 {mrr3:.3f}  R@3 {r3:.3f}  {values}")
+    for mrr3, r3, chosen in results[:15]:
+        print(f"MRR@3 {mrr3:.3f}  R@3 {r3:.3f}  {chosen}")
     print("best per value:")
     for name in names:
         for value in grid[name]:
-            mrr3, r3, values = next(r for r in results if r[2][name] == value)
-            print(f"  {name}={value}: MRR@3 {mrr3:.3f}  R@3 {r3:.3f}  {values}")
+            mrr3, r3, chosen = next(r for r in results if r[2][name] == value)
+            print(f"  {name}={value}: MRR@3 {mrr3:.3f}  R@3 {r3:.3f}  {chosen}")
 
 
 def table(figures: dict[str, dict[str, dict[str, float]]]) -> list[str]:

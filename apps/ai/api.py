@@ -48,6 +48,9 @@ class SuggestionOutputSerializer(serializers.Serializer):
     source_seqs = serializers.ListField(child=serializers.IntegerField())
     trigger_seq = serializers.IntegerField()
     model_version = serializers.CharField()
+    explanation = serializers.JSONField(
+        help_text="Why it was suggested: the ranking's scores and matched terms, or the next-action model's guess."
+    )
     created_at = serializers.DateTimeField()
 
 

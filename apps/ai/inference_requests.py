@@ -51,6 +51,7 @@ class SuggestionDraft:
     content: dict[str, Any]
     score: float
     source_seqs: list[int] = field(default_factory=list)
+    explanation: dict[str, Any] = field(default_factory=dict)
 
 
 def outbox_event(
@@ -250,11 +251,16 @@ def inference_request_complete(
     duration_ms: float | None = None,
     model_versions_by_kind: dict[str, str] | None = None,
     timings: dict[str, float] | None = None,
+    retrieval_method: str = "",
+    suggestion_kinds: list[str] | None = None,
 ) -> list[Suggestion] | None:
     """running -> done with its suggestions, in one transaction; None if this delivery lost the claim.
 
     ``model_version`` names every model the request used; a suggestion gets the
     one that made it from ``model_versions_by_kind`` when given.
+    ``processing_type`` (``realtime``, ``retry``, ``replay``: how the run came
+    about), ``retrieval_method`` and ``suggestion_kinds`` (the author's
+    preference, None for all) go on ``ai.processing``.
     """
     model_versions_by_kind = model_versions_by_kind or {}
     with transaction.atomic():
@@ -279,6 +285,7 @@ def inference_request_complete(
                     content=draft.content,
                     score=float(draft.score),
                     source_seqs=[int(s) for s in draft.source_seqs],
+                    explanation=draft.explanation,
                     trigger_seq=request.trigger_seq,
                     model_version=(model_versions_by_kind.get(draft.kind) or model_version)[:100],
                 )
@@ -321,6 +328,8 @@ def inference_request_complete(
                 "trigger_seq": request.trigger_seq,
                 "model_version": model_version,
                 "processing_type": processing_type,
+                "retrieval_method": retrieval_method,
+                "suggestion_kinds": suggestion_kinds,
                 "input_size": int(input_size),
                 "suggestions": len(suggestions),
                 "duration_ms": duration_ms,

@@ -91,6 +91,10 @@ class Suggestion(BaseModel):
     source_seqs = models.JSONField(default=list, blank=True)
     trigger_seq = models.BigIntegerField(default=0)
     model_version = models.CharField(max_length=100, blank=True, default="")
+    # Why it was suggested: the ranking's scores and matched terms (related
+    # context, query) or the model and probability (next action). Shown in the
+    # REST API and on the frame.
+    explanation = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at", "kind", "rank"]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Q, QuerySet
 
-from apps.ai.models import Embedding, InferenceRequest, ModelVersion, Suggestion, SuggestionKind
+from apps.ai.models import Embedding, InferenceRequest, ModelVersion, Suggestion, SuggestionFeedback, SuggestionKind
 from apps.common.exceptions import NotFound
 from apps.context import selectors as context_selectors
 
@@ -99,6 +100,7 @@ def suggestion_to_dict(suggestion: Suggestion) -> dict[str, Any]:
         "source_seqs": list(suggestion.source_seqs or []),
         "trigger_seq": suggestion.trigger_seq,
         "model_version": suggestion.model_version,
+        "explanation": suggestion.explanation or {},
         "created_at": suggestion.created_at.isoformat(),
     }
 
@@ -148,6 +150,41 @@ def action_sequences(*, limit_sessions: int = 1000, per_session: int = 200) -> l
     sequences = context_selectors.user_action_sequences(limit_sessions=limit_sessions, per_session=per_session)
     kept = ([a for a in seq if action_name_valid(a)] for seq in sequences)
     return [seq for seq in kept if seq]
+
+
+def next_action_feedback_examples(
+    *, verdict: str, context: int, vocabulary: Collection[str] | None = None
+) -> list[tuple[str, list[str], str]]:
+    """``(session id, recent actions, suggested action)`` for every ``next_action`` suggestion given ``verdict``.
+
+    ``accept``: examples of what to predict; ``reject``: negatives, what not
+    to predict after those actions (training, ``workers/training/train.py``).
+    The recent actions are the session's last ``context`` actions up to the
+    suggestion's trigger seq, what the model saw when it made the suggestion.
+    Invalid names and (with ``vocabulary``) names outside it are left out; an
+    example whose action is left out, or with no recent action left, is dropped.
+    """
+
+    def allowed(name: Any) -> bool:
+        return action_name_valid(name) and (vocabulary is None or name in vocabulary)
+
+    rows = (
+        SuggestionFeedback.objects.filter(verdict=verdict, suggestion__kind=SuggestionKind.NEXT_ACTION)
+        .values_list("suggestion__session_id", "suggestion__trigger_seq", "suggestion__content")
+        .order_by("created_at", "id")
+    )
+    examples: list[tuple[str, list[str], str]] = []
+    for session_id, trigger_seq, content in rows.iterator(chunk_size=1000):
+        action = content.get("action") if isinstance(content, dict) else None
+        if not allowed(action):
+            continue
+        inputs = context_selectors.inference_inputs_get(
+            session_id=session_id, upto_seq=trigger_seq, from_trigger=False, candidates_limit=0, actions_limit=context
+        )
+        prefix = [name for _, name in inputs.recent_actions if allowed(name)]
+        if prefix:
+            examples.append((str(session_id), prefix, str(action)))
+    return examples
 
 
 def session_last_seq(*, session_id: Any) -> int:

@@ -180,14 +180,25 @@ def train_model(
     device: str = "cpu",
     embed_dim: int = 32,
     hidden_dim: int = 64,
+    negatives: Sequence[tuple[Sequence[str], str]] = (),
+    negative_weight: float = 1.0,
 ) -> tuple[Any, Vocab]:
-    """Fit a ``NextActionModel`` on action sequences; returns (model on CPU, vocab)."""
+    """Fit a ``NextActionModel`` on action sequences; returns (model on CPU, vocab).
+
+    ``negatives`` are ``(recent actions, action)`` pairs a user rejected when
+    suggested: after each epoch over the sequences, one pass over them with
+    the unlikelihood loss ``-log(1 - p(action | recent))`` (weighted by
+    ``negative_weight``) pushes that action's probability down in that context
+    only. Pairs whose action is not in the vocabulary are skipped.
+    """
     import torch
     from torch import nn
 
     torch.manual_seed(seed)
     vocab = vocab or Vocab.from_sequences(sequences)
     pairs = training_pairs(sequences, context=context)
+    known = set(vocab.actions)
+    negative_pairs = [(list(p)[-context:], a) for p, a in negatives if a in known and p]
     model_cls = __getattr__("NextActionModel")
     model = model_cls(len(vocab), embed_dim=embed_dim, hidden_dim=hidden_dim).to(device)
     if not pairs:
@@ -206,6 +217,17 @@ def train_model(
             # -inf on pad/unk would give NaN loss only if a target were pad/unk;
             # targets are real actions, so masking keeps the loss finite.
             loss = loss_fn(logits.masked_fill(torch.isinf(logits), -1e9), targets)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        for start in range(0, len(negative_pairs), batch_size):
+            chunk = negative_pairs[start : start + batch_size]
+            ids = torch.tensor(encode_batch(vocab, [p for p, _ in chunk], context=context), device=device)
+            rejected = torch.tensor([vocab.encode([a])[0] for _, a in chunk], device=device)
+            logits = model(ids)
+            logits = logits.masked_fill(torch.isinf(logits), -1e9)
+            p_rejected = torch.softmax(logits, dim=-1).gather(1, rejected.unsqueeze(1)).squeeze(1)
+            loss = -negative_weight * torch.log1p(-p_rejected.clamp(max=1 - 1e-6)).mean()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

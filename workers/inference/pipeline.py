@@ -102,6 +102,7 @@ def _rank(
                 },
                 score=round(chosen.score, 4),
                 source_seqs=[candidate["seq"]],
+                explanation=chosen.explanation,
             )
         )
     return drafts
@@ -135,8 +136,16 @@ def _next_actions(actions: Sequence[tuple[int, str]]) -> tuple[list[ai_services.
             content={"action": action, "after": names[-1][: ai_selectors.ACTION_NAME_MAX_CHARS]},
             score=round(float(probability), 4),
             source_seqs=sources,
+            explanation={
+                "method": "next_action",
+                "model": label,
+                "probability": round(float(probability), 4),
+                "rank": rank,
+                # The recent actions the model read (names only, cut as "after" is).
+                "after_actions": [n[: ai_selectors.ACTION_NAME_MAX_CHARS] for n in names[-ACTION_SOURCE_SEQS:]],
+            },
         )
-        for action, probability in ranked
+        for rank, (action, probability) in enumerate(ranked)
     ]
     return drafts, label, len(actions)
 
@@ -151,6 +160,34 @@ def _inputs(request: InferenceRequest) -> context_selectors.InferenceInputs:
         candidates_limit=CANDIDATES_LIMIT,
         actions_limit=0 if is_query else RECENT_ACTIONS_LIMIT,
     )
+
+
+def wanted_kinds(request: InferenceRequest) -> frozenset[str] | None:
+    """The kinds an ``auto`` request may make: its author's ``suggestion_kinds`` preference.
+
+    An empty preference (the default) means every kind: None. Unknown names
+    in it are ignored. A ``query`` request is an explicit question and is
+    always answered. A coalesced request stands for several updates and its
+    ``requested_by`` is the first author's: theirs is the preference read.
+    """
+    if request.kind == InferenceRequest.Kind.QUERY or request.requested_by is None:
+        return None
+    kinds = context_selectors.preferences_get(user=request.requested_by).suggestion_kinds
+    if not isinstance(kinds, list) or not kinds:
+        return None
+    return frozenset(k for k in kinds if k in SuggestionKind.values)
+
+
+def processing_path(*, replay: bool, attempts: int) -> str:
+    """What ``ai.processing`` reports as ``processing_type``: how this run came about.
+
+    ``replay``: an operator replayed the request's dead letter; ``retry``: a
+    later attempt (a Celery retry or a crash redelivery: the request was
+    claimed before); ``realtime``: the first run off ``ai.realtime``.
+    """
+    if replay:
+        return "replay"
+    return "retry" if attempts > 1 else "realtime"
 
 
 def generate_for_request(*, request_id: str, claim_token: str, replay: bool = False) -> Outcome:
@@ -168,13 +205,15 @@ def generate_for_request(*, request_id: str, claim_token: str, replay: bool = Fa
     drafts: list[ai_services.SuggestionDraft] = []
     versions: list[str] = []
     input_size = 0
+    wanted = wanted_kinds(request)
     if request.kind == InferenceRequest.Kind.QUERY:
         found, size = _related(inputs.candidates, query_text=request.query, kind=SuggestionKind.QUERY, timings=timings)
         drafts += found
         input_size += size
         versions.append(rt.model_name)
     else:
-        if inputs.trigger_text:
+        # Kinds the author turned off are not computed at all.
+        if inputs.trigger_text and (wanted is None or SuggestionKind.RELATED_CONTEXT in wanted):
             found, size = _related(
                 inputs.candidates,
                 query_text=inputs.trigger_text,
@@ -185,7 +224,8 @@ def generate_for_request(*, request_id: str, claim_token: str, replay: bool = Fa
             input_size += size
             versions.append(rt.model_name)
         t0 = time.perf_counter()
-        actions, label, size = _next_actions(inputs.recent_actions)
+        wants_actions = wanted is None or SuggestionKind.NEXT_ACTION in wanted
+        actions, label, size = _next_actions(inputs.recent_actions if wants_actions else ())
         timings["next_action_ms"] = round((time.perf_counter() - t0) * 1000, 2)
         if size:
             drafts += actions
@@ -202,6 +242,9 @@ def generate_for_request(*, request_id: str, claim_token: str, replay: bool = Fa
         model_version=version,
         model_versions_by_kind={**by_kind, SuggestionKind.NEXT_ACTION: versions[-1] if versions else ""},
         input_size=input_size,
+        processing_type=processing_path(replay=replay, attempts=request.attempts),
+        retrieval_method=settings.AI_RETRIEVAL_METHOD,
+        suggestion_kinds=sorted(wanted) if wanted is not None else None,
         duration_ms=duration_ms,
         timings=timings,
     )

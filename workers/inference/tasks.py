@@ -49,7 +49,7 @@ def _task_id() -> str:
     max_attempts=MAX_ATTEMPTS,
 )
 def generate_suggestions(*, request_id: str, **kwargs: Any) -> dict[str, Any]:
-    from workers.inference.pipeline import generate_for_request
+    from workers.inference.pipeline import generate_for_request, processing_path
 
     claim_token = _task_id()
     replay = generate_suggestions.replay_id() is not None
@@ -60,7 +60,10 @@ def generate_suggestions(*, request_id: str, **kwargs: Any) -> dict[str, Any]:
         if final:
             # The message is about to be dead-lettered: the request says so too.
             ai_services.inference_request_fail(
-                request_id=request_id, claim_token=claim_token, error=f"{type(exc).__name__}: {exc}"
+                request_id=request_id,
+                claim_token=claim_token,
+                error=f"{type(exc).__name__}: {exc}",
+                processing_type=processing_path(replay=replay, attempts=generate_suggestions.attempt_number()),
             )
         raise
 

@@ -3,7 +3,9 @@
 Data: the ``user_action`` sequences of the most recently active sessions, plus
 every accepted ``next_action`` suggestion as an extra (recent actions ->
 accepted action) example, weighted ``feedback_weight`` times: an accepted
-suggestion is a user telling us the answer.
+suggestion is a user telling us the answer. Every rejected one is a negative
+(recent actions -> not this action), trained with an unlikelihood loss of
+weight ``feedback_weight`` (``train_model``'s ``negatives``).
 
 Tenants: the model is shared by every session, so it learns only names of the
 shared vocabulary (``apps.batch.selectors.next_action_vocabulary``: valid
@@ -102,12 +104,17 @@ def train_next_action(*, config: TrainingConfig) -> dict[str, Any]:
     )
     sessions = batch_selectors.action_sequences_by_session(max_sessions=config.max_sessions, vocabulary=vocabulary)
     feedback = batch_selectors.accepted_next_action_examples(context=DEFAULT_CONTEXT, vocabulary=vocabulary)
+    rejected = ai_selectors.next_action_feedback_examples(
+        verdict="reject", context=DEFAULT_CONTEXT, vocabulary=vocabulary
+    )
     load_s = time.perf_counter() - started
     train_seqs = [actions for sid, actions in sessions if not in_eval_split(sid, config.eval_percent)]
     eval_seqs = [actions for sid, actions in sessions if in_eval_split(sid, config.eval_percent)]
     feedback_seqs = [
         [*prefix, action] for sid, prefix, action in feedback if not in_eval_split(sid, config.eval_percent)
     ] * max(0, config.feedback_weight)
+    # Rejections: what not to offer after those actions (held-out sessions' stay out too).
+    negatives = [(prefix, action) for sid, prefix, action in rejected if not in_eval_split(sid, config.eval_percent)]
     eval_pairs = training_pairs(eval_seqs, context=DEFAULT_CONTEXT)
     events = sum(len(a) for _, a in sessions)
     metrics: dict[str, Any] = {
@@ -118,6 +125,8 @@ def train_next_action(*, config: TrainingConfig) -> dict[str, Any]:
         "eval_sessions": len(eval_seqs),
         "eval_pairs": len(eval_pairs),
         "feedback_examples": len(feedback),
+        "rejected_examples": len(rejected),
+        "rejected_examples_used": len(negatives),
         "vocabulary": len(vocabulary),
         "config": {k: v for k, v in config.__dict__.items()},
     }
@@ -136,6 +145,8 @@ def train_next_action(*, config: TrainingConfig) -> dict[str, Any]:
         device=config.device,
         embed_dim=config.embed_dim,
         hidden_dim=config.hidden_dim,
+        negatives=negatives,
+        negative_weight=float(max(0, config.feedback_weight)),
     )
     metrics["train_seconds"] = round(time.perf_counter() - fit_started, 3)
     artifact = save_artifact(model, vocab)

@@ -115,7 +115,13 @@ def test_complete_stores_suggestions_once_and_publishes_events(ai_session, user,
     request = services.inference_request_trigger(session_id=ai_session.pk, trigger_seq=1, user_id=user.pk)
     services.inference_request_claim(request_id=request.pk, claim_token="t1")
     drafts = [
-        services.SuggestionDraft(kind="related_context", content={"text": "x", "seq": 1}, score=0.9, source_seqs=[1]),
+        services.SuggestionDraft(
+            kind="related_context",
+            content={"text": "x", "seq": 1},
+            score=0.9,
+            source_seqs=[1],
+            explanation={"method": "hybrid", "dense": 0.9, "matched_terms": ["x"]},
+        ),
         services.SuggestionDraft(kind="next_action", content={"action": "share"}, score=0.5, source_seqs=[1]),
         services.SuggestionDraft(kind="next_action", content={"action": "comment"}, score=0.3, source_seqs=[1]),
     ]
@@ -142,6 +148,8 @@ def test_complete_stores_suggestions_once_and_publishes_events(ai_session, user,
     assert {s["kind"] for s in body["suggestions"]} == {"related_context", "next_action"}
     na = [s for s in body["suggestions"] if s["kind"] == "next_action"]
     assert {s["model_version"] for s in na} == {"next_action-baseline"}
+    related = next(s for s in body["suggestions"] if s["kind"] == "related_context")
+    assert related["explanation"] == {"method": "hybrid", "dense": 0.9, "matched_terms": ["x"]}
     assert set(body["suggestions"][0]) == {
         "id",
         "kind",
@@ -150,6 +158,7 @@ def test_complete_stores_suggestions_once_and_publishes_events(ai_session, user,
         "source_seqs",
         "trigger_seq",
         "model_version",
+        "explanation",
         "created_at",
     }
     generated = _events("suggestion.generated").get()

@@ -35,6 +35,7 @@ FRAME_KEYS = {
     "source_seqs",
     "trigger_seq",
     "model_version",
+    "explanation",
     "created_at",
 }
 

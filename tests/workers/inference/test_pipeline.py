@@ -215,3 +215,119 @@ def test_a_second_delivery_of_a_done_request_adds_nothing(real_runtime, fresh_ca
     assert generate_for_request(request_id=str(request.pk), claim_token="test-task").status == "skipped"
     assert Suggestion.objects.count() == count
     assert InferenceRequest.objects.get().status == "done"
+
+
+def _auto_request(session, user, *, actions=("open_doc", "edit", "save")):
+    from apps.context import services as context_services
+    from apps.context.services import EventInput
+
+    _append_texts(session, user, CONVERSATION)
+    context_services.context_event_append(
+        session=session, author=user, events=[EventInput("user_action", {"action": a}) for a in actions]
+    )
+    [event] = _append_texts(session, user, ["What is the plan for moving our invoices data into Postgres?"])
+    return services.inference_request_trigger(session_id=session.pk, trigger_seq=event.seq, user_id=user.pk)
+
+
+def _processing_event(request) -> dict:
+    from apps.eventbus.models import OutboxMessage
+
+    rows = OutboxMessage.objects.filter(kind=OutboxMessage.Kind.EVENT, routing_key="ai.processing")
+    done = [m.body["data"] for m in rows if m.body["data"]["inference_request_id"] == str(request.pk)]
+    return done[-1]
+
+
+def test_every_suggestion_says_why_in_the_api_and_on_the_frame(
+    real_runtime, fresh_caches, session_factory, user, api_client, monkeypatch, django_capture_on_commit_callbacks
+):
+    from apps.ai import push
+
+    frames: list[dict] = []
+    monkeypatch.setattr(push, "broadcast_many", lambda *, session_id, messages: frames.extend(messages))
+    session = session_factory()
+    request = _auto_request(session, user)
+
+    # When the pipeline runs and its transaction commits
+    with django_capture_on_commit_callbacks(execute=True):
+        _run(request)
+
+    # Then each stored suggestion carries its explanation
+    stored = list(Suggestion.objects.filter(request=request))
+    assert {s.kind for s in stored} == {"related_context", "next_action"}
+    related = min((s for s in stored if s.kind == "related_context"), key=lambda s: s.rank)
+    assert related.source_seqs == [1]  # the billing database migration
+    assert related.explanation["method"] == "hybrid"
+    assert isinstance(related.explanation["matched_terms"], list)
+    assert related.explanation["dense"] >= 0.2 and related.explanation["score"] == related.score
+    action = next(s for s in stored if s.kind == "next_action")
+    assert action.explanation["method"] == "next_action" and action.explanation["after_actions"] == [
+        "open_doc",
+        "edit",
+        "save",
+    ]
+    assert 0 <= action.explanation["probability"] <= 1
+
+    # And the REST list shows it
+    body = api_client.get(f"/api/v1/sessions/{session.pk}/suggestions/").json()["results"]
+    by_id = {r["id"]: r for r in body}
+    assert by_id[str(related.pk)]["explanation"] == related.explanation
+    assert by_id[str(action.pk)]["explanation"] == action.explanation
+
+    # And so does every WebSocket frame's payload
+    assert len(frames) == len(stored)
+    assert all(f["type"] == "suggestion" and f["explanation"] for f in frames)
+    assert next(f for f in frames if f["id"] == str(related.pk))["explanation"] == related.explanation
+
+
+@pytest.mark.parametrize(
+    "kinds,expected",
+    [
+        (["next_action"], {"next_action"}),
+        (["related_context"], {"related_context"}),
+        ([], {"related_context", "next_action"}),
+    ],
+)
+def test_the_authors_suggestion_kinds_preference_is_honoured(
+    real_runtime, fresh_caches, session_factory, user, kinds, expected
+):
+    from apps.context import services as context_services
+
+    # Given the author wants only some kinds (empty: all)
+    context_services.preferences_update(user=user, suggestion_kinds=kinds)
+    session = session_factory()
+    request = _auto_request(session, user)
+
+    # When the pipeline runs
+    suggestions = _run(request)
+
+    # Then only those kinds are made, and ai.processing says which were asked for
+    assert {s["kind"] for s in suggestions} == expected
+    assert _processing_event(request)["suggestion_kinds"] == (sorted(kinds) if kinds else None)
+
+
+def test_ai_processing_reports_the_path_the_run_took(real_runtime, fresh_caches, session_factory, user, settings):
+    from workers.inference.pipeline import generate_for_request
+
+    session = session_factory()
+
+    # A first run off ai.realtime, with the configured ranking
+    first = _auto_request(session, user)
+    _run(first)
+    event = _processing_event(first)
+    assert event["processing_type"] == "realtime" and event["retrieval_method"] == "hybrid"
+
+    # An operator's replay of a failed request, ranked the plain way
+    settings.AI_RETRIEVAL_METHOD = "dense"
+    second = services.inference_request_trigger(session_id=session.pk, trigger_seq=first.trigger_seq, user_id=user.pk)
+    InferenceRequest.objects.filter(pk=second.pk).update(status=InferenceRequest.Status.FAILED)
+    assert generate_for_request(request_id=str(second.pk), claim_token="replay-task", replay=True).status == "done"
+    event = _processing_event(second)
+    assert event["processing_type"] == "replay" and event["retrieval_method"] == "dense"
+    related = Suggestion.objects.filter(request=second, kind="related_context").first()
+    assert related is not None and related.explanation["method"] == "dense"
+
+    # A redelivery of a request claimed before (its worker died): a retry
+    third = services.inference_request_trigger(session_id=session.pk, trigger_seq=first.trigger_seq, user_id=user.pk)
+    InferenceRequest.objects.filter(pk=third.pk).update(attempts=1)
+    _run(third)
+    assert _processing_event(third)["processing_type"] == "retry"

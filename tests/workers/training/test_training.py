@@ -110,3 +110,86 @@ def test_bad_training_parameters_are_rejected(db, params):
 
     with pytest.raises(ValidationFailed):
         job_execute(name="train_next_action", params=params)
+
+
+def _next_action_with_feedback(session, user, *, action: str, verdict: str, trigger_seq: int):
+    from apps.ai.models import InferenceRequest, Suggestion, SuggestionFeedback
+
+    request = InferenceRequest.objects.create(
+        session=session, queued_at=timezone.now(), status="done", trigger_seq=trigger_seq
+    )
+    suggestion = Suggestion.objects.create(
+        request=request,
+        session=session,
+        kind="next_action",
+        rank=0,
+        trigger_seq=trigger_seq,
+        content={"action": action},
+    )
+    SuggestionFeedback.objects.create(suggestion=suggestion, user=user, verdict=verdict)
+    return suggestion
+
+
+def test_rejected_suggestions_become_negative_examples(db, user, other_user, session_factory):
+    from apps.ai.selectors import next_action_feedback_examples
+    from apps.context.services import EventInput, context_event_append
+
+    # Given a session whose next-action suggestions got an accept and a rejection
+    session = session_factory()
+    context_event_append(
+        session=session,
+        author=user,
+        events=[EventInput("user_action", {"action": a}) for a in ("open_doc", "edit", "save", "share")],
+    )
+    _next_action_with_feedback(session, user, action="publish", verdict="accept", trigger_seq=3)
+    _next_action_with_feedback(session, other_user, action="print", verdict="reject", trigger_seq=3)
+    _next_action_with_feedback(session, user, action="<b>bad</b>", verdict="reject", trigger_seq=3)
+
+    # When the negatives are read (as training reads them)
+    negatives = next_action_feedback_examples(verdict="reject", context=8)
+
+    # Then the valid rejection is one, with what the model saw when it suggested it
+    assert negatives == [(str(session.id), ["open_doc", "edit", "save"], "print")]
+    assert next_action_feedback_examples(verdict="reject", context=8, vocabulary={"open_doc", "save"}) == []
+    accepted = next_action_feedback_examples(verdict="accept", context=2)
+    assert accepted == [(str(session.id), ["edit", "save"], "publish")]
+
+
+def test_a_rejection_lowers_that_action_after_that_context():
+    from workers.inference.next_action import Vocab, load_predictor, save_artifact, train_model
+
+    # Given sessions where "save" is followed by "share" or "print" equally often
+    sequences = [["open_doc", "edit", "save", "share"], ["open_doc", "edit", "save", "print"]] * 20
+    vocab = Vocab(["edit", "open_doc", "print", "save", "share"])
+    prefix = ["open_doc", "edit", "save"]
+
+    def p_print(negatives) -> float:
+        model, v = train_model(sequences, vocab=vocab, epochs=6, seed=0, negatives=negatives, negative_weight=3.0)
+        ranked = dict(load_predictor(save_artifact(model, v)).predict(prefix, 5))
+        return ranked.get("print", 0.0)
+
+    # When users rejected "print" after those actions, and the model is trained with and without that
+    without = p_print(())
+    with_rejections = p_print([(prefix, "print")] * 5)
+
+    # Then the rejected action is much less likely there
+    assert with_rejections < without - 0.2, (without, with_rejections)
+
+
+def test_the_training_job_counts_the_rejections_it_learned_from(db, user, session_factory):
+    from apps.context.models import ContextEvent
+    from workers.training.train import in_eval_split
+
+    # Given training data and a rejected next-action suggestion in one of its sessions
+    training_data_generate(config=SyntheticConfig(sessions=12, min_actions=8, max_actions=10, seed=1), users=3)
+    saves = ContextEvent.objects.filter(event_type="user_action", data__action="save").order_by("session_id", "seq")
+    # A training session's (held-out sessions' feedback stays out of training).
+    event = next(e for e in saves if not in_eval_split(str(e.session_id), TRAIN["eval_percent"]))
+    _next_action_with_feedback(event.session, user, action="comment", verdict="reject", trigger_seq=event.seq)
+
+    # When the job runs
+    run = job_execute(name="train_next_action", params={**TRAIN, "epochs": 1})
+
+    # Then the rejection was read and used as a negative
+    metrics = run.result["metrics"]
+    assert metrics["rejected_examples"] == 1 and metrics["rejected_examples_used"] == 1, metrics
