@@ -1,4 +1,4 @@
-"""Dead letters, their replays, task failure notes and canary runs."""
+"""Dead letters, their replays, task failure notes, canary runs, paused queues and the audit of fleet actions."""
 
 from __future__ import annotations
 
@@ -129,12 +129,61 @@ class CanaryRun(BaseModel):
 
 
 class Fleet(models.Model):
-    """No table: the holder of the ``ops.view_fleet`` permission (queue figures, scaling advice, the fleet page)."""
+    """No table: the holder of the fleet permissions.
+
+    ``ops.view_fleet``: queue figures, scaling advice, running and scheduled tasks,
+    the fleet pages. ``ops.change_fleet``: revoke a task, pause, resume or purge a queue.
+    """
 
     class Meta:
         managed = False
         default_permissions = ()
-        permissions = [("view_fleet", "Can view queue figures and scaling advice")]
+        permissions = [
+            ("view_fleet", "Can view queue figures and scaling advice"),
+            ("change_fleet", "Can revoke tasks and pause, resume or purge queues"),
+        ]
 
     def __str__(self) -> str:
         return "fleet"
+
+
+class PausedQueue(BaseModel):
+    """A work queue no worker consumes until it is resumed; workers read these rows when they start."""
+
+    queue = models.CharField(max_length=200, unique=True)
+    paused_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reason = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["queue"]
+
+    def __str__(self) -> str:
+        return self.queue
+
+
+class FleetActionKind(models.TextChoices):
+    REVOKE = "revoke", "revoke"
+    PAUSE = "pause", "pause"
+    RESUME = "resume", "resume"
+    PURGE = "purge", "purge"
+
+
+class FleetAction(BaseModel):
+    """Audit of one fleet control action: who, what, on which task or queue, and what came of it."""
+
+    action = models.CharField(max_length=16, choices=FleetActionKind.choices, db_index=True)
+    target = models.CharField(max_length=200, db_index=True)  # a task id or a queue name
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    params = models.JSONField(default=dict, blank=True)
+    result = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["action", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.target}"

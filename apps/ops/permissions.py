@@ -2,7 +2,8 @@
 
 Reading (dead-letter lists and payloads, canary runs, queue figures) needs a
 ``view_*`` permission; anything that publishes or changes state (replay,
-discard, bulk replay, starting a canary) needs the ``change_*`` one. The
+discard, bulk replay, starting a canary, revoking a task, pausing, resuming or
+purging a queue) needs the ``change_*`` one. The
 ``operators`` group (``settings.OPS_OPERATORS_GROUP``, created by migration
 ``ops.0003``) holds all of them; ``manage.py create_api_token USER --staff``
 puts the user in it. Being staff alone is not enough: a staff user without the
@@ -21,9 +22,11 @@ CHANGE_DEAD_LETTERS = "ops.change_deadletter"
 VIEW_CANARY = "ops.view_canaryrun"
 CHANGE_CANARY = "ops.change_canaryrun"
 VIEW_FLEET = "ops.view_fleet"
+# Revoke a task, pause, resume or purge a queue (apps/ops/fleet/control.py).
+CHANGE_FLEET = "ops.change_fleet"
 
-# Every permission the operators group holds (the data migration grants exactly these).
-OPERATOR_PERMISSIONS = (VIEW_DEAD_LETTERS, CHANGE_DEAD_LETTERS, VIEW_CANARY, CHANGE_CANARY, VIEW_FLEET)
+# Every permission of this app the operators group holds (migrations 0003 and 0005 grant exactly these).
+OPERATOR_PERMISSIONS = (VIEW_DEAD_LETTERS, CHANGE_DEAD_LETTERS, VIEW_CANARY, CHANGE_CANARY, VIEW_FLEET, CHANGE_FLEET)
 
 
 def operator_has(user: Any, permission: str) -> bool:
@@ -57,3 +60,7 @@ class CanRunCanary(_OperatorPermission):
 
 class CanViewFleet(_OperatorPermission):
     permission = VIEW_FLEET
+
+
+class CanChangeFleet(_OperatorPermission):
+    permission = CHANGE_FLEET
