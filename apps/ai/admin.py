@@ -13,6 +13,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.html import format_html, format_html_join
 
 from apps.ai import services
 from apps.ai.models import Embedding, InferenceRequest, ModelVersion, Suggestion, SuggestionFeedback
@@ -22,7 +23,7 @@ from apps.common.exceptions import ApplicationError
 class SuggestionInline(admin.TabularInline):
     model = Suggestion
     extra = 0
-    fields = ("kind", "rank", "score", "content", "source_seqs", "model_version", "created_at")
+    fields = ("kind", "rank", "score", "content", "explanation", "source_seqs", "model_version", "created_at")
     readonly_fields = fields
     can_delete = False
     show_change_link = True
@@ -84,6 +85,7 @@ class SuggestionAdmin(admin.ModelAdmin):
         "rank",
         "content",
         "score",
+        "explanation",
         "source_seqs",
         "trigger_seq",
         "model_version",
@@ -107,11 +109,13 @@ class SuggestionFeedbackAdmin(admin.ModelAdmin):
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ("name", "version", "promoted", "promoted_at", "artifact_bytes", "metrics", "created_at")
+    list_display = ("name", "version", "promoted", "decision", "promoted_at", "artifact_bytes", "created_at")
     list_filter = ("name", "promoted")
     readonly_fields = (
         "name",
         "version",
+        "decision",
+        "evaluation",
         "metrics",
         "artifact_path",
         "artifact_bytes",
@@ -125,6 +129,38 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ModelVersion]:
         return super().get_queryset(request).defer("artifact")
+
+    @admin.display(description="decision")
+    def decision(self, obj: ModelVersion) -> str:
+        """Promoted, or why not: what the training round decided (``metrics["decision"]``)."""
+        metrics = obj.metrics if isinstance(obj.metrics, dict) else {}
+        return str(metrics.get("decision") or obj.notes or "-")
+
+    @admin.display(description="evaluation on held-out sessions")
+    def evaluation(self, obj: ModelVersion) -> str:
+        metrics = obj.metrics if isinstance(obj.metrics, dict) else {}
+        k = metrics.get("k", 3)
+        rows: list[tuple[str, str]] = []
+        for who in ("candidate", "baseline", "current"):
+            top1, topk = metrics.get(f"{who}_top1"), metrics.get(f"{who}_topk")
+            if topk is not None:
+                label = metrics.get("current_version", who) if who == "current" else who
+                rows.append((str(label), f"top-1 {float(top1 or 0):.4f}, top-{k} {float(topk):.4f}"))
+        calibration = metrics.get("calibration") or {}
+        for who, figures in calibration.items():
+            if isinstance(figures, dict) and figures.get("pairs"):
+                rows.append(
+                    (
+                        f"{who} calibration",
+                        f"ECE {figures['ece']}, top-1 Brier {figures['brier_top1']}, NLL {figures['nll']}"
+                        f" ({figures['pairs']} pairs)",
+                    )
+                )
+        for reason in metrics.get("reasons") or []:
+            rows.append(("not promoted because", str(reason)))
+        if not rows:
+            return "-"
+        return format_html("<table>{}</table>", format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", rows))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # versions come from the training job

@@ -16,17 +16,21 @@ sequences before training, so the artifact cannot hold or offer it.
 Split: by session (crc32 of the id), so no held-out session leaks into
 training. Evaluation: top-1 and top-k accuracy over every (prefix, next) pair
 of the held-out sessions, for the candidate, the frequency baseline fitted on
-the same training sessions, and the currently promoted version.
+the same training sessions, and the currently promoted version; and the
+calibration of the candidate's and the baseline's top-1 probability on the
+same pairs (``calibration``: ECE, top-1 Brier, NLL, reliability bins).
 
 Promotion: only when the candidate beats the baseline by ``min_gain`` and the
 promoted version by more than ``min_gain_over_current`` in top-k accuracy, on
 at least ``min_eval_pairs`` pairs. Every candidate is registered as a
-``ModelVersion`` with its metrics, promoted or not, so an operator sees why.
+``ModelVersion`` with its metrics, promoted or not, and the reasons it was not
+(``metrics["reasons"]``, ``metrics["decision"]``), which admin shows.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 import zlib
 from dataclasses import dataclass
@@ -75,6 +79,57 @@ def _accuracy(predictor: Any, pairs: list[tuple[list[str], str]], k: int) -> tup
     top1 = sum(1 for r, (_, t) in zip(ranked, pairs, strict=True) if r and r[0][0] == t)
     topk = sum(1 for r, (_, t) in zip(ranked, pairs, strict=True) if t in [a for a, _ in r[:k]])
     return top1 / len(pairs), topk / len(pairs)
+
+
+CALIBRATION_BINS = 10
+
+
+def calibration(predictor: Any, pairs: list[tuple[list[str], str]], *, n_actions: int) -> dict[str, Any]:
+    """How far the top-1 probability can be trusted, on held-out (prefix, next) pairs.
+
+    ``ece``: expected calibration error of the top-1 probability over
+    ``CALIBRATION_BINS`` equal-width bins (0 is perfect); ``brier_top1``: mean
+    squared gap between that probability and whether the guess was right;
+    ``nll``: mean negative log-likelihood of the action that really came next
+    (floored at 1e-6); ``bins``: the reliability table (non-empty bins).
+    """
+    if not pairs:
+        return {"pairs": 0}
+    k = max(1, n_actions)
+    prefixes = [p for p, _ in pairs]
+    if hasattr(predictor, "predict_batch"):
+        ranked: list[list[tuple[str, float]]] = []
+        for start in range(0, len(prefixes), 1024):
+            ranked.extend(predictor.predict_batch(prefixes[start : start + 1024], k))
+    else:
+        ranked = [predictor.predict(p, k) for p in prefixes]
+    bins: list[list[tuple[float, float]]] = [[] for _ in range(CALIBRATION_BINS)]
+    brier = nll = 0.0
+    for guesses, (_, target) in zip(ranked, pairs, strict=True):
+        confidence = guesses[0][1] if guesses else 0.0
+        correct = 1.0 if guesses and guesses[0][0] == target else 0.0
+        bins[min(CALIBRATION_BINS - 1, int(confidence * CALIBRATION_BINS))].append((confidence, correct))
+        brier += (confidence - correct) ** 2
+        nll -= math.log(max(dict(guesses).get(target, 0.0), 1e-6))
+    n = len(pairs)
+    table: list[dict[str, Any]] = [
+        {
+            "bin": f"{i / CALIBRATION_BINS:.1f}-{(i + 1) / CALIBRATION_BINS:.1f}",
+            "n": len(b),
+            "confidence": round(sum(c for c, _ in b) / len(b), 4),
+            "accuracy": round(sum(a for _, a in b) / len(b), 4),
+        }
+        for i, b in enumerate(bins)
+        if b
+    ]
+    ece = sum(row["n"] / n * abs(row["confidence"] - row["accuracy"]) for row in table)
+    return {
+        "pairs": n,
+        "ece": round(ece, 4),
+        "brier_top1": round(brier / n, 4),
+        "nll": round(nll / n, 4),
+        "bins": table,
+    }
 
 
 def train_next_action(*, config: TrainingConfig) -> dict[str, Any]:
@@ -154,6 +209,11 @@ def train_next_action(*, config: TrainingConfig) -> dict[str, Any]:
     baseline = FrequencyBaseline.fit(train_seqs)
     metrics["candidate_top1"], metrics["candidate_topk"] = _accuracy(candidate, eval_pairs, config.k)
     metrics["baseline_top1"], metrics["baseline_topk"] = _accuracy(baseline, eval_pairs, config.k)
+    # Held-out sessions only: is the candidate's confidence worth showing?
+    metrics["calibration"] = {
+        "candidate": calibration(candidate, eval_pairs, n_actions=len(vocab)),
+        "baseline": calibration(baseline, eval_pairs, n_actions=len(vocab)),
+    }
 
     current = ai_selectors.model_version_promoted()
     if current is not None:
@@ -184,6 +244,7 @@ def train_next_action(*, config: TrainingConfig) -> dict[str, Any]:
             f"top-{config.k} {metrics['candidate_topk']:.4f} does not beat {current.label} {current_topk:.4f}"
         )
     promote = not reasons
+    metrics["reasons"] = reasons
     metrics["decision"] = "promoted" if promote else "not promoted: " + "; ".join(reasons)
     metrics["total_seconds"] = round(time.perf_counter() - started, 3)
     metrics["load_seconds"] = round(load_s, 3)

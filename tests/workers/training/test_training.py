@@ -193,3 +193,57 @@ def test_the_training_job_counts_the_rejections_it_learned_from(db, user, sessio
     # Then the rejection was read and used as a negative
     metrics = run.result["metrics"]
     assert metrics["rejected_examples"] == 1 and metrics["rejected_examples_used"] == 1, metrics
+
+
+class _Fixed:
+    """A predictor that always answers the same ranking."""
+
+    def __init__(self, ranking):
+        self.ranking = ranking
+
+    def predict(self, actions, k=3):
+        return self.ranking[:k]
+
+
+def test_calibration_measures_how_far_the_top_probability_can_be_trusted():
+    import math
+
+    from workers.training.train import calibration
+
+    pairs = [(["x"], "a"), (["x"], "a"), (["x"], "a"), (["x"], "b")]
+
+    # A model right 3 times in 4 at confidence 0.75 is calibrated
+    honest = calibration(_Fixed([("a", 0.75), ("b", 0.25)]), pairs, n_actions=2)
+    assert honest["ece"] == 0.0 and honest["pairs"] == 4
+    assert honest["brier_top1"] == round((3 * 0.25**2 + 0.75**2) / 4, 4)
+    assert honest["nll"] == round((-3 * math.log(0.75) - math.log(0.25)) / 4, 4)
+    assert honest["bins"] == [{"bin": "0.7-0.8", "n": 4, "confidence": 0.75, "accuracy": 0.75}]
+
+    # One that says 0.95 and is right half the time is not
+    overconfident = calibration(_Fixed([("a", 0.95), ("b", 0.05)]), pairs[:2] + [(["x"], "b")] * 2, n_actions=2)
+    assert overconfident["ece"] == 0.45
+    assert calibration(_Fixed([]), [], n_actions=2) == {"pairs": 0}
+
+
+def test_a_version_not_promoted_says_why_with_its_calibration_in_admin(db, admin_client):
+    # Given a training round that cannot be promoted (too few held-out pairs)
+    training_data_generate(config=SyntheticConfig(sessions=12, min_actions=5, max_actions=6, seed=1), users=3)
+    run = job_execute(name="train_next_action", params={**TRAIN, "epochs": 1, "min_eval_pairs": 1000})
+    version = ModelVersion.objects.get(name="next_action")
+    metrics = version.metrics
+
+    # Then its metrics hold the reasons and the held-out calibration of candidate and baseline
+    assert run.result["promoted"] is False and metrics["reasons"]
+    assert "held-out pairs" in metrics["reasons"][0]
+    for who in ("candidate", "baseline"):
+        figures = metrics["calibration"][who]
+        assert figures["pairs"] == metrics["eval_pairs"] > 0
+        assert 0 <= figures["ece"] <= 1 and figures["nll"] > 0
+        assert sum(b["n"] for b in figures["bins"]) == figures["pairs"]
+
+    # And admin shows the decision in the list and the reasons and calibration on the version's page
+    listing = admin_client.get("/admin/ai/modelversion/").content.decode()
+    assert "not promoted: only" in listing
+    page = admin_client.get(f"/admin/ai/modelversion/{version.pk}/change/").content.decode()
+    assert "not promoted because" in page and "held-out pairs" in page
+    assert "candidate calibration" in page and "ECE" in page
