@@ -24,7 +24,9 @@ retrieval; the baseline.
   to this one >= ``supersede_similarity``) and about as close to the query
   (its dense score >= ``supersede_ratio`` x this one's): a status update or a
   decision that a later event replaced. A penalty;
-- ``same_author``: the candidate was written by the query's author.
+- ``same_author``: the candidate was written by the query's author (when
+  the caller passes ``query_author`` and candidates carry ``author``; the
+  worker's candidates do not, and the tuned weight is 0).
 
 The weights are ``HYBRID`` and were chosen by ``bench/quality.py --tune`` on
 the dev part of the labelled set only (the grid is ``TUNING_GRID``).

@@ -86,6 +86,14 @@ async def _suggestions_for(ws, trigger_seq: int, *, timeout: float, settle: floa
     return found
 
 
+def next_actions_explained(frames: list[dict[str, Any]]) -> bool:
+    """Every next-action frame names the model and the probability it guessed with."""
+    guesses = [f for f in frames if f["kind"] == "next_action"]
+    return bool(guesses) and all(
+        f["explanation"]["method"] == "next_action" and f["explanation"]["probability"] == f["score"] for f in guesses
+    )
+
+
 def test_events_appended_over_rest_bring_suggestion_frames_pointing_at_the_closest_event(ai_stack):
     user, token = _user_with_token("carol")
     session = _session(user)
@@ -121,6 +129,8 @@ def test_events_appended_over_rest_bring_suggestion_frames_pointing_at_the_close
     assert related[0]["source_seqs"] == [conversation_seqs[expected_index - 1]]
     assert related[0]["content"]["text"] == CONVERSATION[expected_index - 1]
     assert related[0]["model_version"] == "all-MiniLM-L6-v2"
+    assert related[0]["explanation"]["method"] == "hybrid" and related[0]["explanation"]["dense"] >= 0.2
+    assert next_actions_explained(frames)
     next_actions = sorted((f for f in frames if f["kind"] == "next_action"), key=lambda f: -f["score"])
     assert next_actions and next_actions[0]["content"] == {"action": "comment", "after": "open_doc"}
     assert next_actions[0]["source_seqs"] == seqs[:3]
