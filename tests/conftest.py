@@ -137,6 +137,7 @@ SEEDING_MIGRATIONS = (
     ("apps.batch.migrations.0002_default_beat_schedule", "create_schedule"),
     ("apps.ops.migrations.0003_operators_group", "operators_group_create"),
     ("apps.ops.migrations.0004_operators_console_permissions", "console_permissions_grant"),
+    ("apps.ops.migrations.0005_fleet_control", "fleet_control_grant"),
 )
 _migration_state: list[object] = []
 

@@ -93,3 +93,31 @@ def crash(*, tag: str, **kwargs: Any) -> None:
 @task(name="test.needs_args", queue=Queue.AI_BATCH)
 def needs_args(*, tag: str, count: int, **kwargs: Any) -> None:
     client().sadd(key(tag, "done"), str(count))
+
+
+@task(name="test.hold", queue=Queue.AI_BATCH)
+def hold(*, tag: str, item: str, **kwargs: Any) -> None:
+    """Runs until the test sets ``<tag>:release`` (at most 60 s): a slot kept busy on a condition, not a clock."""
+    r = client()
+    r.rpush(key(tag, "started"), item)
+    deadline = time.monotonic() + 60
+    while not r.get(key(tag, "release")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    r.rpush(key(tag, "runs"), item)
+    r.sadd(key(tag, "done"), item)
+
+
+@task(
+    name="test.retry_once_later",
+    queue=Queue.AI_BATCH,
+    retry_on=(ConnectionError,),
+    max_attempts=2,
+    backoff_base=12.0,
+    backoff_max=12.0,
+)
+def retry_once_later(*, tag: str, **kwargs: Any) -> None:
+    """Fails its first attempt (retried after a 6-12 s countdown), then records one run."""
+    r = client()
+    if r.incr(key(tag, "attempts")) == 1:
+        raise ConnectionError("first attempt fails")
+    r.rpush(key(tag, "runs"), "ok")
