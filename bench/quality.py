@@ -66,6 +66,8 @@ CASES = ("paraphrase", "lexical_trap", "recency", "reversed_decision", "long_ran
 # The worker suggests this many related events (workers.inference.pipeline.RELATED_TOP_K).
 TOP_K = 3
 REPEATS = 5
+# How many events the worker reads as candidates (workers.inference.pipeline.CANDIDATES_LIMIT).
+CANDIDATES_LIMIT = 200
 BASELINE = retrieval.DENSE
 
 
@@ -184,6 +186,27 @@ def latency(probes: list[Probe], encoder: SentenceEncoder) -> dict[str, dict[str
                 out[method]["rank (total)"].append((time.perf_counter() - t0) * 1000)
                 for stage, ms in timings.items():
                     out[method][stage.removesuffix("_ms")].append(ms)
+    # The worker reads up to CANDIDATES_LIMIT events: pad each probe's
+    # candidates with other conversations' events (older than its own) to that
+    # many and time the ranking again.
+    pool = [(c, v) for p in probes for c, v in zip(p.candidates, p.vectors, strict=True)]
+    for probe in probes:
+        extra = [(dict(c, seq=-1 - i), v) for i, (c, v) in enumerate(pool[: CANDIDATES_LIMIT - len(probe.candidates)])]
+        padded = Probe(
+            id=probe.id,
+            case=probe.case,
+            query=probe.query,
+            author=probe.author,
+            related=probe.related,
+            candidates=probe.candidates + [c for c, _ in extra],
+            vectors=np.vstack([probe.vectors, *[v for _, v in extra]]),
+            query_vector=probe.query_vector,
+        )
+        for method in retrieval.METHODS:
+            retrieval.cache_clear()
+            t0 = time.perf_counter()
+            rank(padded, method, k=TOP_K)
+            out[method][f"rank (total), {CANDIDATES_LIMIT} candidates"].append((time.perf_counter() - t0) * 1000)
     for method in retrieval.METHODS:
         out[method]["embed (query)"] = embed
     return out
@@ -281,7 +304,11 @@ def main() -> None:
     if len(retrieval.METHODS) > 1:
         new = retrieval.METHODS[-1]
         base, best = figures["test"][BASELINE]["overall"], figures["test"][new]["overall"]
-        extra = pct(timing[new]["rank (total)"], 0.95) - pct(timing[BASELINE]["rank (total)"], 0.95)
+        # The larger of the two: the labelled conversations' own sizes, and padded to the worker's limit.
+        extra = max(
+            pct(timing[new][stage], 0.95) - pct(timing[BASELINE][stage], 0.95)
+            for stage in ("rank (total)", f"rank (total), {CANDIDATES_LIMIT} candidates")
+        )
         ok_mrr = best["mrr3"] >= base["mrr3"] + 0.10
         ok_r3 = best["r3"] >= base["r3"]
         ok_ms = extra <= 20
@@ -291,7 +318,8 @@ def main() -> None:
             f"- MRR@3 `{new}` {best['mrr3']:.3f} vs `{BASELINE}` {base['mrr3']:.3f} "
             f"(Δ {best['mrr3'] - base['mrr3']:+.3f}, goal >= +0.10): **{'met' if ok_mrr else 'missed'}**",
             f"- recall@3 {best['r3']:.3f} vs {base['r3']:.3f} (goal: not lower): **{'met' if ok_r3 else 'missed'}**",
-            f"- extra ranking p95 per query {extra:.2f} ms (goal <= 20 ms): **{'met' if ok_ms else 'missed'}**",
+            f"- extra ranking p95 per query {extra:.2f} ms, the larger of the conversations' own candidates and "
+            f"{CANDIDATES_LIMIT} (goal <= 20 ms): **{'met' if ok_ms else 'missed'}**",
             "",
         ]
     out += [
@@ -307,9 +335,27 @@ def main() -> None:
         "",
         "`embed (query)` is the one new text a request sends through the model (candidates are cached by "
         "content hash in the worker), the same for every method; the other stages are those "
-        "`rank_related` reports.",
+        "`rank_related` reports (`fuse` includes the replaced-by-later check). Ranking is timed cold: "
+        "the tokenizer's cache is cleared before every call.",
         "",
     ]
+    if len(retrieval.METHODS) > 1:
+        new = retrieval.METHODS[-1]
+        worse = [
+            f"{case} ({figures['test'][new][case]['mrr3'] - figures['test'][BASELINE][case]['mrr3']:+.3f})"
+            for case in CASES
+            if figures["test"][new][case]["mrr3"] < figures["test"][BASELINE][case]["mrr3"]
+        ]
+        params = ", ".join(f"{k}={v}" for k, v in retrieval.HYBRID.__dict__.items())
+        out += [
+            "## Notes",
+            "",
+            f"- `{new}` weights (`workers/inference/retrieval.py HYBRID`, chosen by `--tune` on dev only): {params}.",
+            "- Where `" + new + "` is below plain on test, MRR@3: " + (", ".join(worse) if worse else "nowhere") + ".",
+            "- The gain is recency and reversed decisions (a later, similar event replaces an earlier one); "
+            "BM25's tuned weight is 0 on this set (it is computed for the explanation: score and matched terms).",
+            "",
+        ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(out))
     print("\n".join(out))
