@@ -218,11 +218,6 @@ CELERY_BROKER_URL = BROKER_URL
 # the realtime worker (threads pool) stalled mid-benchmark (bench/results/queue.md,
 # "Task events on/off"); turn them on for prefork workers and publishers only.
 TASK_EVENTS = env.get_bool("TASK_EVENTS", False)
-# Task events (task-sent from publishers, received/started/succeeded/... from
-# workers) for Flower and `celery events`. Off unless asked for: with them on,
-# the realtime worker (threads pool) stalled mid-benchmark (bench/results/queue.md,
-# "Task events on/off"); turn them on for prefork workers and publishers only.
-TASK_EVENTS = env.get_bool("TASK_EVENTS", False)
 
 # --- Event bus (apps/eventbus) -------------------------------------------------
 # Dotted paths of the Subscriber classes a subscriber process runs; empty means
