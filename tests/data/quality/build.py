@@ -23,6 +23,8 @@ Case types:
 
 Threads alternate between the two parts (even index: dev, odd: test), so no
 thread, and no conversation, is in both.
+
+Long on purpose: the hand-written threads and chatter below are the data.
 """
 
 from __future__ import annotations

@@ -331,3 +331,23 @@ def test_ai_processing_reports_the_path_the_run_took(real_runtime, fresh_caches,
     InferenceRequest.objects.filter(pk=third.pk).update(attempts=1)
     _run(third)
     assert _processing_event(third)["processing_type"] == "retry"
+
+
+def test_a_question_is_answered_whatever_the_askers_kinds(real_runtime, fresh_caches, session_factory, user):
+    from apps.context import services as context_services
+
+    # Given an asker who turned off everything but next actions
+    context_services.preferences_update(user=user, suggestion_kinds=["next_action"])
+    session = session_factory()
+    _append_texts(session, user, CONVERSATION)
+
+    # When they ask an explicit question
+    request = services.inference_request_create_query(
+        session_id=session.pk, user=user, query="Who is organising the restaurant for the team's evening meal?"
+    )
+    suggestions = _run(request)
+
+    # Then it is answered: a question is its own request for that kind
+    assert suggestions and {s["kind"] for s in suggestions} == {"query"}
+    assert suggestions[0]["source_seqs"] == [3]
+    assert _processing_event(request)["suggestion_kinds"] is None
