@@ -1,20 +1,36 @@
 """``Idempotency-Key`` for writes: run once, answer every repeat the same way.
 
-The key row is committed as ``in_progress`` *before* the work, in its own
-transaction, so a concurrent request with the same key hits the unique
-(user, key) constraint and gets 409 instead of doing the work twice. The work
-and the row's completion (with the response to replay) then commit in ONE
-transaction: either both happen or neither does, so a stored response always
-describes writes that really exist. If the work fails, the row is deleted and
-the client may retry. A row left ``in_progress`` by a crashed process is taken
-over once it is older than ``IDEMPOTENCY_LOCK_TIMEOUT_S``.
+A key is owned by the request holding it, for as long as that request lives:
+
+- The holder first takes a PostgreSQL advisory lock on (user, key), on its own
+  database connection (session level), and keeps it until its work has
+  committed or rolled back. A second request with the key that cannot take
+  the lock gets 409 ``idempotency_key_in_progress`` (or the stored response,
+  once there is one), however long the first one runs: a slow request is never
+  run twice.
+- The key row is committed as ``in_progress`` *before* the work, in its own
+  transaction, so the unique (user, key) constraint backs the lock. The work
+  and the row's completion (with the response to replay) then commit in ONE
+  transaction, which first re-locks the row and checks it is still the one it
+  claimed (its ``updated_at`` is the claim's fence): either both happen or
+  neither does, so a stored response always describes writes that really exist.
+  If the work fails, the row is deleted (only if still this claim's) and the
+  client may retry.
+- A row left ``in_progress`` is taken over only when its holder is provably
+  gone: nobody holds the advisory lock (PostgreSQL drops it when the holder's
+  connection ends: a crash, a kill, a lost network) *and* the row is older than
+  ``IDEMPOTENCY_LOCK_TIMEOUT_S`` (60 s; the margin for a process of an older
+  release, which wrote rows without holding the lock). The lock and the work
+  share one connection, so a holder whose lock is gone cannot commit its work.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,13 +38,18 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from apps.common.exceptions import Conflict, Unprocessable, ValidationFailed
 from apps.context.models import IdempotencyKey
 
+logger = logging.getLogger(__name__)
+
 HEADER = "Idempotency-Key"
+# First half of the two-int advisory lock key (ASCII "IDMP"): apart from the job
+# framework's "JOBS" and beat's "BEAT" locks.
+ADVISORY_NAMESPACE = 0x49444D50
 # Printable ASCII, as in the IETF httpapi idempotency-key draft; bounded by the column.
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 
@@ -63,8 +84,62 @@ def validate_key(key: str) -> str:
     return key
 
 
+def advisory_lock_key(*, user_id: Any, key: str) -> int:
+    """The second half of the key's advisory lock: a signed int4 from (user, key).
+
+    Two keys sharing it (one in four billion) only make one wait for the other.
+    """
+    value = zlib.crc32(f"{user_id}:{key}".encode())
+    return value - 2**32 if value >= 2**31 else value
+
+
+def _hold(*, user_id: Any, key: str) -> bool:
+    """Take the key's advisory lock on this connection; False when a live request holds it."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_try_advisory_lock(%s, %s)", [ADVISORY_NAMESPACE, advisory_lock_key(user_id=user_id, key=key)]
+        )
+        return bool(cursor.fetchone()[0])
+
+
+def _let_go(*, user_id: Any, key: str) -> None:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_unlock(%s, %s)", [ADVISORY_NAMESPACE, advisory_lock_key(user_id=user_id, key=key)]
+            )
+    except Exception:  # a dead connection has dropped the lock already
+        logger.warning("idempotency advisory unlock failed", exc_info=True)
+
+
+def _in_progress() -> Conflict:
+    return Conflict(
+        f"A request with this {HEADER} is still being processed; retry later.",
+        code="idempotency_key_in_progress",
+        details={"header": HEADER},
+    )
+
+
+def _held_elsewhere(*, user: AbstractBaseUser, key: str, fingerprint: str) -> IdempotentResponse:
+    """Another live request holds the key: its stored answer if it has one, else 409 (422 for another body)."""
+    existing = IdempotencyKey.objects.filter(user_id=user.pk, key=key).first()
+    if existing is not None and existing.request_hash != fingerprint:
+        raise _reused()
+    if existing is not None and existing.status == IdempotencyKey.Status.COMPLETED:
+        return IdempotentResponse(status=existing.response_status or 200, body=existing.response_body, replayed=True)
+    raise _in_progress()
+
+
+def _reused() -> Unprocessable:
+    return Unprocessable(
+        f"This {HEADER} was already used with a different request.",
+        code="idempotency_key_reused",
+        details={"header": HEADER},
+    )
+
+
 def _claim(*, user: AbstractBaseUser, key: str, scope: str, fingerprint: str) -> IdempotencyKey | IdempotentResponse:
-    """Create the in-progress row, or explain why the request must not run."""
+    """Create the in-progress row, or explain why the request must not run (the caller holds the key's lock)."""
     for _ in range(3):
         try:
             with transaction.atomic():
@@ -79,26 +154,19 @@ def _claim(*, user: AbstractBaseUser, key: str, scope: str, fingerprint: str) ->
             IdempotencyKey.objects.filter(pk=existing.pk, updated_at=existing.updated_at).delete()
             continue
         if existing.request_hash != fingerprint:
-            raise Unprocessable(
-                f"This {HEADER} was already used with a different request.",
-                code="idempotency_key_reused",
-                details={"header": HEADER},
-            )
+            raise _reused()
         if existing.status == IdempotencyKey.Status.COMPLETED:
             return IdempotentResponse(
                 status=existing.response_status or 200, body=existing.response_body, replayed=True
             )
         if existing.updated_at < now - _lock_timeout():
-            # Abandoned by a crashed request: take it over, but only one taker wins.
+            # In progress, yet nobody holds its lock (we do): its holder is gone. Take
+            # it over; the new updated_at fences out anything the old holder still tries.
             taken = IdempotencyKey.objects.filter(pk=existing.pk, updated_at=existing.updated_at).update(updated_at=now)
             if taken:
                 existing.updated_at = now
                 return existing
-        raise Conflict(
-            f"A request with this {HEADER} is still being processed; retry later.",
-            code="idempotency_key_in_progress",
-            details={"header": HEADER},
-        )
+        raise _in_progress()
     raise Conflict(f"Could not claim this {HEADER}; retry.", code="idempotency_key_in_progress")
 
 
@@ -115,21 +183,41 @@ def idempotent_call(
         status, body = work()
         return IdempotentResponse(status=status, body=body, replayed=False)
     validate_key(key)
-    claimed = _claim(user=user, key=key, scope=scope, fingerprint=request_fingerprint(scope=scope, payload=payload))
+    fingerprint = request_fingerprint(scope=scope, payload=payload)
+    if not _hold(user_id=user.pk, key=key):
+        return _held_elsewhere(user=user, key=key, fingerprint=fingerprint)
+    try:
+        return _run_owned(user=user, key=key, scope=scope, fingerprint=fingerprint, work=work)
+    finally:
+        _let_go(user_id=user.pk, key=key)
+
+
+def _run_owned(
+    *, user: AbstractBaseUser, key: str, scope: str, fingerprint: str, work: Callable[[], tuple[int, Any]]
+) -> IdempotentResponse:
+    """Claim and run, holding the key's advisory lock."""
+    claimed = _claim(user=user, key=key, scope=scope, fingerprint=fingerprint)
     if isinstance(claimed, IdempotentResponse):
         return claimed
+    mine = IdempotencyKey.objects.filter(
+        pk=claimed.pk, updated_at=claimed.updated_at, status=IdempotencyKey.Status.IN_PROGRESS
+    )
     try:
         with transaction.atomic():
+            # Still our claim (nobody took it over), and locked until this commits.
+            if mine.select_for_update().values_list("pk", flat=True).first() is None:
+                raise _in_progress()
             status, body = work()
-            IdempotencyKey.objects.filter(pk=claimed.pk).update(
+            mine.update(
                 status=IdempotencyKey.Status.COMPLETED,
                 response_status=status,
                 response_body=body,
                 updated_at=timezone.now(),
             )
     except BaseException:
-        # Nothing was written (the work rolled back): free the key so a retry runs.
-        IdempotencyKey.objects.filter(pk=claimed.pk, status=IdempotencyKey.Status.IN_PROGRESS).delete()
+        # Nothing was written (the work rolled back): free the key so a retry runs,
+        # unless it is no longer ours.
+        mine.delete()
         raise
     return IdempotentResponse(status=status, body=body, replayed=False)
 

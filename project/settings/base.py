@@ -273,7 +273,9 @@ BATCH_JOB_MODULES = ["workers.batch.jobs", "workers.training.jobs"]
 EVENT_BATCH_MAX = env.get_int("EVENT_BATCH_MAX", 500)
 # An Idempotency-Key is remembered this long; retention purges it afterwards.
 IDEMPOTENCY_KEY_TTL_S = env.get_int("IDEMPOTENCY_KEY_TTL_S", 24 * 3600)
-# A key left in_progress this long belongs to a crashed request: the next repeat takes it over.
+# A key in_progress is taken over only when its holder is gone (its PostgreSQL
+# advisory lock released: apps/context/idempotency.py) and it is this old; a live
+# holder keeps it however long it runs (repeats get 409).
 IDEMPOTENCY_LOCK_TIMEOUT_S = env.get_int("IDEMPOTENCY_LOCK_TIMEOUT_S", 60)
 EVENT_DATA_MAX_BYTES = env.get_int("EVENT_DATA_MAX_BYTES", 65_536)
 SNAPSHOT_RECENT_EVENTS = env.get_int("SNAPSHOT_RECENT_EVENTS", 50)
