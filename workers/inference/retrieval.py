@@ -106,8 +106,10 @@ STOPWORDS = frozenset(
     still now also get got let lets s t re ve ll d m""".split()  # noqa: SIM905 - a word list reads better as text
 )
 _WORD = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
+_SEPARATORS = re.compile(r"[._-]")
 
 
+@lru_cache(maxsize=50_000)
 def _stem(word: str) -> str:
     """A light suffix strip, the same for queries and events (bills/bill, signed/sign, running/run)."""
     for suffix, keep in (("ies", "y"), ("ing", ""), ("ed", ""), ("es", ""), ("s", "")):
@@ -121,8 +123,8 @@ def tokenize(text: str) -> tuple[str, ...]:
     """Lower-cased word stems without stopwords; ``orders.v3`` also yields ``orders`` and ``v3``."""
     out: list[str] = []
     for word in _WORD.findall(text.lower().replace("\u2019", "'")):
-        parts = re.split(r"[._-]", word)
-        for token in (word, *parts) if len(parts) > 1 else (word,):
+        tokens = (word, *_SEPARATORS.split(word)) if _SEPARATORS.search(word) else (word,)
+        for token in tokens:
             if token not in STOPWORDS:
                 out.append(_stem(token))
     return tuple(out)
@@ -130,6 +132,7 @@ def tokenize(text: str) -> tuple[str, ...]:
 
 def cache_clear() -> None:
     tokenize.cache_clear()
+    _stem.cache_clear()
 
 
 def bm25(query: Sequence[str], documents: Sequence[Sequence[str]], *, k1: float, b: float) -> list[float]:
@@ -194,7 +197,14 @@ def rank_related(
     dense = matrix @ np.asarray(query_vector, dtype=np.float32)
     timings["dense_ms"] = _ms(t0)
     if method == DENSE:
-        return _top(candidates, dense, dense, lambda i: {"method": DENSE, "dense": round(float(dense[i]), 4)}, k=k)
+        query_terms = set(tokenize(query_text))
+
+        def explain_dense(i: int) -> dict[str, Any]:
+            # Matched terms for the chosen few only: plain ranking reads no words.
+            terms = sorted(query_terms.intersection(tokenize(str(candidates[i].get("text") or ""))))
+            return {"method": DENSE, "dense": round(float(dense[i]), 4), "matched_terms": terms}
+
+        return _top(candidates, dense, dense, explain_dense, k=k)
 
     t0 = time.perf_counter()
     query_terms = tokenize(query_text)

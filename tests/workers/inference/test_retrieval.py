@@ -82,13 +82,13 @@ def test_lexical_scores_and_matched_terms():
 def test_dense_is_plain_cosine_with_the_similarity_floor():
     vectors = np.eye(3, dtype=np.float32)
     query = np.asarray([0.9, 0.1, 0.0], dtype=np.float32)
-    candidates = [{"seq": 3, "text": "a"}, {"seq": 2, "text": "b"}, {"seq": 1, "text": "c"}]
+    candidates = [{"seq": 3, "text": "alpha"}, {"seq": 2, "text": "beta"}, {"seq": 1, "text": "gamma"}]
     ranked = retrieval.rank_related(
-        query_text="a", query_vector=query, candidates=candidates, vectors=vectors, k=3, method=retrieval.DENSE
+        query_text="alpha", query_vector=query, candidates=candidates, vectors=vectors, k=3, method=retrieval.DENSE
     )
     # Only the first passes MIN_SIMILARITY (0.2).
     assert [r.index for r in ranked] == [0]
-    assert ranked[0].explanation == {"method": "dense", "dense": 0.9}
+    assert ranked[0].explanation == {"method": "dense", "dense": 0.9, "matched_terms": ["alpha"]}
     with pytest.raises(ValueError):
         retrieval.rank_related(
             query_text="a", query_vector=query, candidates=candidates, vectors=vectors, k=3, method="unknown"
