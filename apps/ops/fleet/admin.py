@@ -19,6 +19,7 @@ from apps.common.exceptions import ApplicationError
 from apps.eventbus.queues import Queue
 from apps.ops.fleet import figures as fleet
 from apps.ops.fleet import selectors, services
+from apps.ops.models import FleetAction
 from apps.ops.permissions import CHANGE_FLEET, VIEW_FLEET, operator_has
 
 
@@ -83,6 +84,28 @@ def fleet_action_view(request: HttpRequest) -> HttpResponse:
     except ApplicationError as exc:
         messages.error(request, f"Not done: {exc}")
     return HttpResponseRedirect(reverse("admin:ops_fleet_tasks"))
+
+
+@admin.register(FleetAction)
+class FleetActionAdmin(admin.ModelAdmin):
+    """The audit, read only: rows are written by the fleet services, never by hand."""
+
+    list_display = ("created_at", "action", "target", "requested_by", "result")
+    list_filter = ("action",)
+    search_fields = ("target",)
+    readonly_fields = ("action", "target", "requested_by", "params", "result", "created_at")
+
+    def has_view_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return operator_has(request.user, VIEW_FLEET)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
 
 
 _original_get_urls = admin.site.get_urls

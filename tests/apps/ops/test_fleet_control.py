@@ -273,3 +273,16 @@ def test_admin_purge_without_confirmation_deletes_nothing(client, operator, topo
     assert done.status_code == 302
     assert _depth() == 0
     assert FleetAction.objects.get().action == "purge"
+
+
+def test_the_audit_is_readable_in_admin_and_never_editable(client, viewer, operator, api_client_for, topology):
+    api_client_for(operator).post("/api/v1/ops/tasks/t-admin/revoke/", {}, format="json")
+    client.force_login(viewer)
+
+    listing = client.get("/admin/ops/fleetaction/")
+    row = FleetAction.objects.get()
+
+    assert listing.status_code == 200
+    assert "t-admin" in listing.content.decode()
+    assert client.post(f"/admin/ops/fleetaction/{row.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert FleetAction.objects.filter(pk=row.pk).exists()
