@@ -13,7 +13,7 @@ import pytest
 from django.contrib.auth.models import Permission
 from kombu import Connection, Producer
 
-from apps.eventbus.queues import Queue
+from apps.eventbus.queues import Queue, declare_topology
 from apps.ops.fleet import delayed
 from apps.ops.fleet.figures import broker_queue_counts
 from apps.ops.models import FleetAction, PausedQueue
@@ -22,6 +22,17 @@ from tests.integration.workers.conftest import probe_key, wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 
 BATCH, MAINTENANCE = Queue.AI_BATCH.value, Queue.MAINTENANCE.value
+
+
+@pytest.fixture(autouse=True)
+def _topology() -> None:
+    """The queues exist before a task is published (a test may send before any worker declared them)."""
+    from django.conf import settings
+
+    with Connection(settings.BROKER_URL) as conn:
+        declare_topology(conn.default_channel)
+        for queue in (BATCH, MAINTENANCE):
+            conn.default_channel.queue_purge(queue)
 
 
 @pytest.fixture
@@ -177,3 +188,18 @@ def test_a_task_waiting_out_its_retry_countdown_is_listed_and_runs_once(processe
     delay_queues = [f"celery_delayed_{level}" for level in range(delayed.DELAY_LEVELS)]
     counts = broker_queue_counts([BATCH, f"{BATCH}.dlq", *delay_queues])
     assert sum(c.depth or 0 for c in counts) == 0
+
+
+def test_a_worker_started_only_for_a_paused_queue_waits_until_it_is_resumed(processes, rds, operator_api):
+    # given ai.batch paused while no worker runs, and a task waiting in it
+    _workers(operator_api.post(f"/api/v1/ops/queues/{BATCH}/pause/", {}, format="json"))
+    _send("test.record", {"tag": "po", "item": "waiting"})
+
+    # when a worker started for ai.batch alone comes up
+    processes("worker", name="po", queues=BATCH, concurrency=1)
+
+    # then it consumes nothing until the queue is resumed
+    assert _counts(BATCH) == (1, 0)
+    _workers(operator_api.post(f"/api/v1/ops/queues/{BATCH}/resume/", {}, format="json"))
+    wait_for(lambda: rds.sismember(probe_key("po", "done"), "waiting"), message="task ran after resume")
+    assert _counts(BATCH) == (0, 1)
