@@ -92,7 +92,7 @@ class FleetActionOutputSerializer(serializers.Serializer):
 class FleetTaskSerializer(serializers.Serializer):
     id = serializers.CharField()
     name = serializers.CharField(allow_null=True)
-    state = serializers.ChoiceField(choices=["active", "reserved", "scheduled", "delayed"])
+    state = serializers.CharField(help_text="active, reserved, scheduled or delayed (apps/ops/fleet/selectors.py)")
     worker = serializers.CharField(allow_null=True)
     queue = serializers.CharField(allow_null=True)
     eta = serializers.CharField(allow_null=True)
