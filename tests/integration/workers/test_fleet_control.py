@@ -203,3 +203,22 @@ def test_a_worker_started_only_for_a_paused_queue_waits_until_it_is_resumed(proc
     _workers(operator_api.post(f"/api/v1/ops/queues/{BATCH}/resume/", {}, format="json"))
     wait_for(lambda: rds.sismember(probe_key("po", "done"), "waiting"), message="task ran after resume")
     assert _counts(BATCH) == (0, 1)
+
+
+def test_revoke_with_terminate_stops_a_running_task_and_it_is_not_redelivered(processes, rds, operator_api):
+    # given a running task on a prefork worker with one slot (it would run until released)
+    processes("worker", name="tm", queues=BATCH, concurrency=1)
+    running = _send("test.hold", {"tag": "tm", "item": "running"})
+    wait_for(lambda: rds.llen(probe_key("tm", "started")) == 1, message="task running")
+
+    # when an operator revokes it with terminate
+    answered = _workers(operator_api.post(f"/api/v1/ops/tasks/{running}/revoke/", {"terminate": True}, format="json"))
+
+    # then the slot is free for the next tasks (a redelivered copy would hold it again) and it never finished
+    assert len(answered) == 1
+    for item in ("after", "last"):
+        _send("test.record", {"tag": "tm", "item": item})
+        wait_for(lambda item=item: rds.sismember(probe_key("tm", "done"), item), message=f"{item} ran")
+    assert rds.lrange(probe_key("tm", "started"), 0, -1) == ["running"]
+    assert rds.lrange(probe_key("tm", "runs"), 0, -1) == ["after", "last"]
+    assert _counts(BATCH)[0] == 0
