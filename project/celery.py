@@ -26,7 +26,6 @@ import os
 from typing import Any
 
 from celery import Celery, signals
-from django.conf import settings
 
 from project import env
 
@@ -99,10 +98,8 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     worker_consumer="workers.deadletter.consumer:DeadLetteringConsumer",
     worker_hijack_root_logger=False,
-    # Flower and `celery events` read these (settings.TASK_EVENTS; cost measured in
-    # bench/results/queue.md). Events go to the celeryev exchange, not to a work queue.
-    worker_send_task_events=settings.TASK_EVENTS,
-    task_send_sent_event=settings.TASK_EVENTS,
+    # Task events (worker_send_task_events, task_send_sent_event) come from the
+    # settings (CELERY_* from TASK_EVENTS, project/settings/base.py), read lazily.
     # A connection lost mid-task: the broker requeues the unacked message, so
     # cancel the local copy instead of finishing it and acking on a dead channel.
     worker_cancel_long_running_tasks_on_connection_loss=True,

@@ -218,6 +218,8 @@ CELERY_BROKER_URL = BROKER_URL
 # the realtime worker (threads pool) stalled mid-benchmark (bench/results/queue.md,
 # "Task events on/off"); turn them on for prefork workers and publishers only.
 TASK_EVENTS = env.get_bool("TASK_EVENTS", False)
+CELERY_WORKER_SEND_TASK_EVENTS = TASK_EVENTS
+CELERY_TASK_SEND_SENT_EVENT = TASK_EVENTS
 
 # --- Event bus (apps/eventbus) -------------------------------------------------
 # Dotted paths of the Subscriber classes a subscriber process runs; empty means
