@@ -12,6 +12,19 @@ from django.http import HttpRequest
 from apps.batch.models import DailySessionRollup, DailyUserRollup, JobRun, SessionActivity
 
 
+def live_text(run: JobRun) -> str:
+    """What the step reported last (``progress_detail``), as "; epoch 2/8, loss 1.2345, 3.1 s", or ""."""
+    detail = run.progress_detail or {}
+    if "total" not in detail:
+        return ""
+    parts = [f"{detail.get('unit', 'step')} {detail.get('done', 0)}/{detail['total']}"]
+    if isinstance(detail.get("loss"), int | float):
+        parts.append(f"loss {detail['loss']:.4f}")
+    if isinstance(detail.get("elapsed_s"), int | float):
+        parts.append(f"{detail['elapsed_s']:.1f} s")
+    return "; " + ", ".join(parts)
+
+
 @admin.register(JobRun)
 class JobRunAdmin(admin.ModelAdmin):
     list_display = ("job_name", "status", "trigger", "progress", "resume_count", "started_at", "finished_at", "worker")
@@ -22,7 +35,7 @@ class JobRunAdmin(admin.ModelAdmin):
 
     @admin.display(description="progress")
     def progress(self, obj: JobRun) -> str:
-        return f"{obj.progress_done}/{obj.progress_total if obj.progress_total is not None else '?'}"
+        return f"{obj.progress_done}/{obj.progress_total if obj.progress_total is not None else '?'}{live_text(obj)}"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # runs are created by the runner (beat, run_job), never by hand

@@ -43,6 +43,7 @@ class JobRunOutputSerializer(serializers.ModelSerializer):
             "trigger",
             "progress_done",
             "progress_total",
+            "progress_detail",
             "checkpoint",
             "result",
             "resume_count",

@@ -33,6 +33,10 @@ class JobRun(BaseModel):
     trigger = models.CharField(max_length=32, default="manual", help_text="beat, manual (run_job), task.")
     progress_done = models.BigIntegerField(default=0)
     progress_total = models.BigIntegerField(null=True, blank=True)
+    # What the running step reports while it works ({"unit": "epoch", "done":
+    # 2, "total": 8, "loss": ...}), written outside the step's transaction by
+    # ``services.job_run_report`` so it shows at once; never used to resume.
+    progress_detail = models.JSONField(default=dict, blank=True)
     checkpoint = models.JSONField(default=dict, blank=True)
     result = models.JSONField(default=dict, blank=True)
     # How many times a dead run was picked up again, and the progress each

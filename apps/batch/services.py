@@ -7,16 +7,20 @@ short transaction.
 
 from __future__ import annotations
 
+import json
+import logging
 from datetime import date, datetime
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from apps.batch import selectors
 from apps.batch.models import DailySessionRollup, DailyUserRollup, JobRun
 from apps.common.exceptions import Conflict
+
+logger = logging.getLogger(__name__)
 
 
 def job_run_claim(*, job_name: str, parameters: dict[str, Any], trigger: str, worker: str) -> JobRun:
@@ -86,6 +90,36 @@ def job_run_progress(
     run.result = merged
     run.heartbeat_at = now
     return run
+
+
+def job_run_report(*, run: JobRun, detail: dict[str, Any]) -> bool:
+    """Publish what the running step is doing now (``progress_detail``), visible to everyone at once.
+
+    A step runs inside the chunk's transaction, so a write through the default
+    connection would show only when the step commits (a training round: at the
+    end). This one goes through a connection of its own, in autocommit, opened
+    and closed here, and it also refreshes the heartbeat. Best effort: it never
+    waits for a row lock (``SKIP LOCKED``) and never raises; it returns whether
+    the row was written (False when the run's row is not committed yet, e.g.
+    inside a caller's transaction). The step's own result still commits with
+    its work, so nothing here is needed to resume.
+    """
+    run.progress_detail = detail
+    table = JobRun._meta.db_table
+    side = connections.create_connection(DEFAULT_DB_ALIAS)
+    try:
+        with side.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET progress_detail = %s::jsonb, heartbeat_at = now(), updated_at = now()"  # noqa: S608 (table name from the model)
+                f" WHERE id = (SELECT id FROM {table} WHERE id = %s AND status = %s FOR UPDATE SKIP LOCKED)",
+                [json.dumps(detail), run.pk, JobRun.Status.RUNNING],
+            )
+            return cursor.rowcount == 1
+    except Exception:  # progress is for people watching; the work must not fail for it
+        logger.warning("job progress report failed", extra={"job": run.job_name, "run_id": str(run.pk)}, exc_info=True)
+        return False
+    finally:
+        side.close()
 
 
 def job_run_finish(*, run: JobRun) -> JobRun:

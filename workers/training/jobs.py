@@ -1,4 +1,11 @@
-"""The ``train_next_action`` job (queue ``ai.training``); the work is in ``workers.training.train``."""
+"""The ``train_next_action`` job (queue ``ai.training``); the work is in ``workers.training.train``.
+
+Progress: the run's ``progress_detail`` says which epoch of how many has
+finished, its loss and the training time so far, written after every epoch
+through ``apps.batch.services.job_run_report`` (its own connection: the step's
+transaction commits only at the end, with the registered version). The
+version's ``metrics["loss_per_epoch"]`` keeps the whole curve.
+"""
 
 from __future__ import annotations
 
@@ -46,7 +53,18 @@ class TrainNextActionJob(Job):
 
         values = {k: v for k, v in params.items() if k in TrainingConfig.__dataclass_fields__}
         values["device"] = resolve_device(params["device"] or settings.AI_DEVICE)
+        from apps.batch import services
+        from workers.training.fit import EpochReport
         from workers.training.train import train_next_action
 
-        outcome = train_next_action(config=TrainingConfig(**values))
+        config = TrainingConfig(**values)
+        live = {"unit": "epoch", "done": 0, "total": config.epochs}
+        services.job_run_report(run=run, detail={**live, "phase": "loading"})
+
+        def report_epoch(report: EpochReport) -> None:
+            # Outside this step's transaction: operators see each epoch as it ends.
+            detail = {**live, "phase": "training", "done": report.epoch, **report.as_dict()}
+            services.job_run_report(run=run, detail=detail)
+
+        outcome = train_next_action(config=config, on_epoch=report_epoch)
         return Step(done=outcome["metrics"]["events"], checkpoint={"phase": "done"}, finished=True, result=outcome)

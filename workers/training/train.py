@@ -5,7 +5,7 @@ every accepted ``next_action`` suggestion as an extra (recent actions ->
 accepted action) example, weighted ``feedback_weight`` times: an accepted
 suggestion is a user telling us the answer. Every rejected one is a negative
 (recent actions -> not this action), trained with an unlikelihood loss of
-weight ``feedback_weight`` (``train_model``'s ``negatives``).
+weight ``feedback_weight`` (``fit``'s ``negatives``, as ``train_model``'s).
 
 Tenants: the model is shared by every session, so it learns only names of the
 shared vocabulary (``apps.batch.selectors.next_action_vocabulary``: valid
@@ -35,6 +35,8 @@ import time
 import zlib
 from dataclasses import dataclass
 from typing import Any
+
+from workers.training.fit import EpochCallback, fit
 
 logger = logging.getLogger(__name__)
 
@@ -132,8 +134,13 @@ def calibration(predictor: Any, pairs: list[tuple[list[str], str]], *, n_actions
     }
 
 
-def train_next_action(*, config: TrainingConfig) -> dict[str, Any]:
-    """Run one training round; returns the metrics and the registered version (id, label, promoted)."""
+def train_next_action(*, config: TrainingConfig, on_epoch: EpochCallback | None = None) -> dict[str, Any]:
+    """Run one training round; returns the metrics and the registered version (id, label, promoted).
+
+    ``on_epoch`` is called after every epoch with its ``EpochReport`` (the job
+    publishes it as the run's progress); ``metrics["loss_per_epoch"]`` keeps
+    them all and ``metrics["train_loss"]`` the last epoch's loss.
+    """
     from django.conf import settings
 
     from apps.ai import selectors as ai_selectors
@@ -145,7 +152,6 @@ def train_next_action(*, config: TrainingConfig) -> dict[str, Any]:
         Vocab,
         load_predictor,
         save_artifact,
-        train_model,
         training_pairs,
     )
 
@@ -190,7 +196,7 @@ def train_next_action(*, config: TrainingConfig) -> dict[str, Any]:
         return {"metrics": metrics, "model_version": None, "promoted": False}
 
     fit_started = time.perf_counter()
-    model, vocab = train_model(
+    model, vocab, reports = fit(
         train_seqs + feedback_seqs,
         vocab=Vocab(sorted(vocabulary)),
         epochs=config.epochs,
@@ -202,8 +208,12 @@ def train_next_action(*, config: TrainingConfig) -> dict[str, Any]:
         hidden_dim=config.hidden_dim,
         negatives=negatives,
         negative_weight=float(max(0, config.feedback_weight)),
+        on_epoch=on_epoch,
     )
     metrics["train_seconds"] = round(time.perf_counter() - fit_started, 3)
+    metrics["loss_per_epoch"] = [report.as_dict() for report in reports]
+    if reports:
+        metrics["train_loss"] = round(reports[-1].loss, 6)
     artifact = save_artifact(model, vocab)
     candidate = load_predictor(artifact, device="cpu")
     baseline = FrequencyBaseline.fit(train_seqs)

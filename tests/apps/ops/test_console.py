@@ -121,6 +121,27 @@ def test_job_runs_show_their_progress(client, operator):
     assert "embedding_backfill" in page and "25 / 100" in page and "width: 25%" in page
 
 
+def test_a_training_run_shows_its_epoch_and_latest_loss(client, operator):
+    # Given a training run that reported epoch 2 of 8 (as workers/training/jobs.py does)
+    JobRun.objects.create(
+        job_name="train_next_action",
+        started_at=timezone.now(),
+        progress_detail={
+            "unit": "epoch",
+            "done": 2,
+            "total": 8,
+            "phase": "training",
+            "loss": 1.23456,
+            "elapsed_s": 3.21,
+        },
+    )
+
+    # Then the console shows the epoch as the progress bar, with the latest loss and the time so far
+    page = _get(client, operator)
+    assert "width: 25%" in page and "epoch 2 / 8" in page
+    assert '<span class="loss">loss 1.2346</span>' in page and "3.2 s" in page
+
+
 def test_queue_charts_draw_from_the_fleet_samples_and_the_advice_shows_its_arithmetic(client, operator):
     _get(client, operator)  # each read stores a sample
     page = _get(client, operator)
