@@ -28,6 +28,9 @@ candidate texts are cached by content hash in the worker), timed on this
 machine for every probe; the ranking stages are those ``rank_related``
 reports, each probe ranked ``REPEATS`` times per method.
 
+Author feature: dev figures for each ``author_weight`` of the tuning grid
+(the others as chosen), the evidence for the weight in ``HYBRID``.
+
 Goal (issue 18): on test, MRR@3 at least 0.10 above plain, recall@3 not
 lower, at most 20 ms extra p95 per query.
 """
@@ -69,6 +72,15 @@ REPEATS = 5
 # How many events the worker reads as candidates (workers.inference.pipeline.CANDIDATES_LIMIT).
 CANDIDATES_LIMIT = 200
 BASELINE = retrieval.DENSE
+# Why the author weight is what it is, from the last ``--tune`` run on dev (written by hand from its output).
+AUTHOR_NOTE = (
+    "Best dev MRR@3 over the rest of the grid for each author weight: -0.05 0.936, -0.025 0.936, "
+    "0 0.936, 0.025 0.927, 0.05 0.915, 0.1 0.900 (R@3 0.964 for all). With the other weights as chosen, "
+    "a positive author weight improves no dev probe and worsens 1 (0.025), 3 (0.05) and 4 (0.1), each time "
+    "by lifting another event of the query's author above the answer (lexical traps, a reversed decision); "
+    "a negative one changes no probe. So the feature is computed and explained but weighs 0 until a "
+    "labelled set shows it helps."
+)
 
 
 @dataclass
@@ -95,7 +107,8 @@ def build_probes(conversations: list[dict[str, Any]], vector_of: dict[str, np.nd
         for probe in conversation["probes"]:
             earlier = [e for e in events if e["order"] < probe["at"]][::-1]
             candidates = [
-                {"seq": e["order"], "text": e["text"], "author": e["author"], "event_type": e["kind"]} for e in earlier
+                {"seq": e["order"], "text": e["text"], "author_id": e["author"], "event_type": e["kind"]}
+                for e in earlier
             ]
             probes.append(
                 Probe(
@@ -122,7 +135,7 @@ def rank(
         vectors=probe.vectors,
         k=k,
         method=method,
-        query_author=probe.author,
+        query_author_id=probe.author,
         timings=timings,
         **kwargs,
     )
@@ -225,7 +238,8 @@ def tune(probes: list[Probe]) -> None:
         params = retrieval.HybridParams(**{**retrieval.HYBRID.__dict__, **dict(zip(names, values, strict=True))})
         overall = evaluate(probes, retrieval.HYBRID_METHOD, full=False, params=params)["overall"]
         results.append((overall["mrr3"], overall["r3"], dict(zip(names, values, strict=True))))
-    results.sort(key=lambda r: (-r[0], -r[1]))
+    # Ties: the smaller author weight (0, the feature off, before any other).
+    results.sort(key=lambda r: (-r[0], -r[1], abs(r[2].get("author_weight", 0.0))))
     for mrr3, r3, chosen in results[:15]:
         print(f"MRR@3 {mrr3:.3f}  R@3 {r3:.3f}  {chosen}")
     print("best per value:")
@@ -233,6 +247,15 @@ def tune(probes: list[Probe]) -> None:
         for value in grid[name]:
             mrr3, r3, chosen = next(r for r in results if r[2][name] == value)
             print(f"  {name}={value}: MRR@3 {mrr3:.3f}  R@3 {r3:.3f}  {chosen}")
+
+
+def author_sweep(probes: list[Probe]) -> list[tuple[float, dict[str, float]]]:
+    """Dev figures for each ``author_weight`` of the grid, the other weights as tuned (``HYBRID``)."""
+    out = []
+    for weight in retrieval.TUNING_GRID["author_weight"]:
+        params = retrieval.HybridParams(**{**retrieval.HYBRID.__dict__, "author_weight": weight})
+        out.append((weight, evaluate(probes, retrieval.HYBRID_METHOD, params=params)["overall"]))
+    return out
 
 
 def table(figures: dict[str, dict[str, dict[str, float]]]) -> list[str]:
@@ -287,6 +310,7 @@ def main() -> None:
                 result[case]["n"] = sum(1 for p in probes[part] if case in ("overall", p.case))
             figures[part][method] = result
     timing = latency(probes["test"], encoder)
+    sweep = author_sweep(probes["dev"])
 
     cpu = support.cpu_model()
     counts = {p: (len(parts[p]), len(probes[p])) for p in PARTS}
@@ -326,6 +350,26 @@ def main() -> None:
             f"{CANDIDATES_LIMIT} (goal <= 20 ms): **{'met' if ok_ms else 'missed'}**",
             "",
         ]
+    chosen = retrieval.HYBRID.author_weight
+    out += [
+        "## Author feature (dev only)",
+        "",
+        "`same_author`: the candidate event was written by the query's author (the worker reads both from "
+        "`inference_inputs_get`). Dev figures for each `author_weight` of the tuning grid, the other weights "
+        f"as chosen; chosen: **{chosen}**.",
+        "",
+        "| author_weight | dev R@1 | dev R@3 | dev MRR@3 | dev nDCG@3 |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for weight, f in sweep:
+        mark = " (chosen)" if weight == chosen else ""
+        out.append(f"| {weight}{mark} | {f['r1']:.3f} | {f['r3']:.3f} | {f['mrr3']:.3f} | {f['ndcg3']:.3f} |")
+    out += [
+        "",
+        f"The full grid (`--tune`, every combination, dev only) chose author_weight={chosen}; "
+        "ties go to the smaller weight. " + AUTHOR_NOTE,
+        "",
+    ]
     out += [
         f"## Latency per query (test probes, ranking repeated {REPEATS}x), ms",
         "",

@@ -219,10 +219,12 @@ def context_event_text(event_type: str, data: Any) -> str:
 class InferenceInputs:
     """What one inference request reads from its session (plain data).
 
-    ``trigger_seq``/``trigger_text``: the event at ``upto_seq`` (None/"" when
-    not read or absent). ``candidates``: retrieval candidates, each
-    ``{"session_id", "seq", "text", "event_type", "same_session"}`` (always
-    this session, ``same_session`` always true), newest first; empty texts
+    ``trigger_seq``/``trigger_text``/``trigger_author_id``: the event at
+    ``upto_seq`` (None/""/None when not read or absent; the author id is None
+    too when its user was deleted). ``candidates``: retrieval candidates, each
+    ``{"session_id", "seq", "text", "event_type", "author_id", "same_session"}``
+    (always this session, ``same_session`` always true; ``author_id`` the
+    event author's user id, None when deleted), newest first; empty texts
     skipped. ``recent_actions``: the latest ``user_action`` names as
     ``(seq, action)``, oldest first.
     """
@@ -231,6 +233,7 @@ class InferenceInputs:
     trigger_text: str
     candidates: tuple[dict[str, Any], ...]
     recent_actions: tuple[tuple[int, str], ...]
+    trigger_author_id: int | None = None
 
 
 def inference_inputs_get(
@@ -259,11 +262,17 @@ def inference_inputs_get(
     sid = _as_uuid(session_id)
     trigger_seq: int | None = None
     trigger_text = ""
+    trigger_author_id: int | None = None
     want_candidates = not from_trigger
     if from_trigger and upto_seq is not None:
-        event = ContextEvent.objects.filter(session_id=sid, seq=upto_seq).values("seq", "event_type", "data").first()
+        event = (
+            ContextEvent.objects.filter(session_id=sid, seq=upto_seq)
+            .values("seq", "event_type", "data", "author_id")
+            .first()
+        )
         if event is not None:
             trigger_seq = event["seq"]
+            trigger_author_id = event["author_id"]
             trigger_text = context_event_text(event["event_type"], event["data"])
             want_candidates = bool(trigger_text)
     candidates: list[dict[str, Any]] = []
@@ -277,6 +286,7 @@ def inference_inputs_get(
         trigger_text=trigger_text,
         candidates=tuple(candidates),
         recent_actions=tuple(actions),
+        trigger_author_id=trigger_author_id,
     )
 
 
@@ -285,12 +295,13 @@ def _retrieval_candidates(*, sid: uuid.UUID, upto_seq: int | None, limit: int) -
     if upto_seq is not None:
         own = own.filter(seq__lte=upto_seq)
     rows: list[dict[str, Any]] = []
-    for seq, event_type, data in own.order_by("-seq").values_list("seq", "event_type", "data")[:limit]:
+    # The author's id is a column of the same rows (no join, no query per event).
+    values = own.order_by("-seq").values_list("seq", "event_type", "data", "author_id")[:limit]
+    for seq, event_type, data, author_id in values:
         text = context_event_text(event_type, data)
         if text:
-            rows.append(
-                {"session_id": str(sid), "seq": seq, "text": text, "event_type": event_type, "same_session": True}
-            )
+            row = {"session_id": str(sid), "seq": seq, "text": text, "event_type": event_type, "author_id": author_id}
+            rows.append({**row, "same_session": True})
     return rows
 
 

@@ -75,9 +75,14 @@ def _rank(
     *,
     k: int,
     kind: str,
+    query_author_id: int | None,
     timings: dict[str, float],
 ) -> list[ai_services.SuggestionDraft]:
-    """The ranking itself is ``workers.inference.retrieval.rank_related`` (pure, benchmarked on labelled data)."""
+    """The ranking itself is ``workers.inference.retrieval.rank_related`` (pure, benchmarked on labelled data).
+
+    Candidates carry their event's ``author_id`` (``inference_inputs_get``),
+    so the ranking's ``same_author`` feature compares it with ``query_author_id``.
+    """
     ranked = retrieval.rank_related(
         query_text=query_text,
         query_vector=query_vector,
@@ -85,6 +90,7 @@ def _rank(
         vectors=vectors,
         k=k,
         method=settings.AI_RETRIEVAL_METHOD,
+        query_author_id=query_author_id,
         timings=timings,
     )
     drafts: list[ai_services.SuggestionDraft] = []
@@ -109,12 +115,26 @@ def _rank(
 
 
 def _related(
-    candidates: Sequence[dict[str, Any]], *, query_text: str, kind: str, timings: dict[str, float]
+    candidates: Sequence[dict[str, Any]],
+    *,
+    query_text: str,
+    kind: str,
+    timings: dict[str, float],
+    query_author_id: int | None = None,
 ) -> tuple[list[ai_services.SuggestionDraft], int]:
     t1 = time.perf_counter()
     vectors = embed_texts([query_text, *[c["text"] for c in candidates]])
     t2 = time.perf_counter()
-    drafts = _rank(query_text, vectors[0], candidates, vectors[1:], k=RELATED_TOP_K, kind=kind, timings=timings)
+    drafts = _rank(
+        query_text,
+        vectors[0],
+        candidates,
+        vectors[1:],
+        k=RELATED_TOP_K,
+        kind=kind,
+        query_author_id=query_author_id,
+        timings=timings,
+    )
     timings["embed_ms"] = round((t2 - t1) * 1000, 2)
     timings["rank_ms"] = round((time.perf_counter() - t2) * 1000, 2)
     return drafts, 1 + len(candidates)
@@ -207,6 +227,7 @@ def generate_for_request(*, request_id: str, claim_token: str, replay: bool = Fa
     input_size = 0
     wanted = wanted_kinds(request)
     if request.kind == InferenceRequest.Kind.QUERY:
+        # A question has no event, so no author to compare (and who asked must not matter).
         found, size = _related(inputs.candidates, query_text=request.query, kind=SuggestionKind.QUERY, timings=timings)
         drafts += found
         input_size += size
@@ -219,6 +240,8 @@ def generate_for_request(*, request_id: str, claim_token: str, replay: bool = Fa
                 query_text=inputs.trigger_text,
                 kind=SuggestionKind.RELATED_CONTEXT,
                 timings=timings,
+                # The trigger event's own author (not requested_by, which a coalesced request shares).
+                query_author_id=inputs.trigger_author_id,
             )
             drafts += found
             input_size += size

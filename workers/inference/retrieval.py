@@ -1,7 +1,7 @@
 """Ranking of a session's earlier events against a query: pure functions, no I/O.
 
 ``rank_related`` takes the candidate events (plain mappings with ``seq``,
-``text`` and optionally ``author``) and their embeddings, already computed,
+``text`` and optionally ``author_id``) and their embeddings, already computed,
 and returns the best ones with an explanation each. The inference pipeline
 (``workers.inference.pipeline``) calls it on what it read from the database;
 ``bench/quality.py`` calls the same function on the labelled conversations in
@@ -24,9 +24,12 @@ retrieval; the baseline.
   to this one >= ``supersede_similarity``) and about as close to the query
   (its dense score >= ``supersede_ratio`` x this one's): a status update or a
   decision that a later event replaced. A penalty;
-- ``same_author``: the candidate was written by the query's author (when
-  the caller passes ``query_author`` and candidates carry ``author``; the
-  worker's candidates do not, and the tuned weight is 0).
+- ``same_author``: 1 when the candidate was written by the query's author
+  (the caller passes ``query_author_id`` and candidates carry ``author_id``:
+  the worker passes the trigger event's author and each candidate event's,
+  from ``inference_inputs_get``; an unknown author, None, matches nobody).
+  Weighted ``author_weight``, which may be negative (prefer the others'
+  events); the explanation carries its contribution when it is not 0.
 
 The weights are ``HYBRID`` and were chosen by ``bench/quality.py --tune`` on
 the dev part of the labelled set only (the grid is ``TUNING_GRID``).
@@ -75,8 +78,12 @@ class HybridParams:
 # plain dense 0.758). The dev grid put the BM25 weight at 0: every positive
 # weight lost more on lexical traps than it won elsewhere (0.025: 0.927, 0.1:
 # 0.897), so BM25 is computed for the explanation (its score, the matched
-# terms) and weighs nothing until a labelled set shows it helps. Ties at the
-# top were broken towards the middle of the grid.
+# terms) and weighs nothing until a labelled set shows it helps. The author
+# weight is 0 for the same reason: with the worker's candidates carrying their
+# authors, the best dev MRR@3 per author weight was 0.936 at -0.05, -0.025 and 0,
+# and 0.927, 0.915, 0.900 at 0.025, 0.05, 0.1 (favouring the query author's own
+# events loses, preferring the others' gains nothing). Ties at the top were
+# broken towards the middle of the grid, and towards author weight 0.
 HYBRID = HybridParams(
     lexical_weight=0.0,
     recency_weight=0.05,
@@ -93,7 +100,8 @@ TUNING_GRID: dict[str, list[float]] = {
     "superseded_penalty": [0.2, 0.3, 0.5],
     "supersede_similarity": [0.4, 0.5, 0.6],
     "supersede_ratio": [0.4, 0.6, 0.8],
-    "author_weight": [0.0, 0.05],
+    # Negative: prefer the other participants' events (a question answered by someone else).
+    "author_weight": [-0.05, -0.025, 0.0, 0.025, 0.05, 0.1],
 }
 
 # Words that carry no topic; a short list, since BM25's idf already discounts
@@ -178,7 +186,7 @@ def rank_related(
     vectors: Sequence[np.ndarray] | np.ndarray,
     k: int | None,
     method: str = HYBRID_METHOD,
-    query_author: Any = None,
+    query_author_id: Any = None,
     params: HybridParams = HYBRID,
     timings: dict[str, float] | None = None,
 ) -> list[Ranked]:
@@ -234,9 +242,7 @@ def rank_related(
                 # The newest such event is the one that stands.
                 superseded_by[int(i)] = candidates[int(np.flatnonzero(later)[np.argmax(seqs[later])])].get("seq")
     superseded = np.asarray([0.0 if s is None else 1.0 for s in superseded_by])
-    same_author = np.asarray(
-        [1.0 if query_author is not None and c.get("author") == query_author else 0.0 for c in candidates]
-    )
+    same_author = same_author_feature(candidates, query_author_id)
     fused = (
         dense
         + params.lexical_weight * lexical_norm
@@ -248,7 +254,7 @@ def rank_related(
     query_set = set(query_terms)
 
     def explain(i: int) -> dict[str, Any]:
-        return {
+        explanation: dict[str, Any] = {
             "method": HYBRID_METHOD,
             "score": round(float(fused[i]), 4),
             "dense": round(float(dense[i]), 4),
@@ -258,8 +264,20 @@ def rank_related(
             "superseded_by": superseded_by[i],
             "same_author": bool(same_author[i]),
         }
+        author = params.author_weight * float(same_author[i])
+        if author:
+            # What the author term added to (or, negative, took from) ``score``.
+            explanation["author_contribution"] = round(author, 4)
+        return explanation
 
     return _top(candidates, fused, dense, explain, k=k)
+
+
+def same_author_feature(candidates: Sequence[Mapping[str, Any]], query_author_id: Any) -> np.ndarray:
+    """1.0 where a candidate's ``author_id`` is the query's (None, unknown, matches nothing), else 0.0."""
+    if query_author_id is None:
+        return np.zeros(len(candidates))
+    return np.asarray([1.0 if c.get("author_id") == query_author_id else 0.0 for c in candidates])
 
 
 def _top(

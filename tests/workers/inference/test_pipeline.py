@@ -351,3 +351,50 @@ def test_a_question_is_answered_whatever_the_askers_kinds(real_runtime, fresh_ca
     assert suggestions and {s["kind"] for s in suggestions} == {"query"}
     assert suggestions[0]["source_seqs"] == [3]
     assert _processing_event(request)["suggestion_kinds"] is None
+
+
+def test_the_ranking_reads_each_candidates_author_and_the_trigger_authors(
+    real_runtime, fresh_caches, session_factory, user, other_user, monkeypatch
+):
+    import dataclasses
+
+    from apps.context import services as context_services
+    from workers.inference import retrieval
+
+    # Given alice wrote the conversation's odd events and bob the others, and bob the trigger
+    session = session_factory()
+    context_services.participant_add(session=session, actor=user, username=other_user.username, role="editor")
+    for i, text in enumerate(CONVERSATION):
+        _append_texts(session, user if i % 2 == 0 else other_user, [text])
+    trigger = sorted(CLOSEST)[0]
+    [event] = _append_texts(session, other_user, [trigger])
+    # and the author feature weighs something (its tuned weight may be 0)
+    calls: list[dict] = []
+    original = retrieval.rank_related
+
+    def spy(**kwargs):
+        calls.append(kwargs)
+        return original(**{**kwargs, "params": dataclasses.replace(retrieval.HYBRID, author_weight=0.01)})
+
+    monkeypatch.setattr(retrieval, "rank_related", spy)
+    request = services.inference_request_trigger(session_id=session.pk, trigger_seq=event.seq, user_id=user.pk)
+
+    # When the pipeline runs
+    suggestions = _run(request)
+
+    # Then the ranking got the trigger event's author (not the request's) and each candidate's
+    [call] = calls
+    assert call["query_author_id"] == other_user.pk
+    assert {c["seq"]: c["author_id"] for c in call["candidates"]} == {
+        i + 1: (user.pk if i % 2 == 0 else other_user.pk) for i in range(len(CONVERSATION))
+    }
+    # And each stored explanation says whether the author matched, and what that added when it did
+    related = [s for s in suggestions if s["kind"] == "related_context"]
+    assert related
+    for suggestion in related:
+        explanation = suggestion["explanation"]
+        same = explanation["same_author"]
+        assert same == (suggestion["source_seqs"][0] % 2 == 0)
+        assert explanation.get("author_contribution") == (0.01 if same else None)
+    # And content carries no author id (the explanation says only whether it matched)
+    assert all("author_id" not in s["content"] for s in related)

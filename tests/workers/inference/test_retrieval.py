@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -119,3 +120,53 @@ def test_the_labelled_set_has_enough_probes_and_disjoint_parts():
     assert {p["case"] for p in probes} == CASES
     queries = {p: {pr["query"] for c in convs for pr in c["probes"]} for p, convs in parts.items()}
     assert not queries["dev"] & queries["test"]
+
+
+# Three candidates equally close to the query (cosine 0.6) and not about one
+# another (cosine <= 0.36, so none replaces another): only the author can order them.
+AUTHOR_VECTORS = np.asarray([[0.6, 0.8, 0.0], [0.6, 0.0, 0.8], [0.6, -0.8, 0.0]], dtype=np.float32)
+AUTHOR_QUERY = np.asarray([1.0, 0.0, 0.0], dtype=np.float32)
+
+
+def _rank_authors(authors, *, query_author_id, author_weight):
+    candidates = [{"seq": 3 - i, "text": f"update {i}", "author_id": a} for i, a in enumerate(authors)]
+    params = dataclasses.replace(retrieval.HYBRID, recency_weight=0.0, author_weight=author_weight)
+    ranked = retrieval.rank_related(
+        query_text="status",
+        query_vector=AUTHOR_QUERY,
+        candidates=candidates,
+        vectors=AUTHOR_VECTORS,
+        k=3,
+        query_author_id=query_author_id,
+        params=params,
+    )
+    return [candidates[r.index]["seq"] for r in ranked], ranked
+
+
+def test_the_author_feature_is_computed_from_the_candidates_authors():
+    candidates = [{"seq": 3, "author_id": 8}, {"seq": 2, "author_id": None}, {"seq": 1, "author_id": 7}]
+    assert retrieval.same_author_feature(candidates, 7).tolist() == [0.0, 0.0, 1.0]
+    # An unknown author (a deleted user, a question with no event) matches nobody, not even None.
+    assert retrieval.same_author_feature(candidates, None).tolist() == [0.0, 0.0, 0.0]
+
+    # Without a weight the tie keeps the input order (newest first)
+    seqs, ranked = _rank_authors([8, None, 7], query_author_id=7, author_weight=0.0)
+    assert seqs == [3, 2, 1]
+    assert [r.explanation["same_author"] for r in ranked] == [False, False, True]
+    assert all("author_contribution" not in r.explanation for r in ranked)
+
+    # With one, the query author's own event comes first and says how much the author added
+    seqs, ranked = _rank_authors([8, None, 7], query_author_id=7, author_weight=0.05)
+    assert seqs == [1, 3, 2]
+    assert ranked[0].explanation["author_contribution"] == 0.05
+    assert ranked[0].explanation["score"] == round(ranked[0].explanation["dense"] + 0.05, 4)
+    assert all("author_contribution" not in r.explanation for r in ranked[1:])
+
+    # A negative weight prefers the other participants' events
+    seqs, ranked = _rank_authors([7, 8, 7], query_author_id=7, author_weight=-0.05)
+    assert seqs == [2, 3, 1]
+    assert ranked[1].explanation["author_contribution"] == -0.05
+
+    # Another author's query, or none, leaves the order alone
+    assert _rank_authors([8, None, 7], query_author_id=9, author_weight=0.05)[0] == [3, 2, 1]
+    assert _rank_authors([8, None, 7], query_author_id=None, author_weight=0.05)[0] == [3, 2, 1]
