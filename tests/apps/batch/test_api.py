@@ -59,6 +59,13 @@ def test_jobs_list_filters_and_detail(db, staff_client):
     assert staff_client.get(f"/api/v1/ops/jobs/{running.id}/").json()["status"] == "running"
 
 
+def test_a_job_run_shows_what_its_step_reported_last(db, staff_client):
+    running = _run("train_next_action", JobRun.Status.RUNNING)
+    JobRun.objects.filter(pk=running.pk).update(progress_detail={"unit": "epoch", "done": 1, "total": 3, "loss": 1.5})
+    body = staff_client.get(f"/api/v1/ops/jobs/{running.id}/").json()
+    assert body["progress_detail"] == {"unit": "epoch", "done": 1, "total": 3, "loss": 1.5}
+
+
 @pytest.mark.parametrize(
     "path", ["/api/v1/ops/jobs/not-a-uuid/", "/api/v1/ops/jobs/00000000-0000-0000-0000-000000000000/"]
 )
