@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,3 +47,11 @@ def browser() -> Iterator[Any]:
             browser.close()
     finally:
         os.environ.pop(ASYNC_UNSAFE, None)
+
+
+@pytest.fixture
+def artifacts(tmp_path) -> Path:
+    """Where a test keeps its screenshots: ``$TEST_ARTIFACTS_DIR/browser/``, else the test's tmp directory."""
+    path = Path(os.environ.get("TEST_ARTIFACTS_DIR") or tmp_path) / "browser"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

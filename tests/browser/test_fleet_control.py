@@ -28,16 +28,6 @@ def web(subprocess_env) -> Iterator[WebInstance]:
     instance.stop()
 
 
-@pytest.fixture
-def artifacts(tmp_path) -> Any:
-    import os
-    from pathlib import Path
-
-    path = Path(os.environ.get("TEST_ARTIFACTS_DIR") or tmp_path) / "browser"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def _operator() -> Any:
     from django.contrib.auth import get_user_model
 

@@ -10,13 +10,11 @@ system Chromium, whose screenshot is kept as an artifact
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -28,13 +26,6 @@ from tests.support.processes import REPO_ROOT, child_env
 from tests.support.services import free_port, wait_for_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]
-
-
-@pytest.fixture
-def artifacts(tmp_path) -> Path:
-    path = Path(os.environ.get("TEST_ARTIFACTS_DIR") or tmp_path) / "browser"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @pytest.fixture
