@@ -53,11 +53,9 @@ def recent_revoked_ids(*, now: Any = None) -> list[str]:
     from apps.ops.models import FleetAction, FleetActionKind
 
     since = (now or timezone.now()) - timedelta(seconds=REVOKE_REMEMBER_S)
-    return list(
-        FleetAction.objects.filter(action=FleetActionKind.REVOKE, created_at__gte=since).values_list(
-            "target", flat=True
-        )
-    )
+    # A revoke whose broadcast failed answered 503 "nothing changed": it is not applied later either.
+    rows = FleetAction.objects.filter(action=FleetActionKind.REVOKE, created_at__gte=since)
+    return list(rows.exclude(result__has_key="error").values_list("target", flat=True))
 
 
 def _consumed(app: Any) -> set[str]:

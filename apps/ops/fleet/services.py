@@ -120,7 +120,8 @@ def queue_pause(*, queue: str, user: Any | None, reason: str = "") -> FleetActio
     try:
         replies = current_app.control.cancel_consumer(queue, reply=True, timeout=REPLY_TIMEOUT_S)
     except Exception as exc:
-        # The row stays: workers pick the pause up when they reconnect or restart.
+        # Undone: running workers were not told, so the queue is not paused.
+        PausedQueue.objects.filter(queue=queue).delete()
         FleetAction.objects.filter(id=row.id).update(result={"error": str(exc)[:500]})
         raise _broker_unavailable(exc) from exc
     row.result = {"workers": _replies(replies)}
@@ -131,8 +132,8 @@ def queue_pause(*, queue: str, user: Any | None, reason: str = "") -> FleetActio
 def queue_resume(*, queue: str, user: Any | None) -> FleetAction:
     """Consume ``queue`` again on the workers started for it."""
     queue = _work_queue(queue)
-    deleted, _ = PausedQueue.objects.filter(queue=queue).delete()
-    if not deleted:
+    paused = PausedQueue.objects.filter(queue=queue).first()
+    if paused is None or not PausedQueue.objects.filter(id=paused.id).delete()[0]:
         raise Conflict("The queue is not paused.", details={"queue": queue})
     row = _audit(action=FleetActionKind.RESUME, target=queue, user=user, params={}, result={})
     try:
@@ -140,6 +141,10 @@ def queue_resume(*, queue: str, user: Any | None) -> FleetAction:
             "ops_queue_resume", arguments={"queue": queue}, reply=True, timeout=REPLY_TIMEOUT_S
         )
     except Exception as exc:
+        # Undone: the workers still do not consume it, so it stays paused.
+        PausedQueue.objects.get_or_create(
+            queue=queue, defaults={"paused_by": paused.paused_by, "reason": paused.reason}
+        )
         FleetAction.objects.filter(id=row.id).update(result={"error": str(exc)[:500]})
         raise _broker_unavailable(exc) from exc
     row.result = {"workers": _replies(replies)}

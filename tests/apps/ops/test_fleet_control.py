@@ -286,3 +286,43 @@ def test_the_audit_is_readable_in_admin_and_never_editable(client, viewer, opera
     assert "t-admin" in listing.content.decode()
     assert client.post(f"/admin/ops/fleetaction/{row.pk}/delete/", {"post": "yes"}).status_code == 403
     assert FleetAction.objects.filter(pk=row.pk).exists()
+
+
+@pytest.fixture
+def broker_down(monkeypatch):
+    """Every control broadcast fails as it does when RabbitMQ is unreachable."""
+    from project.celery import app
+
+    def refuse(*args, **kwargs):
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    for name in ("broadcast", "cancel_consumer", "revoke"):
+        monkeypatch.setattr(app.control, name, refuse)
+
+
+def test_a_pause_the_workers_never_heard_of_is_undone(api_client_for, operator, broker_down):
+    response = api_client_for(operator).post("/api/v1/ops/queues/ai.batch/pause/", {}, format="json")
+
+    assert response.status_code == 503
+    assert response.json()["code"] == "broker_unavailable"
+    assert not PausedQueue.objects.exists()
+    assert "error" in FleetAction.objects.get(action="pause").result
+
+
+def test_a_resume_the_workers_never_heard_of_leaves_the_queue_paused(api_client_for, operator, broker_down):
+    PausedQueue.objects.create(queue="ai.batch", reason="kept")
+
+    response = api_client_for(operator).post("/api/v1/ops/queues/ai.batch/resume/", {}, format="json")
+
+    assert response.status_code == 503
+    assert PausedQueue.objects.get().reason == "kept"
+
+
+def test_a_failed_revoke_is_not_applied_by_workers_starting_later(api_client_for, operator, broker_down):
+    from apps.ops.fleet.consumption import recent_revoked_ids
+
+    response = api_client_for(operator).post("/api/v1/ops/tasks/t-failed/revoke/", {}, format="json")
+
+    assert response.status_code == 503
+    assert FleetAction.objects.get().target == "t-failed"
+    assert recent_revoked_ids() == []
