@@ -37,7 +37,8 @@ setup: migrate
 up: setup
 	@$(BIN)/python manage.py create_dev_admin
 	@echo ""
-	@echo "  Context Engine is starting (Ctrl-C stops every process):"
+	@echo "  Context Engine is starting (Ctrl-C stops every process); one address for all of it:"
+	@echo "  HAProxy sends /ws/ to uvicorn and the rest to gunicorn (project/serve.py)."
 	@echo "    API          http://$(WEB_HOST):$(WEB_PORT)/api/v1/"
 	@echo "    API docs     http://$(WEB_HOST):$(WEB_PORT)/api/docs/"
 	@echo "    admin        http://$(WEB_HOST):$(WEB_PORT)/admin/"
@@ -45,6 +46,7 @@ up: setup
 	@echo "    WebSocket    ws://$(WEB_HOST):$(WEB_PORT)/ws/sessions/<id>/  (Authorization: Token <token>, or the subprotocol token.<token>)"
 	@echo "    health       http://$(WEB_HOST):$(WEB_PORT)/readyz  metrics http://$(WEB_HOST):$(WEB_PORT)/metrics"
 	@echo "    fleet        http://$(WEB_HOST):$(WEB_PORT)/admin/ops/fleet/  (API: /api/v1/ops/queues/, /api/v1/ops/report/)"
+	@echo "    flower       http://127.0.0.1:5555/  (tasks of the batch and training workers with FLOWER_EVENTS=true)"
 	@echo ""
 	@# Every process writes its metrics here and /metrics merges them (apps/ops/metrics.py); stale files go first.
 	@rm -rf run/prometheus && mkdir -p run/prometheus

@@ -167,18 +167,20 @@ def ensure_database(url: str) -> None:
             _say(f"database {settings['NAME']!r} created")
 
 
-# Debian packages the test suite drives: HAProxy fronts two web instances in the
+# Debian packages: HAProxy is make up's front door (project/serve.py routes /ws/ to
+# uvicorn and the rest to gunicorn through it) and fronts two web instances in the
 # load-balancing tests; Chromium is the real browser of tests/browser/ (Playwright).
-TEST_PACKAGES = {"haproxy": ("haproxy",), "chromium": ("chromium", "chromium-browser")}
+PLATFORM_PACKAGES = {"haproxy": ("haproxy",)}
+TEST_PACKAGES = {**PLATFORM_PACKAGES, "chromium": ("chromium", "chromium-browser")}
 
 
-def ensure_tools_for_tests() -> None:
-    missing = [pkg for pkg, binaries in TEST_PACKAGES.items() if not any(shutil.which(b) for b in binaries)]
+def ensure_tools(packages: dict[str, tuple[str, ...]], *, required: bool) -> None:
+    missing = [pkg for pkg, binaries in packages.items() if not any(shutil.which(b) for b in binaries)]
     if not missing:
         return
     if os.geteuid() == 0 and shutil.which("apt-get"):
         names = " ".join(missing)
-        _say(f"installing {names} (Debian packages) for the tests")
+        _say(f"installing {names} (Debian packages)")
         subprocess.run(  # noqa: S602 - a fixed command line over the fixed package names above
             f"apt-get install -y -q {names} || (apt-get update -q && apt-get install -y -q {names})",
             shell=True,
@@ -187,9 +189,11 @@ def ensure_tools_for_tests() -> None:
             stderr=subprocess.STDOUT,
             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
         )
-    still = [pkg for pkg, binaries in TEST_PACKAGES.items() if not any(shutil.which(b) for b in binaries)]
-    if still:
+    still = [pkg for pkg, binaries in packages.items() if not any(shutil.which(b) for b in binaries)]
+    if still and required:
         sys.exit(f"[bootstrap] the tests need these Debian packages: sudo apt-get install -y {' '.join(still)}")
+    if still:
+        _say(f"not installed: {' '.join(still)} (sudo apt-get install -y {' '.join(still)}); make up runs without it")
 
 
 def main() -> None:
@@ -207,7 +211,9 @@ def main() -> None:
     ensure_service("RabbitMQ", broker_url, 5672, _rabbitmq_start_command(), 90)
     ensure_database(database_url)
     if args.for_tests:
-        ensure_tools_for_tests()
+        ensure_tools(TEST_PACKAGES, required=True)
+    else:
+        ensure_tools(PLATFORM_PACKAGES, required=False)
 
 
 if __name__ == "__main__":

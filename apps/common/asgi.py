@@ -11,11 +11,12 @@ middleware sends the 413). The limit is ``MAX_BODY_BYTES``
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from django.conf import settings
+
+from apps.common.wsgi import body_too_large_body
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -24,9 +25,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 def _body_too_large(limit: int) -> tuple[Message, Message]:
-    body = json.dumps(
-        {"code": "payload_too_large", "message": "Request body is too large.", "details": {"max_bytes": limit}}
-    ).encode()
+    body = body_too_large_body(limit)
     start = {
         "type": "http.response.start",
         "status": 413,

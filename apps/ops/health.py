@@ -29,10 +29,10 @@ connection; before, each probe opened three (PostgreSQL, Redis, RabbitMQ).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -218,6 +218,10 @@ def check_workers(timeout: float) -> list[str]:
     return nodes
 
 
+# Blocking checks run here; each client's lock makes a stuck one hold one thread at most.
+_CHECK_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="readiness")
+
+
 async def _run(
     name: str, check: Callable[[float], Any] | Callable[[float], Awaitable[Any]], timeout: float, *, is_async: bool
 ) -> CheckResult:
@@ -227,7 +231,11 @@ async def _run(
             detail = await asyncio.wait_for(cast(Awaitable[Any], check(timeout)), timeout)
         else:
             # A thread: the blocking clients' own timeouts bound it; wait_for bounds the answer.
-            detail = await asyncio.wait_for(asyncio.to_thread(check, timeout), timeout + 0.5)
+            # The process-wide pool, not the loop's default executor: under WSGI each probe
+            # runs on a fresh event loop (async_to_sync), whose shutdown would wait for a
+            # check still stuck on a dead socket and hold the answer past its timeout.
+            future = asyncio.get_running_loop().run_in_executor(_CHECK_THREADS, check, timeout)
+            detail = await asyncio.wait_for(future, timeout + 0.5)
     except TimeoutError:
         return CheckResult(name, False, (time.monotonic() - started) * 1000, error=f"timed out after {timeout}s")
     except Exception as exc:  # noqa: BLE001 - every failure is a readiness answer, never a 500
@@ -265,10 +273,10 @@ class Readiness:
 
 # The last result per variant (with or without workers), shared by every event loop of the process.
 _latest: dict[bool, Readiness] = {}
-# The run in progress per event loop and variant: probes that arrive meanwhile await it.
-_in_flight: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[bool, asyncio.Task[Readiness]]] = (
-    weakref.WeakKeyDictionary()
-)
+# The run in progress per variant, shared by every thread and event loop of the process (under
+# WSGI each probe runs on an event loop of its own): probes that arrive meanwhile await it.
+_in_flight: dict[bool, concurrent.futures.Future[Readiness]] = {}
+_in_flight_lock = threading.Lock()
 
 
 async def _checks_run(include_workers: bool) -> Readiness:
@@ -278,18 +286,33 @@ async def _checks_run(include_workers: bool) -> Readiness:
     return readiness
 
 
+def _finish(shared: concurrent.futures.Future[Readiness], include_workers: bool, task: asyncio.Task[Readiness]) -> None:
+    with _in_flight_lock:
+        _in_flight.pop(include_workers, None)
+    if task.cancelled():
+        shared.cancel()
+    elif task.exception() is not None:
+        shared.set_exception(cast(BaseException, task.exception()))
+    else:
+        shared.set_result(task.result())
+
+
 async def readiness_run(*, include_workers: bool = False) -> Readiness:
     """The latest readiness, at most ``READINESS_CACHE_SECONDS`` old; concurrent callers share one run."""
     latest = _latest.get(include_workers)
     if latest is not None and latest.age_seconds < settings.READINESS_CACHE_SECONDS:
         return latest
-    running = _in_flight.setdefault(asyncio.get_running_loop(), {})
-    task = running.get(include_workers)
-    if task is None:
-        task = running[include_workers] = asyncio.ensure_future(_checks_run(include_workers))
-        task.add_done_callback(lambda done: running.pop(include_workers, None))
-    # Shielded: a probe that gives up (client gone) does not cancel the run the others wait on.
-    return await asyncio.shield(task)
+    with _in_flight_lock:
+        shared = _in_flight.get(include_workers)
+        starts = shared is None
+        if shared is None:
+            shared = _in_flight[include_workers] = concurrent.futures.Future()
+    if starts:
+        task = asyncio.ensure_future(_checks_run(include_workers))
+        task.add_done_callback(lambda done: _finish(shared, include_workers, done))
+        # Shielded: a probe that gives up (client gone) does not cancel the run the others wait on.
+        return await asyncio.shield(task)
+    return await asyncio.wrap_future(shared)
 
 
 def readiness_reset() -> None:

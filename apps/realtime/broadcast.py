@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from apps.realtime import presence
@@ -34,6 +36,55 @@ logger = logging.getLogger(__name__)
 
 # The handler name on SessionConsumer ("session.message" -> session_message).
 GROUP_MESSAGE_TYPE = "session.message"
+
+
+# A sync caller waits this long for its send; past it the push is dropped (and logged).
+SYNC_SEND_TIMEOUT_S = 5.0
+
+
+class _SendLoop:
+    """One event loop per process, on a thread of its own, for channel-layer sends from sync code.
+
+    ``async_to_sync`` outside an event loop (gunicorn's threads, Celery tasks)
+    starts a new loop per call, and the channel layer opens a Redis connection
+    per loop: one connect and close per broadcast. Here every sync send of the
+    process shares one loop and so one connection. A forked child starts its own.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid() or not (self._thread and self._thread.is_alive()):
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="channel-layer-send", daemon=True)
+                thread.start()
+                self._loop, self._thread, self._pid = loop, thread, os.getpid()
+            return self._loop
+
+    def run(self, send: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        future = asyncio.run_coroutine_threadsafe(_call(send, *args), self._running_loop())
+        try:
+            return future.result(timeout=SYNC_SEND_TIMEOUT_S)
+        except BaseException:
+            future.cancel()
+            raise
+
+
+async def _call(send: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    return await send(*args)
+
+
+_send_loop = _SendLoop()
+
+
+def channel_layer_send_sync(send: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """Run a channel-layer coroutine function (``layer.group_send``) from sync code, on the process's send loop."""
+    return _send_loop.run(send, *args)
 
 
 def session_group_name(session_id: Any) -> str:
@@ -63,7 +114,7 @@ def access_revoke(*, user_id: Any, reason: str, session_id: Any = None, token_di
         "token": token_digest,
     }
     try:
-        async_to_sync(get_channel_layer().group_send)(user_group_name(user_id), message)
+        channel_layer_send_sync(get_channel_layer().group_send, user_group_name(user_id), message)
     except Exception:
         logger.warning("revocation push dropped", exc_info=True, extra={"user_id": user_id, "reason": reason})
 
@@ -94,7 +145,7 @@ def session_broadcast(*, session_id: Any, message: dict[str, Any]) -> None:
     group_message = _group_message(message)
     layer = get_channel_layer()
     try:
-        async_to_sync(layer.group_send)(session_group_name(session_id), group_message)
+        channel_layer_send_sync(layer.group_send, session_group_name(session_id), group_message)
     except Exception:
         logger.warning(
             "broadcast dropped", exc_info=True, extra={"session_id": str(session_id), "frame": message.get("type")}

@@ -241,14 +241,14 @@ AI_WARM_ON_START = env.get_bool("AI_WARM_ON_START", True)
 # users performed it, and at most AI_NEXT_ACTION_VOCAB_MAX names are kept.
 AI_NEXT_ACTION_MIN_USERS = env.get_int("AI_NEXT_ACTION_MIN_USERS", 3)
 AI_NEXT_ACTION_VOCAB_MAX = env.get_int("AI_NEXT_ACTION_VOCAB_MAX", 1000)
-
-# --- Batch jobs (apps/batch; defaults of the job parameters beat sends) ----
-# An open session with no activity for this long is closed by session_expiry.
-SESSION_IDLE_TIMEOUT_MINUTES = env.get_int("SESSION_IDLE_TIMEOUT_MINUTES", 120)
 # Related-context ranking: "hybrid" (dense + recency + replaced-by-later
 # penalty, BM25 for the explanation) or "dense" (plain cosine, the baseline);
 # bench/results/quality.md has both on the labelled conversations.
 AI_RETRIEVAL_METHOD = env.get_str("AI_RETRIEVAL_METHOD", "hybrid")
+
+# --- Batch jobs (apps/batch; defaults of the job parameters beat sends) ----
+# An open session with no activity for this long is closed by session_expiry.
+SESSION_IDLE_TIMEOUT_MINUTES = env.get_int("SESSION_IDLE_TIMEOUT_MINUTES", 120)
 # Retention: dead letters, published outbox rows and finished job runs older
 # than these are deleted by the retention_purge job.
 RETENTION_DEAD_LETTER_DAYS = env.get_int("RETENTION_DEAD_LETTER_DAYS", 30)

@@ -8,11 +8,12 @@ import pytest
 from django.core.management import get_commands
 
 from apps.eventbus.queues import Queue
-from tests.deploy.conftest import entrypoint_roles, k8s_documents, procfile_commands
+from tests.deploy.conftest import entrypoint_roles, k8s_documents, procfile_commands, procfile_roles
 
 ROLES = entrypoint_roles()
 PROCESS_ROLES = {
     "web",
+    "web-ws",
     "worker-realtime",
     "worker-batch",
     "worker-training",
@@ -41,6 +42,8 @@ def check_command(argv: list[str]) -> None:
             for queue in queues.split(","):
                 assert queue in {q.value for q in Queue}, f"queue {queue!r} is not in apps.eventbus.queues.Queue"
             assert _option(argv, "-n"), "every worker node gets a distinct name (-n)"
+        elif argv[3] == "flower":
+            assert "--enable_events=False" in argv, "Flower would switch task events on in every worker"
         elif argv[3] == "beat":
             module, _, attr = _option(argv, "-S").partition(":")
             assert hasattr(importlib.import_module(module), attr)
@@ -50,6 +53,13 @@ def check_command(argv: list[str]) -> None:
         module, _, attr = argv[1].partition(":")
         assert hasattr(importlib.import_module(module), attr)
         assert "--timeout-graceful-shutdown" in argv, "web must finish in-flight requests on SIGTERM"
+    elif program == "gunicorn":
+        module, _, attr = argv[1].partition(":")
+        assert hasattr(importlib.import_module(module), attr)
+        config = importlib.import_module(_option(argv, "--config").removeprefix("python:"))
+        assert config.graceful_timeout > 0, "web must finish in-flight requests on SIGTERM"
+    elif program == "python" and argv[1] == "-m":
+        importlib.import_module(argv[2])
     else:
         pytest.fail(f"unknown program in {argv}")
 
@@ -64,19 +74,16 @@ def test_entrypoint_migrate_role_uses_manage_py():
     assert ROLES["migrate"][:3] == ["python", "manage.py", "migrate"]
 
 
-@pytest.mark.parametrize("name,argv", sorted(procfile_commands().items()))
+@pytest.mark.parametrize("name,argv", sorted(procfile_roles().items()))
 def test_procfile_command_exists(name, argv):
     check_command(argv)
 
 
-def test_procfile_and_image_run_the_same_processes():
-    assert set(procfile_commands()) == PROCESS_ROLES
-
-
-def test_procfile_and_entrypoint_consume_the_same_queues():
-    procfile = procfile_commands()
-    for role in ("worker-realtime", "worker-batch", "worker-training"):
-        assert _option(procfile[role], "-Q") == _option(ROLES[role], "-Q"), role
+def test_procfile_runs_every_process_role_through_the_entrypoint():
+    # make up's web process is web-local: HAProxy in front of the web and web-ws roles (project/serve.py).
+    roles = {argv[1] for argv in procfile_commands().values()}
+    assert roles == (PROCESS_ROLES - {"web", "web-ws"}) | {"web-local", "flower"}
+    assert ROLES["web-local"][:3] == ["python", "-m", "project.serve"]
 
 
 def test_compose_services_use_entrypoint_roles(compose):

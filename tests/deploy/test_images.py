@@ -48,6 +48,8 @@ def test_haproxy_config_is_valid_for_haproxy(tmp_path):
         "HAPROXY_SOCKET": str(tmp_path / "admin.sock"),
         "WEB1_ADDR": "127.0.0.1:18001",
         "WEB2_ADDR": "127.0.0.1:18002",
+        "WS1_ADDR": "127.0.0.1:18003",
+        "WS2_ADDR": "127.0.0.1:18004",
     }
     result = subprocess.run(
         ["haproxy", "-c", "-f", str(DOCKER / "haproxy.cfg")], env=env, capture_output=True, text=True, timeout=30

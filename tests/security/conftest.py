@@ -1,7 +1,8 @@
 """The platform's own web process, started as the Procfile starts it, for black-box attacks.
 
-``web`` runs the Procfile's ``web`` line (its uvicorn flags included: the
-WebSocket size and queue limits, the access log) on a free port, on this run's
+``web`` runs the Procfile's ``web`` line (HAProxy in front of gunicorn for HTTP
+and uvicorn for ``/ws/``, project/serve.py, with uvicorn's WebSocket size and
+queue limits and its access log) on a free port, on this run's
 test database, vhost and Redis prefix, with its output captured so a test can
 read every line it logged. Tests that use it need ``transactional_db``: the
 server sees only committed rows.
@@ -85,8 +86,8 @@ def start_web(transactional_db) -> Iterator[Callable[..., Web]]:
         port = free_port()
         log_path = Path(tempfile.mkdtemp(prefix="ce-web-")) / "web.log"
         environment = child_env(WEB_HOST="127.0.0.1", WEB_PORT=str(port), **env)
-        process = subprocess.Popen(  # noqa: S602 - the Procfile line is a shell command (its ${VAR:-default}s)
-            f"exec {procfile_web_command()}",
+        process = subprocess.Popen(  # noqa: S602 - the Procfile line is a shell command (it execs the entrypoint)
+            procfile_web_command(),
             shell=True,
             cwd=REPO_ROOT,
             env=environment,

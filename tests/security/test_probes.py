@@ -125,11 +125,17 @@ def proxies(transactional_db) -> Iterator[dict[str, CountingProxy]]:
         proxy.close()
 
 
+WEB_THREADS = 4
+
+
 @pytest.fixture
 def web_behind_proxies(start_web, proxies):
     db = connection.settings_dict
     redis_db = settings.REDIS_URL.rsplit("/", 1)[1]
+    # One gunicorn process: readiness is cached per process, and this counts one process's connections.
     return start_web(
+        WEB_WORKERS="1",
+        WEB_THREADS=str(WEB_THREADS),
         DATABASE_URL=f"postgres://{db['USER'] or 'postgres'}@127.0.0.1:{proxies['database'].port}/{db['NAME']}",
         REDIS_URL=f"redis://127.0.0.1:{proxies['redis'].port}/{redis_db}",
         TEST_BROKER_URL=f"amqp://guest:guest@127.0.0.1:{proxies['broker'].port}/{settings.TEST_VHOST}",
@@ -164,13 +170,15 @@ def _next_check(url: str, seen: set[str], *, timeout: float = 10.0) -> httpx.Res
     raise AssertionError(f"no new readiness check within {timeout}s")
 
 
-def _wait_status(url: str, status: int, *, timeout: float) -> tuple[dict, float]:
+def _wait_status(url: str, status: int, *, timeout: float, failing: list[str] | None = None) -> tuple[dict, float]:
+    """Probe until ``status`` (and, if given, exactly these checks failing): a run of the checks
+    that straddles the moment a dependency goes away may still see some of it up."""
     started = time.monotonic()
     body: dict = {}
     while time.monotonic() - started < timeout:
         response = httpx.get(url, timeout=10)
         body = response.json()
-        if response.status_code == status:
+        if response.status_code == status and (failing is None or sorted(body["failing"]) == failing):
             return body, time.monotonic() - started
         time.sleep(0.05)
     raise AssertionError(f"/readyz did not answer {status} within {timeout}s: {body}")
@@ -183,11 +191,14 @@ def test_readiness_probes_cost_one_check_over_reused_connections_and_still_see_o
     # when a burst of probes reaches a server that has not checked yet
     first = _burst(url)
 
-    # then all are answered, one run of the checks served them, and it opened one connection per
-    # dependency (Redis: the probe's client, and the channel layer's send and receive connections)
+    # then all are answered, one run of the checks served them, and each server process opened at
+    # most one connection per dependency. Two processes sit behind the Procfile's HAProxy, which
+    # probes both every second: gunicorn (HTTP; Redis: the channel layer's send and receive
+    # connections and a cache client per thread, as Django keeps cache clients per thread) and
+    # uvicorn (/ws/; the same three Redis connections).
     opened = _opened(proxies, before)
     assert [r.status_code for r in first] == [200] * BURST, first[0].json()
-    assert opened["database"] <= 1 and opened["broker"] <= 1 and opened["redis"] <= 3, opened
+    assert opened["database"] <= 2 and opened["broker"] <= 2 and opened["redis"] <= 3 + 2 + WEB_THREADS, opened
     runs = {r.json().get("checked_at") for r in first}
     assert None not in runs and len(runs) <= 2, runs
 
@@ -210,8 +221,7 @@ def test_readiness_probes_cost_one_check_over_reused_connections_and_still_see_o
     # return is seen as soon
     for service, parts in (("database", ["database"]), ("broker", ["broker"]), ("redis", ["channel_layer", "redis"])):
         proxies[service].cut(refuse=True)
-        body, took = _wait_status(url, 503, timeout=CACHE_SECONDS + CHECK_TIMEOUT + 5)
-        assert sorted(body["failing"]) == parts, body
+        body, took = _wait_status(url, 503, timeout=CACHE_SECONDS + CHECK_TIMEOUT + 5, failing=parts)
         assert took < CACHE_SECONDS + CHECK_TIMEOUT + 2, (service, took)
         proxies[service].restore()
         body, _ = _wait_status(url, 200, timeout=CACHE_SECONDS + CHECK_TIMEOUT + 10)

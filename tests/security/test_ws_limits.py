@@ -172,16 +172,20 @@ def _web_argv(text: str) -> list[str]:
 
 
 def test_every_way_the_web_process_starts_enforces_the_frame_limit():
+    """uvicorn serves every WebSocket (roles web-ws, web-asgi); make up's web-local and the images run those."""
     from django.conf import settings
 
     from tests.support.processes import REPO_ROOT
 
     procfile = next(line for line in (REPO_ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
+    assert "entrypoint.sh web-local" in procfile
     entrypoint = (REPO_ROOT / "docker" / "entrypoint.sh").read_text()
-    web_role = entrypoint[entrypoint.index("    web)") : entrypoint.index(";;", entrypoint.index("    web)"))]
+    assert entrypoint.count("exec uvicorn") == 1, "one uvicorn command line, shared by every way WebSockets are served"
+    start = entrypoint.index("    web-ws | web-asgi)")
+    web_role = entrypoint[start : entrypoint.index(";;", start)]
     web_role = " ".join(line.strip().rstrip("\\") for line in web_role.splitlines() if not line.strip().startswith("#"))
-    for name, argv in (("Procfile", _web_argv(procfile)), ("docker/entrypoint.sh", _web_argv(web_role))):
-        assert "--ws-max-size" in argv, f"{name}: uvicorn buffers frames up to its 16 MiB default"
-        assert int(argv[argv.index("--ws-max-size") + 1]) == settings.WS_MAX_FRAME_BYTES, name
-        assert "--ws-max-queue" in argv, f"{name}: uvicorn queues 32 unread frames per socket by default"
-        assert int(argv[argv.index("--ws-max-queue") + 1]) <= 8, name
+    argv = _web_argv(web_role)
+    assert "--ws-max-size" in argv, "uvicorn buffers frames up to its 16 MiB default"
+    assert int(argv[argv.index("--ws-max-size") + 1]) == settings.WS_MAX_FRAME_BYTES
+    assert "--ws-max-queue" in argv, "uvicorn queues 32 unread frames per socket by default"
+    assert int(argv[argv.index("--ws-max-queue") + 1]) <= 8

@@ -110,6 +110,9 @@ class HAProxy:
             HAPROXY_SOCKET=self.socket_path,
             WEB1_ADDR=f"127.0.0.1:{self.backends[0].port}",
             WEB2_ADDR=f"127.0.0.1:{self.backends[1].port}",
+            # uvicorn serves HTTP and WebSockets alike: the same instances back both.
+            WS1_ADDR=f"127.0.0.1:{self.backends[0].port}",
+            WS2_ADDR=f"127.0.0.1:{self.backends[1].port}",
         )
         return env
 

@@ -58,8 +58,9 @@ def test_prefetch_is_chosen_per_queue() -> None:
     assert set(PREFETCH_MULTIPLIER) == {q.value for q in Queue}
 
 
-def test_procfile_workers_do_not_autoscale() -> None:
-    # quorum queues have no global QoS, which --autoscale relies on
-    procfile = (Path(__file__).resolve().parents[2] / "Procfile").read_text()
-    celery_lines = [line for line in procfile.splitlines() if "celery" in line and " worker" in line]
+def test_workers_do_not_autoscale() -> None:
+    # quorum queues have no global QoS, which --autoscale relies on; the Procfile and the images
+    # start workers through the entrypoint's roles
+    entrypoint = (Path(__file__).resolve().parents[2] / "docker" / "entrypoint.sh").read_text()
+    celery_lines = [line for line in entrypoint.splitlines() if "celery" in line and " worker" in line]
     assert celery_lines and not any("--autoscale" in line for line in celery_lines)

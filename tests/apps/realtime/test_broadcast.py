@@ -20,3 +20,38 @@ def test_channel_layer_check_round_trips_and_leaves_no_subscription_behind():
             assert not [c for s in loop_layer._shards for c in s._subscribed_to if "readyz." in str(c)]
 
     async_to_sync(scenario)()
+
+
+def test_sync_broadcasts_share_one_redis_connection_per_process(settings):
+    """Sync callers (gunicorn threads, Celery tasks) have no event loop: each send used to start one,
+    and the channel layer opened (and closed) a Redis connection per loop, one per broadcast."""
+    import copy
+    import threading
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    from apps.realtime.broadcast import access_revoke, session_broadcast
+    from tests.support.blackhole import BlackholeProxy
+
+    redis_url = urlsplit(settings.REDIS_URL)
+    proxy = BlackholeProxy(upstream_port=redis_url.port or 6379)
+    proxy.start()
+    try:
+        layers = copy.deepcopy(settings.CHANNEL_LAYERS)
+        for host in layers["default"]["CONFIG"]["hosts"]:
+            host["address"] = urlunsplit(redis_url._replace(netloc=f"127.0.0.1:{proxy.port}"))
+        settings.CHANNEL_LAYERS = layers
+
+        def many() -> None:
+            for _ in range(10):
+                session_broadcast(session_id=uuid.uuid4(), message={"type": "presence", "event": "ping"})
+            access_revoke(user_id=0, reason="test")
+
+        callers = [threading.Thread(target=many) for _ in range(3)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(timeout=30)
+        assert len(proxy._live) == 1, f"{len(proxy._live)} Redis connections for 33 sends"
+    finally:
+        proxy.stop()
