@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import io
 import math
+import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,30 @@ def training_pairs(
     return pairs
 
 
+@dataclass(frozen=True)
+class EpochReport:
+    """One finished epoch of ``train_model``: ``loss`` is the mean cross-entropy over its training pairs,
+    ``negative_loss`` the mean unlikelihood loss of its pass over the rejections (None without any),
+    ``elapsed_s`` the training time since the first epoch began."""
+
+    epoch: int
+    epochs: int
+    loss: float
+    negative_loss: float | None
+    elapsed_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "loss": round(self.loss, 6),
+            "negative_loss": None if self.negative_loss is None else round(self.negative_loss, 6),
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+EpochCallback = Callable[[EpochReport], None]
+
+
 def train_model(
     sequences: Sequence[Sequence[str]],
     *,
@@ -182,6 +207,7 @@ def train_model(
     hidden_dim: int = 64,
     negatives: Sequence[tuple[Sequence[str], str]] = (),
     negative_weight: float = 1.0,
+    on_epoch: EpochCallback | None = None,
 ) -> tuple[Any, Vocab]:
     """Fit a ``NextActionModel`` on action sequences; returns (model on CPU, vocab).
 
@@ -190,6 +216,11 @@ def train_model(
     the unlikelihood loss ``-log(1 - p(action | recent))`` (weighted by
     ``negative_weight``) pushes that action's probability down in that context
     only. Pairs whose action is not in the vocabulary are skipped.
+
+    ``on_epoch``, if given, is called after every epoch with its
+    ``EpochReport`` (the training job publishes it as its progress). It only
+    reads the losses: the weights are the same with or without it. Without
+    training pairs no epoch runs and it is never called.
     """
     import torch
     from torch import nn
@@ -206,8 +237,12 @@ def train_model(
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(seed)
+    started = time.perf_counter()
     model.train()
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
+        # Summed on the device and read once per epoch, only for ``on_epoch``: no sync per batch.
+        total = torch.zeros((), device=device)
+        negative_total = torch.zeros((), device=device)
         order = torch.randperm(len(pairs), generator=generator).tolist()
         for start in range(0, len(order), batch_size):
             chunk = [pairs[i] for i in order[start : start + batch_size]]
@@ -220,6 +255,7 @@ def train_model(
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+            total += loss.detach() * len(chunk)
         for start in range(0, len(negative_pairs), batch_size):
             chunk = negative_pairs[start : start + batch_size]
             ids = torch.tensor(encode_batch(vocab, [p for p, _ in chunk], context=context), device=device)
@@ -231,6 +267,17 @@ def train_model(
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+            negative_total += loss.detach() * len(chunk)
+        if on_epoch is not None:
+            on_epoch(
+                EpochReport(
+                    epoch=epoch,
+                    epochs=epochs,
+                    loss=float(total.item()) / len(pairs),
+                    negative_loss=float(negative_total.item()) / len(negative_pairs) if negative_pairs else None,
+                    elapsed_s=time.perf_counter() - started,
+                )
+            )
     return model.cpu().eval(), vocab
 
 

@@ -54,7 +54,7 @@ class TrainNextActionJob(Job):
         values = {k: v for k, v in params.items() if k in TrainingConfig.__dataclass_fields__}
         values["device"] = resolve_device(params["device"] or settings.AI_DEVICE)
         from apps.batch import services
-        from workers.training.fit import EpochReport
+        from workers.inference.next_action import EpochReport
         from workers.training.train import train_next_action
 
         config = TrainingConfig(**values)

@@ -5,7 +5,7 @@ every accepted ``next_action`` suggestion as an extra (recent actions ->
 accepted action) example, weighted ``feedback_weight`` times: an accepted
 suggestion is a user telling us the answer. Every rejected one is a negative
 (recent actions -> not this action), trained with an unlikelihood loss of
-weight ``feedback_weight`` (``fit``'s ``negatives``, as ``train_model``'s).
+weight ``feedback_weight`` (``train_model``'s ``negatives``).
 
 Tenants: the model is shared by every session, so it learns only names of the
 shared vocabulary (``apps.batch.selectors.next_action_vocabulary``: valid
@@ -34,9 +34,10 @@ import math
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from workers.training.fit import EpochCallback, fit
+if TYPE_CHECKING:
+    from workers.inference.next_action import EpochCallback, EpochReport
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ def train_next_action(*, config: TrainingConfig, on_epoch: EpochCallback | None 
         Vocab,
         load_predictor,
         save_artifact,
+        train_model,
         training_pairs,
     )
 
@@ -196,7 +198,14 @@ def train_next_action(*, config: TrainingConfig, on_epoch: EpochCallback | None 
         return {"metrics": metrics, "model_version": None, "promoted": False}
 
     fit_started = time.perf_counter()
-    model, vocab, reports = fit(
+    reports: list[EpochReport] = []
+
+    def keep_and_report(report: EpochReport) -> None:
+        reports.append(report)
+        if on_epoch is not None:
+            on_epoch(report)
+
+    model, vocab = train_model(
         train_seqs + feedback_seqs,
         vocab=Vocab(sorted(vocabulary)),
         epochs=config.epochs,
@@ -208,7 +217,7 @@ def train_next_action(*, config: TrainingConfig, on_epoch: EpochCallback | None 
         hidden_dim=config.hidden_dim,
         negatives=negatives,
         negative_weight=float(max(0, config.feedback_weight)),
-        on_epoch=on_epoch,
+        on_epoch=keep_and_report,
     )
     metrics["train_seconds"] = round(time.perf_counter() - fit_started, 3)
     metrics["loss_per_epoch"] = [report.as_dict() for report in reports]

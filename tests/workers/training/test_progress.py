@@ -103,29 +103,45 @@ def test_a_report_inside_an_uncommitted_run_is_skipped_not_waited_for(db):
     assert run.progress_detail == {"unit": "epoch", "done": 1, "total": 2}
 
 
-def test_the_epoch_loop_trains_exactly_as_train_model_does():
+def test_train_model_reports_every_epoch_and_the_report_does_not_change_the_weights():
     import torch
 
-    from workers.inference.next_action import Vocab, train_model
-    from workers.training.fit import fit
+    from workers.inference.next_action import EpochReport, Vocab, train_model
 
+    # Given a small data set with rejections, and one seed
     sequences = [["open_doc", "edit", "save", "share"], ["open_doc", "edit", "save", "print"]] * 10
     vocab = Vocab(["edit", "open_doc", "print", "save", "share"])
     negatives = [(["open_doc", "edit", "save"], "print")] * 3
-    options = {"epochs": 3, "lr": 0.01, "batch_size": 8, "seed": 5, "device": "cpu", "embed_dim": 16, "hidden_dim": 16}
-    seen: list[int] = []
+    options = {"epochs": 4, "lr": 0.01, "batch_size": 8, "seed": 5, "device": "cpu", "embed_dim": 16, "hidden_dim": 16}
+    reports: list[EpochReport] = []
 
+    # When the model is trained without a callback, then again with one
     reference, _ = train_model(sequences, vocab=vocab, negatives=negatives, negative_weight=2.0, **options)
-    model, _, reports = fit(
-        sequences,
-        vocab=vocab,
-        negatives=negatives,
-        negative_weight=2.0,
-        on_epoch=lambda r: seen.append(r.epoch),
-        **options,
+    model, _ = train_model(
+        sequences, vocab=vocab, negatives=negatives, negative_weight=2.0, on_epoch=reports.append, **options
     )
 
-    assert seen == [1, 2, 3] and [r.epochs for r in reports] == [3, 3, 3]
-    assert all(r.loss > 0 and r.negative_loss is not None for r in reports)
-    for name, weights in reference.state_dict().items():
-        assert torch.equal(weights, model.state_dict()[name]), name
+    # Then the callback was called once per epoch, in order, with the total
+    assert [(r.epoch, r.epochs) for r in reports] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    # with a loss that falls from epoch to epoch, and the rejections' loss
+    losses = [r.loss for r in reports]
+    assert all(loss > 0 for loss in losses) and losses == sorted(losses, reverse=True), losses
+    assert len(set(losses)) == len(losses), losses
+    assert all(r.negative_loss is not None and r.negative_loss > 0 for r in reports)
+    elapsed = [r.elapsed_s for r in reports]
+    assert elapsed[0] >= 0 and elapsed == sorted(elapsed)
+    assert set(reports[0].as_dict()) == {"epoch", "loss", "negative_loss", "elapsed_s"}
+    # And the weights are exactly those trained without it
+    state, reference_state = model.state_dict(), reference.state_dict()
+    assert state.keys() == reference_state.keys()
+    for name, weights in reference_state.items():
+        assert torch.equal(weights, state[name]), name
+
+
+def test_train_model_calls_no_callback_without_training_pairs():
+    from workers.inference.next_action import Vocab, train_model
+
+    reports: list[object] = []
+    train_model([["open_doc"]], vocab=Vocab(["open_doc"]), epochs=3, on_epoch=reports.append)
+
+    assert reports == []
