@@ -96,20 +96,21 @@ def get_list(name: str, default: Any = REQUIRED) -> list[str]:
 
 
 def database_from_url(url: str) -> dict[str, Any]:
-    """Turn ``postgres://user:pass@host:port/name`` into a Django DATABASES entry."""
+    """Turn ``postgres://user:pass@host:port/name?sslmode=require`` into a Django DATABASES entry.
+
+    Parsed by dj-database-url, so query options (``sslmode``, ``sslrootcert``,
+    ``options``, ...) reach psycopg as ``OPTIONS``.
+    """
+    import dj_database_url
+
     parts = urlsplit(url)
     if parts.scheme not in {"postgres", "postgresql", "pgsql"}:
         raise ImproperlyConfigured(f"DATABASE_URL must be a postgres:// URL, got scheme {parts.scheme!r}.")
-    name = unquote(parts.path.lstrip("/"))
-    if not name:
+    if not unquote(parts.path.lstrip("/")):
         raise ImproperlyConfigured(
             "DATABASE_URL must name a database, e.g. postgres://postgres@127.0.0.1:5432/context_engine."
         )
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": name,
-        "USER": unquote(parts.username or ""),
-        "PASSWORD": unquote(parts.password or ""),
-        "HOST": parts.hostname or "",
-        "PORT": str(parts.port or ""),
-    }
+    config = dict(dj_database_url.parse(url, engine="django.db.backends.postgresql"))
+    config["PORT"] = str(config.get("PORT") or "")
+    config["HOST"] = config.get("HOST") or ""
+    return config

@@ -13,7 +13,7 @@ import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import Any, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.core.exceptions import SuspiciousOperation
@@ -54,6 +54,31 @@ class _HybridMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
         raise NotImplementedError
+
+
+# The probe paths (apps/ops/probe_urls.py) that must answer whatever Host header comes with them.
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+# What such a request reports as its host (never validated against ALLOWED_HOSTS).
+PROBE_HOST = "probe.invalid"
+
+
+def _probe_host() -> str:
+    return PROBE_HOST
+
+
+class ProbeHostMiddleware(_HybridMiddleware):
+    """Probes are answered whatever their ``Host``: Kubernetes sends the pod's IP.
+
+    ``ALLOWED_HOSTS`` would refuse that with 400 and the orchestrator would
+    restart every pod. For ``/healthz`` and ``/readyz`` only, the request's host
+    is a fixed name that is never checked; every other path is validated as usual.
+    """
+
+    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
+        if request.path_info in PROBE_PATHS:
+            # An instance attribute shadows the method for this request only.
+            cast(Any, request).get_host = _probe_host
+        return self.get_response(request)
 
 
 class ObservabilityMiddleware(_HybridMiddleware):

@@ -1,4 +1,8 @@
-"""Settings shared by every environment. Every value comes through project.env."""
+"""Settings shared by every environment. Every value comes through project.env.
+
+Long on purpose: every setting of the platform is declared here, once, with its
+default and why (tests/test_layout.py checks each has its .env.example line).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    # Swagger UI and ReDoc assets served from static files, not a CDN (/api/docs/ works offline).
+    "drf_spectacular_sidecar",
+    "corsheaders",
     "channels",
     "django_celery_beat",
     "apps.common",
@@ -34,12 +41,20 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # First: times the whole request and sets the correlation id every log line carries.
+    # Before anything reads the Host header: /healthz and /readyz answer whatever Host a
+    # probe sends (Kubernetes sends the pod IP, which ALLOWED_HOSTS would refuse with 400).
+    "apps.ops.middleware.ProbeHostMiddleware",
+    # Times the whole request and sets the correlation id every log line carries.
     "apps.ops.middleware.ObservabilityMiddleware",
     # Next: refuses clients over the failed-authentication limits before any work (apps/ops/lockout.py).
     "apps.ops.middleware.AuthLockoutMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files (admin CSS, the playground, Swagger UI) from the web process itself,
+    # compressed and cached forever by their hashed names (STATIC_ROOT, built by collectstatic).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # CORS for the REST API: preflights and headers for CORS_ALLOWED_ORIGINS.
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -68,12 +83,16 @@ TEMPLATES = [
 ]
 
 DATABASE_URL = env.get_str("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/context_engine")
+# Parsed by dj-database-url: query options such as ?sslmode=require become OPTIONS.
 DATABASES = {"default": env.database_from_url(DATABASE_URL)}
 # Keep connections for a minute: a new PostgreSQL connection costs ~2 ms, more
 # than a snapshot read; health checks drop the ones a restart has broken.
 DATABASES["default"]["CONN_MAX_AGE"] = env.get_int("DB_CONN_MAX_AGE", 60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-DATABASES["default"]["OPTIONS"] = {"connect_timeout": env.get_int("DB_CONNECT_TIMEOUT", 5)}
+DATABASES["default"]["OPTIONS"] = {
+    "connect_timeout": env.get_int("DB_CONNECT_TIMEOUT", 5),
+    **DATABASES["default"].get("OPTIONS", {}),
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.get_str("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -146,7 +165,31 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# collectstatic writes here (the image does at build time); WhiteNoise serves it. With
+# DEBUG on, WhiteNoise also serves straight from the apps' static folders.
+STATIC_ROOT = env.get_str("STATIC_ROOT", str(BASE_DIR / "staticfiles"))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Hashed, compressed names once collected (prod.py); plain names otherwise, so the
+    # dev server and the tests need no collectstatic.
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# Serve from the apps' folders without collectstatic (default: DEBUG).
+WHITENOISE_USE_FINDERS = env.get_bool("WHITENOISE_USE_FINDERS", DEBUG)
+
+# CORS (REST only; the WebSocket checks ALLOWED_ORIGINS at its handshake): the same
+# origins, so a browser app allowed one is allowed the other.
+CORS_ALLOWED_ORIGINS = ALLOWED_ORIGINS
+CORS_URLS_REGEX = r"^/api/.*$"
+CORS_ALLOW_HEADERS = (
+    "accept",
+    "authorization",
+    "content-type",
+    "idempotency-key",
+    "x-correlation-id",
+)
+CORS_EXPOSE_HEADERS = ("retry-after", "x-correlation-id")
+CORS_PREFLIGHT_MAX_AGE = 600
 
 # API tokens expire this long after they are issued or rotated (0: never); a
 # client rotates before then (POST /api/v1/auth/token/rotate/). 30 days.
@@ -203,6 +246,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Real-time collaborative sessions with AI assistance.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     # Two choice sets share the field name "role": name both enums explicitly.
     "ENUM_NAME_OVERRIDES": {
