@@ -50,7 +50,9 @@ up: setup
 	@echo ""
 	@# Every process writes its metrics here and /metrics merges them (apps/ops/metrics.py); stale files go first.
 	@rm -rf run/prometheus && mkdir -p run/prometheus
-	PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/run/prometheus exec $(BIN)/honcho start -f Procfile
+	@# -e /dev/null: honcho would let .env override the shell; project/env.py reads .env
+	@# itself, with the shell winning, in every process.
+	PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/run/prometheus exec $(BIN)/honcho -e /dev/null start -f Procfile
 
 test: lint
 	$(BIN)/python -m project.bootstrap --for-tests
