@@ -26,6 +26,18 @@ drops it when the owner's connection dies (kill -9 included), so a starter that
 gets the lock and finds a ``running`` row knows its owner is dead and resumes
 it; a starter that does not get the lock gets ``JobAlreadyRunning``.
 
+The lock lives on the connection the chunks commit through, so a runner whose
+connection dies (a PostgreSQL restart, ``pg_terminate_backend``, a network cut)
+has lost it, and a second runner may take the run over at once. The runner
+checks, inside each chunk's transaction, before the step and again before the
+commit, that this very session still holds the lock (``pg_locks`` for
+``pg_backend_pid()``): a connection Django reopened in between does not hold
+it. A runner that lost its lock raises ``JobLockLost`` and writes nothing more
+to the run (no "failed" over a run a second runner now owns); the run stays
+``running`` for whoever holds the lock next, which resumes it from the last
+committed checkpoint (the Celery tasks retry, so they re-acquire or, finding
+it held, stand down).
+
 The jobs themselves live in ``workers/`` (``settings.BATCH_JOB_MODULES``) and
 register here when the operations layer imports them at startup
 (``apps/ops/apps.py``): this app never imports the layer above it. torch is
@@ -43,7 +55,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from django.db import connection, transaction
+from django.db import DatabaseError, InterfaceError, connection, transaction
 
 from apps.batch import services
 from apps.batch.models import JobRun
@@ -58,6 +70,12 @@ ADVISORY_NAMESPACE = 0x4A4F4253
 
 class JobAlreadyRunning(Conflict):
     code = "job_running"
+
+
+class JobLockLost(Conflict):
+    """The runner's lock connection died mid-run: it stopped; whoever holds the lock next resumes the run."""
+
+    code = "job_lock_lost"
 
 
 @dataclass(frozen=True)
@@ -170,6 +188,30 @@ def _try_lock(name: str) -> bool:
         return bool(cursor.fetchone()[0])
 
 
+def _lock_held(name: str) -> bool:
+    """Whether this very session (not a reconnected one) holds the job's lock. Never reconnects."""
+    if connection.connection is None:
+        return False  # closed after an error: a new connection would not hold it
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = %s::oid"
+                " AND objid = %s::oid AND objsubid = 2 AND pid = pg_backend_pid() AND granted)",
+                [ADVISORY_NAMESPACE, _lock_key(name) % 2**32],
+            )
+            return bool(cursor.fetchone()[0])
+    except (DatabaseError, InterfaceError):  # the connection is dead: so is the lock
+        return False
+
+
+def _check_lock(name: str, run: JobRun) -> None:
+    if not _lock_held(name):
+        raise JobLockLost(
+            f"Job {name!r} lost its lock (its database connection died); stopped.",
+            details={"job": name, "run_id": str(run.pk)},
+        )
+
+
 def _unlock(name: str) -> None:
     try:
         with connection.cursor() as cursor:
@@ -198,8 +240,9 @@ def job_execute(
     """Run job ``name`` to the end (or resume its dead run) and return the finished ``JobRun``.
 
     Raises ``JobAlreadyRunning`` when a live process runs it, ``ValidationFailed``
-    for bad parameters, and re-raises the job's own exception after marking the
-    run ``failed``.
+    for bad parameters, ``JobLockLost`` when its lock connection died mid-run
+    (the run is left to the next lock holder), and re-raises the job's own
+    exception after marking the run ``failed``.
     """
     job = job_get(name=name)
     cleaned = job.clean_params(params)
@@ -209,6 +252,7 @@ def job_execute(
     connection.ensure_connection()
     if not _try_lock(name):
         raise JobAlreadyRunning(f"Job {name!r} is already running.", details={"job": name})
+    lost = False
     try:
         run = services.job_run_claim(job_name=name, parameters=cleaned, trigger=trigger, worker=worker)
         if run.progress_total is None and run.resume_count == 0:
@@ -225,7 +269,10 @@ def job_execute(
         try:
             while True:
                 with transaction.atomic():
+                    # Fenced both sides: no step starts, and no chunk commits, without the lock.
+                    _check_lock(name, run)
                     step = job.step(params=cleaned, checkpoint=dict(run.checkpoint), run=run)
+                    _check_lock(name, run)
                     run = services.job_run_progress(
                         run=run, step_done=step.done, checkpoint=step.checkpoint, result=step.result
                     )
@@ -235,7 +282,20 @@ def job_execute(
                     break
                 if pause_s:
                     time.sleep(pause_s)
+        except JobLockLost:
+            lost = True
+            logger.error("job lost its lock; stopped", extra={"job": name, "run_id": str(run.id)})
+            raise
         except Exception as exc:
+            if not _lock_held(name):
+                # The error took the connection (and the lock) with it: the run may be
+                # another runner's by now, so it is not ours to mark failed.
+                lost = True
+                logger.error("job lost its lock; stopped", extra={"job": name, "run_id": str(run.id)})
+                raise JobLockLost(
+                    f"Job {name!r} lost its lock (its database connection died); stopped.",
+                    details={"job": name, "run_id": str(run.id)},
+                ) from exc
             services.job_run_fail(run=run, error="".join(traceback.format_exception(exc))[-4000:])
             logger.exception("job failed", extra={"job": name, "run_id": str(run.id)})
             raise
@@ -243,7 +303,8 @@ def job_execute(
         logger.info("job finished", extra={"job": name, "run_id": str(run.id), "done": run.progress_done})
         return run
     finally:
-        _unlock(name)
+        if not lost:
+            _unlock(name)
 
 
 def job_names_locked(*, names: set[str]) -> set[str]:

@@ -7,6 +7,9 @@ its ``PeriodicTask`` rows, e.g. ``{"trigger": "beat", "params": {"idle_minutes":
 - A job already running elsewhere: ignored (acked). Beat fires again later.
 - Bad parameters: a permanent failure, dead-lettered with the reason.
 - Database errors: retried with backoff; the run resumes from its checkpoint.
+- The job's lock connection died mid-run (``JobLockLost``): retried the same
+  way; the retry re-acquires the lock and resumes, or finds another runner
+  holding it and stands down (``JobAlreadyRunning``).
 - A worker killed mid-job: the message is redelivered (late acks) and the
   next attempt resumes the dead run from its checkpoint.
 """
@@ -19,12 +22,12 @@ from typing import Any
 
 from django.db import DatabaseError, InterfaceError
 
-from apps.batch.jobs import JobAlreadyRunning, job_execute
+from apps.batch.jobs import JobAlreadyRunning, JobLockLost, job_execute
 from apps.common.exceptions import NotFound, ValidationFailed
 from apps.eventbus.queues import Queue
 from workers.base import task
 
-RETRY_ON = (DatabaseError, InterfaceError)
+RETRY_ON = (DatabaseError, InterfaceError, JobLockLost)
 FAIL_ON = (ValidationFailed, NotFound)
 IGNORE = (JobAlreadyRunning,)
 
