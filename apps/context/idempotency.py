@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import re
+import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,15 +92,6 @@ def advisory_lock_key(*, user_id: Any, key: str) -> int:
     """
     value = zlib.crc32(f"{user_id}:{key}".encode())
     return value - 2**32 if value >= 2**31 else value
-
-
-def _hold(*, user_id: Any, key: str) -> bool:
-    """Take the key's advisory lock on this connection; False when a live request holds it."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_try_advisory_lock(%s, %s)", [ADVISORY_NAMESPACE, advisory_lock_key(user_id=user_id, key=key)]
-        )
-        return bool(cursor.fetchone()[0])
 
 
 def _let_go(*, user_id: Any, key: str) -> None:
@@ -170,6 +162,51 @@ def _claim(*, user: AbstractBaseUser, key: str, scope: str, fingerprint: str) ->
     raise Conflict(f"Could not claim this {HEADER}; retry.", code="idempotency_key_in_progress")
 
 
+# The key's advisory lock and the in-progress row in one round trip (autocommitted
+# at the top level, so the row is committed before the work): the INSERT runs
+# only once the lock is ours, and a row already there (a repeat, a holder gone)
+# leaves the INSERT empty for ``_claim`` to explain.
+_HOLD_AND_CLAIM_SQL = """
+WITH l AS (SELECT pg_try_advisory_lock(%(ns)s, %(lock)s) AS held),
+claimed AS (
+    INSERT INTO {table} (id, created_at, updated_at, user_id, key, scope, request_hash, status)
+    SELECT %(id)s, %(now)s, %(now)s, %(uid)s, %(key)s, %(scope)s, %(hash)s, %(status)s FROM l WHERE l.held
+    ON CONFLICT (user_id, key) DO NOTHING
+    RETURNING id
+)
+SELECT l.held, (SELECT id FROM claimed) FROM l
+"""
+
+
+def _hold_and_claim(
+    *, user: AbstractBaseUser, key: str, scope: str, fingerprint: str
+) -> tuple[bool, IdempotencyKey | None]:
+    """Take the key's lock and, if it is ours and the key new, its in-progress row: (held, row or None)."""
+    now = timezone.now()
+    row = IdempotencyKey(
+        id=uuid.uuid4(), user_id=user.pk, key=key, scope=scope, request_hash=fingerprint, created_at=now, updated_at=now
+    )
+    params = {
+        "ns": ADVISORY_NAMESPACE,
+        "lock": advisory_lock_key(user_id=user.pk, key=key),
+        "id": row.id,
+        "now": now,
+        "uid": user.pk,
+        "key": key,
+        "scope": scope,
+        "hash": fingerprint,
+        "status": IdempotencyKey.Status.IN_PROGRESS.value,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_HOLD_AND_CLAIM_SQL.format(table=IdempotencyKey._meta.db_table), params)
+        held, claimed_id = cursor.fetchone()
+    if not held or claimed_id is None:
+        return bool(held), None
+    row._state.adding = False
+    row._state.db = connection.alias
+    return True, row
+
+
 def idempotent_call(
     *,
     user: AbstractBaseUser,
@@ -184,36 +221,47 @@ def idempotent_call(
         return IdempotentResponse(status=status, body=body, replayed=False)
     validate_key(key)
     fingerprint = request_fingerprint(scope=scope, payload=payload)
-    if not _hold(user_id=user.pk, key=key):
+    held, claimed = _hold_and_claim(user=user, key=key, scope=scope, fingerprint=fingerprint)
+    if not held:
         return _held_elsewhere(user=user, key=key, fingerprint=fingerprint)
     try:
-        return _run_owned(user=user, key=key, scope=scope, fingerprint=fingerprint, work=work)
+        return _run_owned(user=user, key=key, scope=scope, fingerprint=fingerprint, work=work, claimed=claimed)
     finally:
         _let_go(user_id=user.pk, key=key)
 
 
 def _run_owned(
-    *, user: AbstractBaseUser, key: str, scope: str, fingerprint: str, work: Callable[[], tuple[int, Any]]
+    *,
+    user: AbstractBaseUser,
+    key: str,
+    scope: str,
+    fingerprint: str,
+    work: Callable[[], tuple[int, Any]],
+    claimed: IdempotencyKey | None = None,
 ) -> IdempotentResponse:
-    """Claim and run, holding the key's advisory lock."""
-    claimed = _claim(user=user, key=key, scope=scope, fingerprint=fingerprint)
-    if isinstance(claimed, IdempotentResponse):
-        return claimed
+    """Claim (unless ``claimed`` already) and run, holding the key's advisory lock."""
+    if claimed is None:
+        outcome = _claim(user=user, key=key, scope=scope, fingerprint=fingerprint)
+        if isinstance(outcome, IdempotentResponse):
+            return outcome
+        claimed = outcome
     mine = IdempotencyKey.objects.filter(
         pk=claimed.pk, updated_at=claimed.updated_at, status=IdempotencyKey.Status.IN_PROGRESS
     )
     try:
         with transaction.atomic():
-            # Still our claim (nobody took it over), and locked until this commits.
-            if mine.select_for_update().values_list("pk", flat=True).first() is None:
-                raise _in_progress()
             status, body = work()
-            mine.update(
+            # Completed only if still our claim (its updated_at is the fence: nobody took
+            # it over); otherwise the work rolls back with it. The UPDATE locks the row
+            # until this commits.
+            completed = mine.update(
                 status=IdempotencyKey.Status.COMPLETED,
                 response_status=status,
                 response_body=body,
                 updated_at=timezone.now(),
             )
+            if not completed:
+                raise _in_progress()
     except BaseException:
         # Nothing was written (the work rolled back): free the key so a retry runs,
         # unless it is no longer ours.

@@ -11,6 +11,7 @@ again write without them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from apps.caching.services import cache_invalidate_keys, cache_invalidate_tags
@@ -376,68 +377,179 @@ def _all_stored_already(*, session: Session, author: AbstractBaseUser, events: S
     return stored.count() == len(msg_ids)
 
 
+# One statement takes the session row lock, checks it is open and that the
+# author may write, moves last_seq past the new events and inserts them: the
+# UPDATE's row lock serialises appends per session (PostgreSQL re-checks its
+# WHERE on the newest row version after a wait, so a close committed meanwhile
+# is seen), and the events get seq last_seq - n + 1 .. last_seq in input order.
+# Nothing matches (no row updated, nothing inserted) when the session is gone
+# or closed or the author is no writer; _append_refusal then says which.
+_APPEND_SQL = """
+WITH s AS (
+    UPDATE {session} SET last_seq = last_seq + %(n)s, last_activity_at = %(now)s
+    WHERE id = %(sid)s AND state = %(open)s AND EXISTS (
+        SELECT 1 FROM {participant} p
+        WHERE p.session_id = %(sid)s AND p.user_id = %(uid)s AND p.left_at IS NULL AND p.role = ANY(%(writers)s)
+    )
+    RETURNING last_seq
+)
+INSERT INTO {event} (session_id, seq, event_type, data, author_id, client_msg_id, created_at)
+SELECT %(sid)s, s.last_seq - %(n)s + e.ord, e.event_type, e.data::jsonb, %(uid)s, e.client_msg_id, %(now)s
+FROM s, unnest(%(types)s::text[], %(datas)s::text[], %(msg_ids)s::text[])
+    WITH ORDINALITY AS e(event_type, data, client_msg_id, ord)
+RETURNING id, seq
+"""
+
+# The session row and the author's membership; FOR UPDATE when it takes the lock.
+_MEMBERSHIP_SQL = """
+SELECT s.state, p.role FROM {session} s
+LEFT JOIN {participant} p ON p.session_id = s.id AND p.user_id = %(uid)s AND p.left_at IS NULL
+WHERE s.id = %(sid)s
+"""
+
+_WRITERS = [Participant.Role.OWNER.value, Participant.Role.EDITOR.value]
+
+
+def _sql(template: str) -> str:
+    return template.format(
+        session=Session._meta.db_table, participant=Participant._meta.db_table, event=ContextEvent._meta.db_table
+    )
+
+
+def _append_refusal(*, session_id: Any, author_id: Any, lock: bool) -> ApplicationError | None:
+    """Why this author may not append to this session now, or None (``lock``: and keep the row locked)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _sql(_MEMBERSHIP_SQL) + (" FOR UPDATE OF s" if lock else ""), {"sid": session_id, "uid": author_id}
+        )
+        row = cursor.fetchone()
+    if row is None or row[1] is None:
+        # Outsiders learn nothing about the session, not even that it exists.
+        return NotFound("Session not found.")
+    state, role = row
+    if role not in _WRITERS:
+        return PermissionDenied("Viewers cannot add events.")
+    if state != Session.State.OPEN:
+        return Conflict("The session is closed.", code="session_closed")
+    return None
+
+
+def _insert_events(
+    *, session_id: Any, author: AbstractBaseUser, events: Sequence[EventInput], now: Any
+) -> list[ContextEvent] | None:
+    """Lock, check and insert in one statement (``_APPEND_SQL``); None when nothing matched."""
+    dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    params = {
+        "sid": session_id,
+        "uid": author.pk,
+        "n": len(events),
+        "now": now,
+        "open": Session.State.OPEN.value,
+        "writers": _WRITERS,
+        "types": [e.event_type for e in events],
+        "datas": [dumps(e.data) for e in events],
+        "msg_ids": [e.client_msg_id for e in events],
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_sql(_APPEND_SQL), params)
+        rows = cursor.fetchall()
+    if not rows:
+        return None
+    first_seq = min(seq for _, seq in rows)
+    ids = {seq: pk for pk, seq in rows}
+    created: list[ContextEvent] = []
+    for i, e in enumerate(events):
+        event = ContextEvent(
+            id=ids[first_seq + i],
+            session_id=session_id,
+            seq=first_seq + i,
+            event_type=e.event_type,
+            data=e.data,
+            author=author,
+            client_msg_id=e.client_msg_id,
+            created_at=now,
+        )
+        event._state.adding = False
+        event._state.db = connection.alias
+        event.was_created = True
+        created.append(event)
+    return created
+
+
 def _context_event_append(
     *, session: Session, author: AbstractBaseUser, events: Sequence[EventInput]
 ) -> list[ContextEvent]:
-    with transaction.atomic():
-        # The row lock taken here serialises appends per session; everything
-        # below (dedupe lookup, seq allocation) happens under it.
-        locked = Session.objects.select_for_update().filter(pk=session.pk).values("state", "last_seq").first()
-        if locked is None:
-            raise NotFound("Session not found.")
-        participant = _participant_for(session=session, user=author)
-        if not participant.can_write:
-            raise PermissionDenied("Viewers cannot add events.")
-        if locked["state"] != Session.State.OPEN:
-            raise Conflict("The session is closed.", code="session_closed")
+    """The append's transaction: two statements and the commit for events without ``client_msg_id``.
 
-        msg_ids = [e.client_msg_id for e in events if e.client_msg_id]
-        existing: dict[str, ContextEvent] = {}
+    Refusals are decided before anything is written and raised after the block,
+    so the block needs no savepoint of its own inside a caller's transaction
+    (the Idempotency-Key path): a refusal leaves that transaction usable.
+    """
+    msg_ids = [e.client_msg_id for e in events if e.client_msg_id]
+    refusal: ApplicationError | None = None
+    existing: dict[str, ContextEvent] = {}
+    created: list[ContextEvent] = []
+    with transaction.atomic(savepoint=False):
         if msg_ids:
-            existing = {
-                ev.client_msg_id: ev for ev in ContextEvent.objects.filter(session=session, client_msg_id__in=msg_ids)
-            }
-        fresh = [e for e in events if not (e.client_msg_id and e.client_msg_id in existing)]
-        created: list[ContextEvent] = []
-        if fresh:
-            now = timezone.now()
-            # last_seq was read under the row lock above, so no one else moved it since.
-            first_seq = locked["last_seq"] + 1
-            Session.objects.filter(pk=session.pk).update(last_seq=locked["last_seq"] + len(fresh), last_activity_at=now)
-            created = ContextEvent.objects.bulk_create(
-                [
-                    ContextEvent(
-                        session_id=session.pk,
-                        seq=first_seq + i,
-                        event_type=e.event_type,
-                        data=e.data,
-                        author=author,
-                        client_msg_id=e.client_msg_id,
-                        created_at=now,
+            # The dedupe lookup must see every event committed by whoever held the
+            # lock before us: take it first, then read in a statement of its own.
+            refusal = _append_refusal(session_id=session.pk, author_id=author.pk, lock=True)
+            if refusal is None:
+                existing = {
+                    ev.client_msg_id: ev
+                    for ev in ContextEvent.objects.filter(session=session, client_msg_id__in=msg_ids).select_related(
+                        "author"
                     )
-                    for i, e in enumerate(fresh)
-                ]
-            )
-            for event in created:
-                event.was_created = True
-            outbox_events_add_bulk(events=[_outbox_event_for(event) for event in created])
-            # Registered before the broadcast's on_commit: a client that reads the
-            # snapshot on seeing the broadcast finds the cache already invalidated.
-            cache_invalidate_keys(keys=[snapshot_cache_key(session.pk), session_cache_key(session.pk)])
-            # The fast path to live WebSocket clients, after commit (at-most-once:
-            # clients refill any gap by seq from PostgreSQL).
-            frames = [context_event_to_dict(event) for event in created]
-            transaction.on_commit(lambda: hooks.after_commit_events(session_id=session.pk, events=frames))
-        created_iter = iter(created)
-        result: list[ContextEvent] = []
-        for e in events:
-            if e.client_msg_id and e.client_msg_id in existing:
-                stored = existing[e.client_msg_id]
-                stored.was_created = False
-                result.append(stored)
+                }
+        fresh = [e for e in events if not (e.client_msg_id and e.client_msg_id in existing)]
+        if refusal is None and fresh:
+            now = timezone.now()
+            for _attempt in range(3):
+                inserted = _insert_events(session_id=session.pk, author=author, events=fresh, now=now)
+                if inserted is not None:
+                    created = inserted
+                    break
+                refusal = _append_refusal(session_id=session.pk, author_id=author.pk, lock=False)
+                if refusal is not None:
+                    break
+                # Nothing refused it, yet it did not match: the session or the role changed between
+                # the two statements (closed and reopened). Try again.
             else:
-                result.append(next(created_iter))
+                refusal = Conflict("The session changed during the append; retry.", code="append_retry")
+            if created:
+                # The outbox rows commit with the events, so the relay publishes (and the
+                # subscribers' tasks run) if and only if the events were stored.
+                outbox_events_add_bulk(events=[_outbox_event_for(event) for event in created])
+    if refusal is not None:
+        raise refusal
+    if created:
+        _after_events_stored(session_id=session.pk, created=created)
+    created_iter = iter(created)
+    result: list[ContextEvent] = []
+    for e in events:
+        if e.client_msg_id and e.client_msg_id in existing:
+            stored = existing[e.client_msg_id]
+            stored.was_created = False
+            result.append(stored)
+        else:
+            result.append(next(created_iter))
     return result
+
+
+def _after_events_stored(*, session_id: Any, created: list[ContextEvent]) -> None:
+    """Cache invalidation, then the broadcast; after the commit, never under the session row lock.
+
+    At the top level the append has committed here: one invalidation pass, then
+    the push. Inside a caller's transaction the invalidation runs now and again
+    when that commits (``cache_invalidate_keys``), and the push after it, in that
+    order: a client that reads the snapshot on seeing the broadcast finds the
+    cache already invalidated.
+    """
+    cache_invalidate_keys(keys=[snapshot_cache_key(session_id), session_cache_key(session_id)])
+    # The fast path to live WebSocket clients, after commit (at-most-once:
+    # clients refill any gap by seq from PostgreSQL). At the top level on_commit runs it at once.
+    frames = [context_event_to_dict(event) for event in created]
+    transaction.on_commit(lambda: hooks.after_commit_events(session_id=session_id, events=frames))
 
 
 def preferences_update(*, user: AbstractBaseUser, **changes: Any) -> UserPreference:
