@@ -17,8 +17,9 @@ an address does not lock its valid tokens out:
   before each request is local: a process that records a failure over the
   limit marks the address and refuses its credentials until the window ends
   (confirming with Redis, so the mark goes when the counter does). Across N
-  instances that lets at most one more credential per instance through per
-  window.
+  processes (gunicorn workers, web instances) that lets at most one more
+  credential per process through per window: each locks the address at its
+  own first failure past the limit.
 
 The client IP is DRF's (``REMOTE_ADDR`` unless ``NUM_PROXIES`` trusted proxies
 append to ``X-Forwarded-For``), as for the rate limits. If Redis is down nothing

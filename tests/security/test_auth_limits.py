@@ -23,6 +23,9 @@ WINDOW = 300
 PER_USERNAME = 3
 PER_IP = 8
 LIMITS = {
+    # One gunicorn process: a rejected-credential lock is kept per process (apps/ops/lockout.py;
+    # each process locks the address at its own first failure past the limit).
+    "WEB_WORKERS": "1",
     "AUTH_FAILURE_WINDOW_SECONDS": str(WINDOW),
     "AUTH_FAILURES_PER_USERNAME": str(PER_USERNAME),
     "AUTH_FAILURES_PER_IP": str(PER_IP),
