@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Reinstall only when the requirement files change.
-REQ_HASH := $(shell cat requirements.txt requirements-dev.txt | md5sum | cut -c1-12)
+REQ_FILES := requirements.txt requirements-dev.txt $(sort $(wildcard requirements/*.txt))
+REQ_HASH := $(shell cat $(REQ_FILES) | md5sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 WEB_HOST ?= 127.0.0.1
 WEB_PORT ?= 8000
@@ -17,7 +18,7 @@ export WEB_HOST WEB_PORT
 
 .PHONY: up test setup install services migrate lint format bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): $(REQ_FILES)
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
