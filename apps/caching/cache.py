@@ -17,11 +17,30 @@
 ``None`` from a loader means "not found" and is cached for ``negative_ttl``.
 
 Invalidation (``invalidate``) drops the entries from this process's L1, bumps
-the generation counters and deletes the entries in L2, then publishes on the
-bus; every process's listener thread applies it to its L1. If Redis is
-unreachable the invalidation is queued and replayed when the bus reconnects,
-and every listener clears its whole L1 on (re)connect, since it may have
-missed messages while it was away.
+the generation counters and deletes the entries in L2, then, in one Lua call,
+appends it to the invalidation log (a Redis stream, ``MAXLEN ~ log_max``, each
+entry numbered by a counter) and publishes it on the bus; every process's
+listener thread applies it to its L1. Every listener clears its whole L1 on
+(re)connect, since it may have missed messages while it was away.
+
+Nothing is lost while Redis is unreachable (the circuit open):
+
+- The invalidation is queued in-process, deduplicated by key, tag and pattern
+  and bounded by ``pending_max`` distinct items; past the bound the queue
+  collapses into "everything" (L2 dropped, every L1 cleared, once Redis is
+  back). The listener delivers the queue as soon as the circuit lets a call
+  through again, whether or not its own subscription noticed the outage.
+- Pub/sub is only the fast path. Every ``catchup_interval`` (and when its
+  circuit closes) each listener reads the log from its cursor and applies what
+  the bus did not bring; a gap in the numbering (trimmed entries) or a counter
+  that went backwards (Redis lost its data) clears its L1 instead. The listener
+  also pings its subscription on the same beat: a connection silent for
+  ``bus_silence`` seconds (a black-holed path) is reconnected, not trusted.
+
+So an invalidation made while the circuit was open reaches every process about
+``breaker_cooldown + catchup_interval`` after Redis is back, even when the bus
+message itself never arrives (tests/integration/caching/test_outage_catch_up.py
+measures it).
 
 Degrade, never fail: every Redis error is caught, counted and turns the call
 into a plain loader call; a circuit breaker skips Redis for a short while after
@@ -51,7 +70,6 @@ import pickle
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -112,6 +130,15 @@ end
 return n
 """
 
+# KEYS: log stream, sequence counter; ARGV: message JSON, log MAXLEN, bus channel.
+# The number goes with the message on the bus, so a listener can tell what it heard.
+_LOG_PUBLISH_LUA = """
+local seq = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'seq', seq, 'm', ARGV[1])
+redis.call('PUBLISH', ARGV[3], seq .. ' ' .. ARGV[1])
+return seq
+"""
+
 _RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -141,6 +168,8 @@ class MultiLevelCache:
         redis_timeout: float = 0.25,
         breaker_cooldown: float = 0.5,
         pending_max: int = 10_000,
+        catchup_interval: float = 0.5,
+        log_max: int = 10_000,
     ) -> None:
         self.redis_url = redis_url
         self.enabled = enabled
@@ -150,6 +179,10 @@ class MultiLevelCache:
         self.redis_timeout = redis_timeout
         self.breaker_cooldown = breaker_cooldown
         self.pending_max = pending_max
+        self.catchup_interval = catchup_interval
+        # A subscription that answers no ping for this long is taken for dead.
+        self.bus_silence = max(2.0, 4 * catchup_interval)
+        self.log_max = log_max
         self.base = f"{prefix}:cache:{SCHEME}"
         self.channel = f"{prefix}:cache:{SCHEME}:bus"
         self.gen_ttl_ms = 86_400_000  # longer than any value TTL: a gen must outlive the values it fences
@@ -159,14 +192,23 @@ class MultiLevelCache:
         self.loader_seconds = Histogram(LOADER_BUCKETS)
         self.invalidation_lag = Histogram(LAG_BUCKETS)
         self._down_until = 0.0
-        self._pending: deque[dict[str, Any]] = deque()
+        self._circuit_open = False
+        # The queue of invalidations that could not reach Redis: ordered sets (dicts), deduplicated.
+        self._pending_keys: dict[str, None] = {}
+        self._pending_tags: dict[str, None] = {}
+        self._pending_patterns: dict[str, None] = {}
         self._pending_overflow = False
+        # The listener's place in the invalidation log: the last entry read and its number.
+        self._cursor = "0-0"
+        self._cursor_seq = 0
+        self._heard: set[int] = set()  # numbers the bus brought that the log read has not passed yet
         self._process_state()
         self._redis = self._client(socket_timeout=redis_timeout)
         self._fill = self._redis.register_script(_FILL_LUA)
         self._inv_keys = self._redis.register_script(_INVALIDATE_KEYS_LUA)
         self._inv_tags = self._redis.register_script(_INVALIDATE_TAGS_LUA)
         self._release = self._redis.register_script(_RELEASE_LUA)
+        self._log_publish = self._redis.register_script(_LOG_PUBLISH_LUA)
 
     def _process_state(self) -> None:
         """Locks, events and the listener: everything a forked child must not inherit.
@@ -221,12 +263,21 @@ class MultiLevelCache:
     def _pgkey(self) -> str:
         return f"{self.base}:pg"
 
+    @property
+    def _logkey(self) -> str:
+        return f"{self.base}:log"
+
+    @property
+    def _seqkey(self) -> str:
+        return f"{self.base}:seq"
+
     def _l2_usable(self) -> bool:
         return time.monotonic() >= self._down_until
 
     def _l2_failed(self, exc: BaseException) -> None:
         self.counters.incr("l2_errors")
         self._down_until = time.monotonic() + self.breaker_cooldown
+        self._circuit_open = True
         logger.warning("cache: Redis unavailable (%s); reading through to the loader", exc.__class__.__name__)
 
     def ensure_started(self) -> None:
@@ -315,6 +366,7 @@ class MultiLevelCache:
                 pipe.get(vkey)
                 pipe.mget(gen_keys)
                 blob, raw_gens = pipe.execute()
+                self._circuit_open = False  # the listener sees it and catches up
                 gens = [g.decode() if g is not None else "0" for g in raw_gens]
                 if blob is not None:
                     return self._l2_hit(key, blob, l1_ttl, negative_ttl, tags, token, copy, use_l1)
@@ -454,36 +506,76 @@ class MultiLevelCache:
             self._inv_tags(
                 keys=[k for tag in tags for k in (self._tskey(tag), self._tgkey(tag))], args=[ms], client=pipe
             )
-        # Publish after L2 is clean, so a process that drops its L1 on this
-        # message cannot refill it from L2 with the old value.
-        pipe.publish(self.channel, json.dumps({**message, "sent_at": time.time()}))
+        # Log and publish after L2 is clean, so a process that drops its L1 on
+        # this message cannot refill it from L2 with the old value.
+        self._log_publish(
+            keys=[self._logkey, self._seqkey],
+            args=[json.dumps({**message, "sent_at": time.time()}), self.log_max, self.channel],
+            client=pipe,
+        )
         pipe.execute()
         self.counters.incr("invalidations_sent")
 
+    @property
+    def pending(self) -> int:
+        """Distinct keys, tags and patterns waiting for Redis (0 after an overflow: then "everything" waits)."""
+        with self._pending_lock:
+            return len(self._pending_keys) + len(self._pending_tags) + len(self._pending_patterns)
+
+    @property
+    def pending_overflowed(self) -> bool:
+        return self._pending_overflow
+
     def _queue(self, message: dict[str, Any]) -> None:
         with self._pending_lock:
-            if len(self._pending) >= self.pending_max:
-                self._pending_overflow = True
-                self._pending.clear()
-            elif not self._pending_overflow:
-                self._pending.append(message)
+            if not self._pending_overflow:
+                self._pending_keys.update(dict.fromkeys(message["keys"]))
+                self._pending_tags.update(dict.fromkeys(message["tags"]))
+                if message["pattern"]:
+                    self._pending_patterns[message["pattern"]] = None
+                if len(self._pending_keys) + len(self._pending_tags) + len(self._pending_patterns) > self.pending_max:
+                    # Too much to replay one by one: "everything" replaces the lot.
+                    self._pending_overflow = True
+                    self._pending_keys.clear()
+                    self._pending_tags.clear()
+                    self._pending_patterns.clear()
         self.counters.incr("invalidations_queued")
 
-    def _flush_pending(self) -> None:
+    def _pending_messages(self) -> tuple[list[dict[str, Any]], bool]:
+        """Take the queue as messages (at most 500 names each); empties it."""
         with self._pending_lock:
-            pending, overflow = list(self._pending), self._pending_overflow
-            self._pending.clear()
+            keys, tags, patterns = list(self._pending_keys), list(self._pending_tags), list(self._pending_patterns)
+            overflow = self._pending_overflow
+            self._pending_keys.clear()
+            self._pending_tags.clear()
+            self._pending_patterns.clear()
             self._pending_overflow = False
         if overflow:
-            # Too much was missed to replay one by one: drop all of L2.
-            pending = [{"origin": self.origin, "keys": [], "tags": [], "pattern": "*"}]
+            # Drops all of L2, and every listener clears its whole L1 on it.
+            return [{"origin": self.origin, "keys": [], "tags": [], "pattern": "*"}], True
+        messages = [{"origin": self.origin, "keys": [], "tags": [], "pattern": p} for p in patterns]
+        for i in range(0, len(keys), 500):
+            messages.append({"origin": self.origin, "keys": keys[i : i + 500], "tags": [], "pattern": None})
+        for i in range(0, len(tags), 500):
+            messages.append({"origin": self.origin, "keys": [], "tags": tags[i : i + 500], "pattern": None})
+        return messages, False
+
+    def _flush_pending(self) -> None:
+        if not self._pending_overflow and not self.pending:
+            return
+        messages, overflow = self._pending_messages()
+        done = 0
         try:
-            for message in pending:
+            for message in messages:
                 self._invalidate_remote(message)
+                done += 1
         except redis.RedisError:
-            with self._pending_lock:
-                self._pending.extendleft(reversed(pending))
+            for message in messages[done:]:
+                self._queue(message)  # back in the queue (a collapsed "everything" stays one pattern)
             raise
+        self.counters.incr("invalidations_delivered_late", len(messages))
+        if overflow:
+            self.counters.incr("pending_overflows")
 
     # -- the bus listener -----------------------------------------------------
     def _listen(self) -> None:
@@ -502,15 +594,13 @@ class MultiLevelCache:
                         raise redis.TimeoutError("no subscribe confirmation")
                 # Anything could have changed while we were not listening.
                 self.local.clear()
+                self._reset_cursor()
                 self._flush_pending()
                 self._down_until = 0.0
+                self._circuit_open = False
                 self._bus_ready.set()
                 backoff = 0.05
-                while not self._stop.is_set():
-                    # A short poll so close() is prompt; idle polls cost nothing measurable.
-                    message = pubsub.get_message(timeout=0.1)
-                    if message is not None and message["type"] == "message":
-                        self._on_message(message["data"])
+                self._serve(pubsub)
             except (redis.RedisError, OSError) as exc:
                 if self._bus_ready.is_set():
                     logger.warning("cache: invalidation bus lost (%s); L1 bypassed until it is back", exc)
@@ -530,18 +620,110 @@ class MultiLevelCache:
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 1.0)
 
+    def _serve(self, pubsub: Any) -> None:
+        """Apply bus messages; on every beat, ping the subscription, deliver the queue and read the log."""
+        last_pong = next_beat = time.monotonic()
+        due = True
+        while not self._stop.is_set():
+            # A short poll so close() is prompt; idle polls cost nothing measurable.
+            message = pubsub.get_message(timeout=0.1)
+            now = time.monotonic()
+            if message is not None:
+                if message["type"] == "message":
+                    self._on_message(message["data"])
+                elif message["type"] == "pong":
+                    last_pong = now
+            if now - last_pong > self.bus_silence:
+                raise redis.TimeoutError(f"the bus answered no ping for {self.bus_silence:.1f}s")
+            if now >= next_beat:
+                next_beat = now + self.catchup_interval
+                pubsub.ping("ce-cache-bus")
+                due = True
+            # An open circuit is probed as soon as its cooldown lets a call through:
+            # the queue goes out, and the log is read, the moment Redis answers again.
+            if not ((due or self._circuit_open) and self._l2_usable()):
+                continue
+            due = False
+            try:
+                self._catch_up()
+                self._flush_pending()
+                self._circuit_open = False
+            except redis.RedisError as exc:
+                self._l2_failed(exc)
+
     def _on_message(self, data: bytes) -> None:
+        seq: int | None = None
+        head, sep, body = data.partition(b" ")
+        if sep and head.isdigit():
+            seq, data = int(head), body
         try:
             message = json.loads(data)
         except ValueError:
             return
+        if seq is not None:
+            self._heard.add(seq)
         if message.get("origin") == self.origin:
             return  # applied locally before it was published
-        self._apply_local(tuple(message.get("keys") or ()), tuple(message.get("tags") or ()), message.get("pattern"))
+        self._apply(message)
         self.counters.incr("invalidations_received")
         sent_at = message.get("sent_at")
         if isinstance(sent_at, int | float):
             self.invalidation_lag.observe(max(0.0, time.time() - sent_at))
+
+    def _apply(self, message: dict[str, Any]) -> None:
+        self._apply_local(tuple(message.get("keys") or ()), tuple(message.get("tags") or ()), message.get("pattern"))
+
+    def _reset_cursor(self) -> None:
+        """Start reading the log at its end (the caller has just cleared L1)."""
+        pipe = self._redis.pipeline(transaction=True)  # both read at one instant
+        pipe.xrevrange(self._logkey, count=1)
+        pipe.get(self._seqkey)
+        last, seq = pipe.execute()
+        self._cursor = last[0][0].decode() if last else "0-0"
+        self._cursor_seq = int(last[0][1][b"seq"]) if last else int(seq or 0)
+        self._heard.clear()
+
+    def _catch_up(self) -> None:
+        """Apply what the log holds past the cursor and the bus did not bring; clear L1 on a gap."""
+        while True:
+            pipe = self._redis.pipeline(transaction=True)  # the entries and the counter at one instant
+            pipe.xrange(self._logkey, min=f"({self._cursor}", count=500)
+            pipe.get(self._seqkey)
+            entries, raw_seq = pipe.execute()
+            counter = int(raw_seq or 0)
+            if not entries:
+                if counter < self._cursor_seq:
+                    self._lost_track("the counter went back (Redis lost its data)")
+                elif counter > self._cursor_seq:
+                    self._lost_track("invalidations trimmed from the log unread")
+                return
+            for entry_id, fields in entries:
+                seq = int(fields[b"seq"])
+                if seq <= self._cursor_seq:
+                    self._lost_track("the log restarted (Redis lost its data)")
+                    return
+                if seq > self._cursor_seq + 1:
+                    # Entries trimmed before this process read them: which keys, nobody knows.
+                    self._lost_track("invalidations trimmed from the log unread")
+                    return
+                if seq in self._heard:
+                    self._heard.discard(seq)
+                else:
+                    with contextlib.suppress(ValueError, KeyError):
+                        message = json.loads(fields[b"m"])
+                        if message.get("origin") != self.origin:
+                            self._apply(message)
+                            self.counters.incr("invalidations_caught_up")
+                self._cursor, self._cursor_seq = entry_id.decode(), seq
+            self._heard = {seq for seq in self._heard if seq > self._cursor_seq}
+            if len(entries) < 500:
+                return
+
+    def _lost_track(self, why: str) -> None:
+        logger.warning("cache: %s; clearing L1", why)
+        self.counters.incr("catchup_clears")
+        self.local.clear()
+        self._reset_cursor()
 
     # -- metrics ---------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -575,6 +757,11 @@ class MultiLevelCache:
                 "sent": counters["invalidations_sent"],
                 "received": counters["invalidations_received"],
                 "queued": counters["invalidations_queued"],
+                "pending": self.pending,
+                "delivered_late": counters["invalidations_delivered_late"],
+                "caught_up": counters["invalidations_caught_up"],
+                "pending_overflows": counters["pending_overflows"],
+                "catchup_clears": counters["catchup_clears"],
                 "lag_seconds": self.invalidation_lag.snapshot(),
             },
             "bus": {"connected": self.bus_connected, "reconnects": counters["bus_reconnects"]},

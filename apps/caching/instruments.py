@@ -72,6 +72,10 @@ class Counters:
     invalidations_sent: int = 0
     invalidations_received: int = 0
     invalidations_queued: int = 0
+    invalidations_delivered_late: int = 0
+    invalidations_caught_up: int = 0
+    pending_overflows: int = 0
+    catchup_clears: int = 0
     bus_reconnects: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
