@@ -34,6 +34,7 @@ Goal (issue 17, the hot path): p50 <= 10 ms in-process for a single append.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -73,7 +74,7 @@ class Worker:
 
         from apps.context import services
 
-        user = get_user_model().objects.create_user("bench_append", password="x")
+        user = get_user_model().objects.create_user("bench_append", password="x")  # noqa: S106 - a throwaway user
         self.session = services.session_create(owner=user, title="append bench")
         token = Token.objects.create(user=user).key
         self.client = Client(HTTP_AUTHORIZATION=f"Token {token}", HTTP_HOST="localhost")
@@ -303,24 +304,22 @@ class Tree:
         self._read()  # ready
 
     def _read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
         if not line:
             raise RuntimeError(f"the {self.label} worker exited ({self.proc.wait()})")
         return json.loads(line)
 
     def ask(self, **command: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None
+        if self.proc.stdin is None:
+            raise RuntimeError("no pipe to the worker")
         self.proc.stdin.write(json.dumps(command) + "\n")
         self.proc.stdin.flush()
         return self._read()
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(RuntimeError, BrokenPipeError, ValueError):
                 self.ask(cmd="quit")
-            except (RuntimeError, BrokenPipeError, ValueError):
-                pass
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -392,6 +391,11 @@ def main() -> None:
     write(args, results, baseline_full, head.strip(), bool(dirty.stdout.strip()), load_before, load_after)
 
 
+def _options(args: argparse.Namespace) -> str:
+    defaults = {"requests": 300, "rounds": 20, "profile": 100, "baseline": BASELINE}
+    return "".join(f" --{k} {getattr(args, k)}" for k, v in defaults.items() if getattr(args, k) != v)
+
+
 def write(
     args: argparse.Namespace,
     results: dict[str, Any],
@@ -408,7 +412,7 @@ def write(
     lines = [
         "# The REST append in-process: baseline and now",
         "",
-        f"Command: `.venv/bin/python bench/append.py{'' if args.requests == 300 else f' --requests {args.requests}'}`  ",
+        f"Command: `.venv/bin/python bench/append.py{_options(args)}`  ",
         f"Date: {datetime.now(UTC).isoformat(timespec='seconds')}  ",
         f"Baseline: `{baseline[:12]}` (exported with `git archive`); now: `{head}`"
         f"{' plus uncommitted changes under apps/' if dirty else ''}.  ",
@@ -425,7 +429,8 @@ def write(
         f"Goal: p50 <= {GOAL_P50_MS:g} ms for a plain single append: **{'met' if met else 'NOT met'}** "
         f"({now['plain']['p50']:.2f} ms).",
         "",
-        "| scenario | baseline p50 | baseline p95 | now p50 | now p95 | now p99 | p50 speed-up | requests each | errors |",
+        "| scenario | baseline p50 | baseline p95 | now p50 | now p95 | now p99 | p50 speed-up | requests each | "
+        "errors |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for scenario in SCENARIOS:
