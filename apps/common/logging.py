@@ -77,11 +77,26 @@ class SecretRedactionFilter(logging.Filter):
         return True
 
 
+# Load balancers and orchestrators probe these every second or so: their access lines are noise.
+_PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+class ProbeAccessFilter(logging.Filter):
+    """Drops uvicorn's access lines for probe paths (HAProxy checks each server every second)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            return args[2].split("?", 1)[0] not in _PROBE_PATHS
+        return True
+
+
 def secret_redaction_install() -> None:
     """Put ``SecretRedactionFilter`` on the server's loggers and on every handler of the root logger.
 
     Logger filters see the records those loggers create (uvicorn's access and
     handshake lines); handler filters see everything that propagates to root.
+    Also drops uvicorn's access lines for the probe paths (``ProbeAccessFilter``).
     Idempotent; called once per process from ``RealtimeConfig.ready``.
     """
     redaction = SecretRedactionFilter()
@@ -91,6 +106,9 @@ def secret_redaction_install() -> None:
     for target in targets:
         if not any(isinstance(f, SecretRedactionFilter) for f in target.filters):
             target.addFilter(redaction)
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, ProbeAccessFilter) for f in access.filters):
+        access.addFilter(ProbeAccessFilter())
 
 
 class CorrelationIdFilter(logging.Filter):
