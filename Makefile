@@ -57,7 +57,7 @@ up: setup
 
 test: lint
 	$(BIN)/python -m project.bootstrap --for-tests
-	DJANGO_SETTINGS_MODULE=project.settings.test $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	DJANGO_SETTINGS_MODULE=project.settings.test $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 # Lint: ruff (rules and format), the layer contract (import-linter, pyproject.toml),
 # and mypy held to its error budget (scripts/type_budget.json).
