@@ -15,15 +15,74 @@ def _option(argv: list[str], flag: str) -> str | None:
     return argv[argv.index(flag) + 1] if flag in argv else None
 
 
+def _stages(text: str) -> dict[str, str]:
+    """Stage name -> the image or stage it starts from."""
+    stages = {}
+    for line in text.splitlines():
+        if line.startswith("FROM "):
+            parts = line.split()
+            stages[parts[3] if len(parts) > 3 else parts[1]] = parts[1]
+    return stages
+
+
+def _stage_text(text: str, name: str) -> str:
+    lines, inside = [], False
+    for line in text.splitlines():
+        if line.startswith("FROM "):
+            inside = line.split()[-1] == name
+        if inside:
+            lines.append(line)
+    return "\n".join(lines)
+
+
 def test_dockerfile_is_slim_non_root_with_healthcheck():
     text = (DOCKER / "Dockerfile").read_text()
-    stages = [line.split()[1] for line in text.splitlines() if line.startswith("FROM ")]
-    assert all("slim" in image for image in stages)
-    user_lines = [line for line in text.splitlines() if line.startswith("USER ")]
-    assert user_lines and user_lines[-1].split()[1].split(":")[0] not in {"root", "0"}
-    assert "HEALTHCHECK" in text and "docker/healthcheck.py" in text
-    assert 'ENTRYPOINT ["/app/docker/entrypoint.sh"]' in text
+    assert "ARG BASE_IMAGE=python:3.11-slim-bookworm" in text, "the base image is a build argument, slim by default"
+    stages = _stages(text)
+    assert {"web", "worker"} <= stages.keys()
+    # every stage starts from the base image argument or from another stage of this file
+    assert all(image == "${BASE_IMAGE}" or image in stages for image in stages.values())
+    for target in ("web", "worker"):
+        stage = _stage_text(text, target)
+        user_lines = [line for line in stage.splitlines() if line.startswith("USER ")]
+        assert user_lines and user_lines[-1].split()[1].split(":")[0] not in {"root", "0"}, target
+        assert "HEALTHCHECK" in stage and "docker/healthcheck.py" in stage, target
+        assert 'ENTRYPOINT ["/app/docker/entrypoint.sh"]' in stage, target
     assert "download.pytorch.org/whl/cpu" in text, "CPU torch wheel, not the CUDA one"
+
+
+def test_web_image_has_no_torch_and_every_install_is_hash_locked():
+    text = (DOCKER / "Dockerfile").read_text()
+    web, worker = _stage_text(text, "web"), _stage_text(text, "worker")
+    assert "COPY --from=deps-base /opt/venv" in web and "ai.lock" not in web
+    assert "COPY --from=deps-ai /opt/venv" in worker
+    installs = [line for line in text.splitlines() if "pip install" in line]
+    assert installs and all("--require-hashes" in line for line in installs)
+    assert "requirements/base.lock" in _stage_text(text, "deps-base")
+    assert "requirements/ai.lock" in _stage_text(text, "deps-ai")
+    # torch alone from its index: the other packages' install names no torch index
+    assert all("TORCH" not in line for line in installs if "ai.lock" in line or "base.lock" in line)
+
+
+def test_ca_bundle_is_a_build_secret_not_a_layer():
+    text = (DOCKER / "Dockerfile").read_text()
+    assert "--mount=type=secret,id=ca_bundle" in text
+    assert "ca-certificates.crt" not in "\n".join(
+        line for line in text.splitlines() if line.startswith(("COPY", "ADD"))
+    )
+
+
+def test_lock_files_pin_every_package_with_hashes():
+    requirements = REPO_ROOT / "requirements"
+    for name in ("base", "ai", "dev"):
+        lock = (requirements / f"{name}.lock").read_text()
+        entries = [line for line in lock.splitlines() if line and not line.startswith((" ", "#"))]
+        assert entries, name
+        assert all("==" in entry and entry.endswith("\\") for entry in entries), name
+    base = (requirements / "base.lock").read_text()
+    assert "\ntorch==" not in base and "\ntransformers==" not in base
+    assert base.startswith("amqp==") or "\namqp==" in base, "amqp (patched by apps/eventbus/amqp_io.py) is pinned"
+    assert "\ntorch==2.13.0+cpu" in (requirements / "ai.lock").read_text()
 
 
 def test_dockerignore_keeps_secrets_and_local_state_out():
