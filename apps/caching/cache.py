@@ -53,8 +53,9 @@ to this Redis can make the platform unpickle what it wants.
 
 Long on purpose: the fill fence and the invalidation are one protocol over one
 state (the Lua scripts, the read path, the invalidation writes, the pending
-queue and the bus listener that clears L1 on every (re)connect, the breaker and
-what a forked child must renew); whether an invalidation always beats a slow
+queue and the bus listener that clears L1 on every (re)connect and reads the
+invalidation log behind the bus, the breaker and what a forked child must
+renew); whether an invalidation always beats a slow
 loader is only checkable reading them side by side. What stands alone lives
 beside it: L1 in ``local``, the LRU and single-flight in ``inprocess``, the
 counters and histograms in ``instruments``.
@@ -553,7 +554,9 @@ class MultiLevelCache:
         if overflow:
             # Drops all of L2, and every listener clears its whole L1 on it.
             return [{"origin": self.origin, "keys": [], "tags": [], "pattern": "*"}], True
-        messages = [{"origin": self.origin, "keys": [], "tags": [], "pattern": p} for p in patterns]
+        messages: list[dict[str, Any]] = [
+            {"origin": self.origin, "keys": [], "tags": [], "pattern": p} for p in patterns
+        ]
         for i in range(0, len(keys), 500):
             messages.append({"origin": self.origin, "keys": keys[i : i + 500], "tags": [], "pattern": None})
         for i in range(0, len(tags), 500):
@@ -799,6 +802,9 @@ def get_cache() -> MultiLevelCache:
                     l1_max_entries=settings.CACHE_L1_MAX_ENTRIES,
                     l1_max_bytes=settings.CACHE_L1_MAX_BYTES,
                     l1_max_ttl=settings.CACHE_L1_MAX_TTL,
+                    pending_max=settings.CACHE_PENDING_MAX,
+                    catchup_interval=settings.CACHE_CATCHUP_INTERVAL,
+                    log_max=settings.CACHE_LOG_MAX,
                 )
     return _instance
 
@@ -816,6 +822,9 @@ def configure_cache(**overrides: Any) -> MultiLevelCache:
             "l1_max_entries": settings.CACHE_L1_MAX_ENTRIES,
             "l1_max_bytes": settings.CACHE_L1_MAX_BYTES,
             "l1_max_ttl": settings.CACHE_L1_MAX_TTL,
+            "pending_max": settings.CACHE_PENDING_MAX,
+            "catchup_interval": settings.CACHE_CATCHUP_INTERVAL,
+            "log_max": settings.CACHE_LOG_MAX,
         }
         options.update(overrides)
         _instance = MultiLevelCache(**options)

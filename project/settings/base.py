@@ -113,6 +113,14 @@ CACHE_L1_MAX_ENTRIES = env.get_int("CACHE_L1_MAX_ENTRIES", 10_000)
 CACHE_L1_MAX_BYTES = env.get_int("CACHE_L1_MAX_BYTES", 64 * 1024 * 1024)
 # Upper bound on an L1 entry's life: the staleness bound if a bus message were lost.
 CACHE_L1_MAX_TTL = env.get_float("CACHE_L1_MAX_TTL", 30.0)
+# Invalidations waiting while Redis is unreachable: distinct keys/tags/patterns kept
+# in-process; past it the queue collapses into "clear everything" once Redis is back.
+CACHE_PENDING_MAX = env.get_int("CACHE_PENDING_MAX", 10_000)
+# Each process reads the invalidation log this often (and when its circuit closes),
+# catching up on bus messages it missed; the catch-up bound after an outage.
+CACHE_CATCHUP_INTERVAL = env.get_float("CACHE_CATCHUP_INTERVAL", 0.5)
+# Entries kept in the invalidation log (a Redis stream); a process further behind clears its L1.
+CACHE_LOG_MAX = env.get_int("CACHE_LOG_MAX", 10_000)
 
 CACHES = {
     "default": {

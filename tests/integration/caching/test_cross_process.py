@@ -94,7 +94,7 @@ def test_a_write_in_one_process_reaches_the_other_processes_l1_within_the_bound(
     assert max(lags) < BOUND_SECONDS, lags
 
     stats = reader.ask(op="stats")
-    assert stats["invalidations"]["received"] >= 10  # before and after each commit
+    assert stats["invalidations"]["received"] >= 5  # one per append, after its commit (8eb2ad1)
     assert stats["invalidations"]["lag_seconds"]["p99"] < BOUND_SECONDS
 
 
