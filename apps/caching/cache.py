@@ -131,12 +131,13 @@ end
 return n
 """
 
-# KEYS: log stream, sequence counter; ARGV: message JSON, log MAXLEN, bus channel.
-# The number goes with the message on the bus, so a listener can tell what it heard.
+# KEYS: log stream, sequence counter; ARGV: message JSON (an object), log MAXLEN, bus channel.
+# The number goes into the bus message (one more JSON member, so a listener of an older
+# release still reads it), and a listener can tell what it heard.
 _LOG_PUBLISH_LUA = """
 local seq = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'seq', seq, 'm', ARGV[1])
-redis.call('PUBLISH', ARGV[3], seq .. ' ' .. ARGV[1])
+redis.call('PUBLISH', ARGV[3], string.sub(ARGV[1], 1, -2) .. ',"seq":' .. seq .. '}')
 return seq
 """
 
@@ -644,7 +645,8 @@ class MultiLevelCache:
                 due = True
             # An open circuit is probed as soon as its cooldown lets a call through:
             # the queue goes out, and the log is read, the moment Redis answers again.
-            if not ((due or self._circuit_open) and self._l2_usable()):
+            waiting = self._pending_overflow or self._pending_keys or self._pending_tags or self._pending_patterns
+            if not ((due or self._circuit_open or waiting) and self._l2_usable()):
                 continue
             due = False
             try:
@@ -655,15 +657,14 @@ class MultiLevelCache:
                 self._l2_failed(exc)
 
     def _on_message(self, data: bytes) -> None:
-        seq: int | None = None
-        head, sep, body = data.partition(b" ")
-        if sep and head.isdigit():
-            seq, data = int(head), body
         try:
             message = json.loads(data)
         except ValueError:
             return
-        if seq is not None:
+        seq = message.get("seq")
+        if isinstance(seq, int):
+            if len(self._heard) > 100_000:
+                self._heard.clear()  # the log read is failing: it re-applies these later, harmlessly
             self._heard.add(seq)
         if message.get("origin") == self.origin:
             return  # applied locally before it was published

@@ -108,3 +108,41 @@ def test_invalidations_trimmed_from_the_log_unread_clear_the_l1(make_cache, cach
 
     assert _wait(lambda: len(other.local) == 0), "a gap in the log did not clear the L1"
     assert other.stats()["invalidations"]["catchup_clears"] == 1
+
+
+def test_what_the_bus_brought_is_not_applied_again_from_the_log(make_cache):
+    writer, other = make_cache(), make_cache(catchup_interval=0.05)
+    for i in range(5):
+        writer.invalidate(keys=[f"k{i}"])
+    assert _wait(lambda: other.stats()["invalidations"]["received"] == 5)
+    assert _wait(lambda: other._cursor_seq == 5), "the log read fell behind"
+    assert other.stats()["invalidations"]["caught_up"] == 0
+    assert other.stats()["invalidations"]["catchup_clears"] == 0
+
+
+def test_a_black_holed_subscription_is_not_trusted_for_long(cache_prefix):
+    from tests.support.blackhole import BlackholeProxy
+    from tests.support.services import PrivateRedis
+
+    private = PrivateRedis()
+    private.start()
+    proxy = BlackholeProxy(upstream_port=private.port)
+    proxy.start()
+    writer = MultiLevelCache(redis_url=private.url, prefix=cache_prefix)
+    reader = MultiLevelCache(redis_url=f"redis://127.0.0.1:{proxy.port}/0", prefix=cache_prefix)
+    try:
+        assert writer.wait_ready(5) and reader.wait_ready(5)
+        _fill(reader, "k")
+        proxy.blackhole()  # the reader's connections stay open and silent: no error, no message
+
+        writer.invalidate(keys=["k"])
+
+        # Within bus_silence (2 s) the reader takes its subscription for dead and reconnects.
+        assert _wait(lambda: reader.local.get("k") is None, timeout=5), "the reader still trusts a dead subscription"
+        assert reader.wait_ready(5)
+        assert reader.get_or_load("k", lambda: "new", ttl=60) == "new"
+    finally:
+        writer.close()
+        reader.close()
+        proxy.stop()
+        private.cleanup()
