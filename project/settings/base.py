@@ -187,7 +187,9 @@ WHITENOISE_USE_FINDERS = env.get_bool("WHITENOISE_USE_FINDERS", DEBUG)
 
 # CORS (REST only; the WebSocket checks ALLOWED_ORIGINS at its handshake): the same
 # origins, so a browser app allowed one is allowed the other.
-CORS_ALLOWED_ORIGINS = ALLOWED_ORIGINS
+# "*" (any origin, as ALLOWED_ORIGINS allows for the WebSocket) is CORS's allow-all.
+CORS_ALLOW_ALL_ORIGINS = "*" in ALLOWED_ORIGINS
+CORS_ALLOWED_ORIGINS = [origin for origin in ALLOWED_ORIGINS if origin != "*"]
 CORS_URLS_REGEX = r"^/api/.*$"
 CORS_ALLOW_HEADERS = (
     "accept",

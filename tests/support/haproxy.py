@@ -47,7 +47,7 @@ class WebInstance:
                 "--port",
                 str(self.port),
                 "--ws",
-                "websockets",
+                "websockets-sansio",
                 "--timeout-graceful-shutdown",
                 str(self.graceful_seconds),
                 "--no-access-log",
