@@ -75,5 +75,11 @@ format: install
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
+# The production path on this machine: both images built, the compose stack in containers, a smoke
+# test through HAProxy and a rolling restart under load, then torn down (tests/deploy_stack/driver.py).
+.PHONY: test-deploy
+test-deploy: install
+	$(BIN)/python tests/deploy_stack/driver.py
+
 clean:
 	rm -rf $(VENV) staticfiles

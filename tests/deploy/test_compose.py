@@ -13,6 +13,7 @@ from tests.deploy.conftest import REPO_ROOT
 # keys this file uses; unknown keys are refused so a typo does not pass silently.
 _DURATION = {"type": "string", "pattern": r"^(\d+(\.\d+)?(h|m|s|ms|us))+$"}
 _STRINGS = {"type": "array", "items": {"type": "string"}}
+_PORT = r"^((\d{1,3}\.){3}\d{1,3}:)?((\d+|\$\{[A-Z_]+:-\d+\}):)?\d+$"
 _ENV = {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean", "null"]}}
 SERVICE_SCHEMA = {
     "type": "object",
@@ -21,7 +22,12 @@ SERVICE_SCHEMA = {
         "image": {"type": "string"},
         "build": {
             "type": "object",
-            "properties": {"context": {"type": "string"}, "dockerfile": {"type": "string"}},
+            "properties": {
+                "context": {"type": "string"},
+                "dockerfile": {"type": "string"},
+                "target": {"type": "string"},
+                "args": _ENV,
+            },
             "required": ["context"],
             "additionalProperties": False,
         },
@@ -29,7 +35,8 @@ SERVICE_SCHEMA = {
         "restart": {"enum": ["no", "always", "on-failure", "unless-stopped"]},
         "environment": _ENV,
         "hostname": {"type": "string"},
-        "ports": {"type": "array", "items": {"type": "string", "pattern": r"^(\d+:)?\d+$"}},
+        # [host IP:][host port:]container port; the host port may be ${VAR:-default}
+        "ports": {"type": "array", "items": {"type": "string", "pattern": _PORT}},
         "volumes": {"type": "array", "items": {"type": "string", "pattern": r"^[^:]+:[^:]+(:(ro|rw))?$"}},
         "depends_on": {
             "oneOf": [
@@ -167,3 +174,23 @@ def test_graceful_stop_periods_cover_the_shutdown(compose):
 @pytest.mark.parametrize("service", ["postgres", "redis", "rabbitmq"])
 def test_backing_services_have_healthchecks(compose, service):
     assert compose["services"][service]["healthcheck"]["test"]
+
+
+def test_host_ports_are_configurable_and_miss_the_standard_service_ports(compose):
+    taken = {"5432", "6379", "5672"}  # a machine that already runs PostgreSQL, Redis and RabbitMQ
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            match = re.fullmatch(r"(?:(?P<ip>[\d.]+):)?\$\{(?P<var>[A-Z_]+):-(?P<default>\d+)\}:\d+", port)
+            assert match, f"{name}: host port {port} is not a ${{VAR:-default}}"
+            assert match["default"] not in taken, f"{name}: {port}"
+            if name in {"postgres", "redis", "rabbitmq"}:
+                assert match["ip"] == "127.0.0.1", f"{name}: {port} published beyond loopback"
+
+
+def test_workers_run_the_torch_image_and_the_rest_the_web_image(compose):
+    for name, service in compose["services"].items():
+        if "build" not in service:
+            continue
+        expected = "worker" if name.startswith("worker-") else "web"
+        assert service["build"]["target"] == expected, name
+        assert service["build"]["dockerfile"] == "docker/Dockerfile", name
