@@ -16,9 +16,10 @@ class Session(BaseModel):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="owned_sessions")
     state = models.CharField(max_length=16, choices=State.choices, default=State.OPEN, db_index=True)
     metadata = models.JSONField(default=dict, blank=True)
-    # The last seq handed out. An append reads it with SELECT ... FOR UPDATE and
-    # bumps it in the same transaction: appends to one session serialise on the
-    # row lock, and a rollback returns the numbers, so seq stays gap-free.
+    # The last seq handed out. An append bumps it with UPDATE ... RETURNING in the
+    # statement that inserts its events (apps/context/services.py, _APPEND_SQL):
+    # appends to one session serialise on the row lock, and a rollback returns
+    # the numbers, so seq stays gap-free.
     last_seq = models.BigIntegerField(default=0, editable=False)
     last_activity_at = models.DateTimeField(auto_now_add=True, db_index=True)
     closed_at = models.DateTimeField(null=True, blank=True)

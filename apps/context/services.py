@@ -382,8 +382,12 @@ def _all_stored_already(*, session: Session, author: AbstractBaseUser, events: S
 # UPDATE's row lock serialises appends per session (PostgreSQL re-checks its
 # WHERE on the newest row version after a wait, so a close committed meanwhile
 # is seen), and the events get seq last_seq - n + 1 .. last_seq in input order.
-# Nothing matches (no row updated, nothing inserted) when the session is gone
-# or closed or the author is no writer; _append_refusal then says which.
+# The INSERT reads its rows from the UPDATE's, so it runs under the lock. No row
+# comes back when the session is gone or closed or the author is no writer
+# (_append_refusal then says which); a row with a NULL id when every event's
+# client_msg_id was already stored. An event whose client_msg_id is stored
+# (a retry: the unique index is the arbiter, and it sees every commit) is left
+# out; the caller then undoes the statement and appends only the new ones.
 _APPEND_SQL = """
 WITH s AS (
     UPDATE {session} SET last_seq = last_seq + %(n)s, last_activity_at = %(now)s
@@ -392,15 +396,24 @@ WITH s AS (
         WHERE p.session_id = %(sid)s AND p.user_id = %(uid)s AND p.left_at IS NULL AND p.role = ANY(%(writers)s)
     )
     RETURNING last_seq
+), inserted AS (
+    INSERT INTO {event} (session_id, seq, event_type, data, author_id, client_msg_id, created_at)
+    SELECT %(sid)s, s.last_seq - %(n)s + e.ord, e.event_type, e.data::jsonb, %(uid)s, e.client_msg_id, %(now)s
+    FROM s, unnest(%(types)s::text[], %(datas)s::text[], %(msg_ids)s::text[])
+        WITH ORDINALITY AS e(event_type, data, client_msg_id, ord)
+    ON CONFLICT (session_id, client_msg_id) WHERE NOT (client_msg_id = '') DO NOTHING
+    RETURNING id, seq
 )
-INSERT INTO {event} (session_id, seq, event_type, data, author_id, client_msg_id, created_at)
-SELECT %(sid)s, s.last_seq - %(n)s + e.ord, e.event_type, e.data::jsonb, %(uid)s, e.client_msg_id, %(now)s
-FROM s, unnest(%(types)s::text[], %(datas)s::text[], %(msg_ids)s::text[])
-    WITH ORDINALITY AS e(event_type, data, client_msg_id, ord)
-RETURNING id, seq
+SELECT s.last_seq, inserted.id, inserted.seq FROM s LEFT JOIN inserted ON true
 """
 
-# The session row and the author's membership; FOR UPDATE when it takes the lock.
+# Undo _APPEND_SQL when some of its events were already stored (under the lock it took).
+_UNDO_SQL = """
+WITH d AS (DELETE FROM {event} WHERE id = ANY(%(ids)s))
+UPDATE {session} SET last_seq = last_seq - %(n)s WHERE id = %(sid)s
+"""
+
+# The session row and the author's membership: why an append matched nothing.
 _MEMBERSHIP_SQL = """
 SELECT s.state, p.role FROM {session} s
 LEFT JOIN {participant} p ON p.session_id = s.id AND p.user_id = %(uid)s AND p.left_at IS NULL
@@ -416,12 +429,10 @@ def _sql(template: str) -> str:
     )
 
 
-def _append_refusal(*, session_id: Any, author_id: Any, lock: bool) -> ApplicationError | None:
-    """Why this author may not append to this session now, or None (``lock``: and keep the row locked)."""
+def _append_refusal(*, session_id: Any, author_id: Any) -> ApplicationError | None:
+    """Why this author may not append to this session now, or None."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            _sql(_MEMBERSHIP_SQL) + (" FOR UPDATE OF s" if lock else ""), {"sid": session_id, "uid": author_id}
-        )
+        cursor.execute(_sql(_MEMBERSHIP_SQL), {"sid": session_id, "uid": author_id})
         row = cursor.fetchone()
     if row is None or row[1] is None:
         # Outsiders learn nothing about the session, not even that it exists.
@@ -437,7 +448,7 @@ def _append_refusal(*, session_id: Any, author_id: Any, lock: bool) -> Applicati
 def _insert_events(
     *, session_id: Any, author: AbstractBaseUser, events: Sequence[EventInput], now: Any
 ) -> list[ContextEvent] | None:
-    """Lock, check and insert in one statement (``_APPEND_SQL``); None when nothing matched."""
+    """``_APPEND_SQL``: None when refused; fewer events than given when some were stored already."""
     dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
     params = {
         "sid": session_id,
@@ -452,15 +463,18 @@ def _insert_events(
     }
     with connection.cursor() as cursor:
         cursor.execute(_sql(_APPEND_SQL), params)
-        rows = cursor.fetchall()
-    if not rows:
+        fetched = cursor.fetchall()
+    if not fetched:
         return None
-    first_seq = min(seq for _, seq in rows)
-    ids = {seq: pk for pk, seq in rows}
+    by_seq = {seq: pk for _, pk, seq in fetched if pk is not None}
+    first_seq = fetched[0][0] - len(events) + 1
     created: list[ContextEvent] = []
     for i, e in enumerate(events):
+        pk = by_seq.get(first_seq + i)
+        if pk is None:
+            continue
         event = ContextEvent(
-            id=ids[first_seq + i],
+            id=pk,
             session_id=session_id,
             seq=first_seq + i,
             event_type=e.event_type,
@@ -479,47 +493,43 @@ def _insert_events(
 def _context_event_append(
     *, session: Session, author: AbstractBaseUser, events: Sequence[EventInput]
 ) -> list[ContextEvent]:
-    """The append's transaction: two statements and the commit for events without ``client_msg_id``.
+    """The append's transaction: one statement, the outbox COPY and the commit.
 
     Refusals are decided before anything is written and raised after the block,
     so the block needs no savepoint of its own inside a caller's transaction
     (the Idempotency-Key path): a refusal leaves that transaction usable.
     """
-    msg_ids = [e.client_msg_id for e in events if e.client_msg_id]
     refusal: ApplicationError | None = None
     existing: dict[str, ContextEvent] = {}
     created: list[ContextEvent] = []
     with transaction.atomic(savepoint=False):
-        if msg_ids:
-            # The dedupe lookup must see every event committed by whoever held the
-            # lock before us: take it first, then read in a statement of its own.
-            refusal = _append_refusal(session_id=session.pk, author_id=author.pk, lock=True)
-            if refusal is None:
-                existing = {
-                    ev.client_msg_id: ev
-                    for ev in ContextEvent.objects.filter(session=session, client_msg_id__in=msg_ids).select_related(
-                        "author"
-                    )
-                }
-        fresh = [e for e in events if not (e.client_msg_id and e.client_msg_id in existing)]
-        if refusal is None and fresh:
-            now = timezone.now()
-            for _attempt in range(3):
-                inserted = _insert_events(session_id=session.pk, author=author, events=fresh, now=now)
-                if inserted is not None:
-                    created = inserted
-                    break
-                refusal = _append_refusal(session_id=session.pk, author_id=author.pk, lock=False)
-                if refusal is not None:
-                    break
-                # Nothing refused it, yet it did not match: the session or the role changed between
-                # the two statements (closed and reopened). Try again.
-            else:
-                refusal = Conflict("The session changed during the append; retry.", code="append_retry")
-            if created:
-                # The outbox rows commit with the events, so the relay publishes (and the
-                # subscribers' tasks run) if and only if the events were stored.
-                outbox_events_add_bulk(events=[_outbox_event_for(event) for event in created])
+        now = timezone.now()
+        inserted = _insert_or_refuse(session=session, author=author, events=events, now=now)
+        if isinstance(inserted, ApplicationError):
+            refusal = inserted
+        elif len(inserted) == len(events):
+            created = inserted
+        else:
+            # Some client_msg_id were stored already (a retry): undo the statement, whose seqs
+            # now have holes, and append only the new events, still under the session lock.
+            with connection.cursor() as cursor:
+                cursor.execute(_sql(_UNDO_SQL), {"ids": [e.pk for e in inserted], "n": len(events), "sid": session.pk})
+            msg_ids = [e.client_msg_id for e in events if e.client_msg_id]
+            stored = ContextEvent.objects.filter(session=session, client_msg_id__in=msg_ids)
+            existing = {ev.client_msg_id: ev for ev in stored.select_related("author").order_by()}
+            fresh = [e for e in events if not (e.client_msg_id and e.client_msg_id in existing)]
+            if fresh:
+                again = _insert_or_refuse(session=session, author=author, events=fresh, now=now)
+                if isinstance(again, ApplicationError):
+                    refusal = again
+                elif len(again) != len(fresh):  # cannot happen under the lock; never store holes
+                    raise Conflict("The events changed during the append; retry.", code="append_retry")
+                else:
+                    created = again
+        if created:
+            # The outbox rows commit with the events, so the relay publishes (and the
+            # subscribers' tasks run) if and only if the events were stored.
+            outbox_events_add_bulk(events=[_outbox_event_for(event) for event in created])
     if refusal is not None:
         raise refusal
     if created:
@@ -528,12 +538,28 @@ def _context_event_append(
     result: list[ContextEvent] = []
     for e in events:
         if e.client_msg_id and e.client_msg_id in existing:
-            stored = existing[e.client_msg_id]
-            stored.was_created = False
-            result.append(stored)
+            stored_event = existing[e.client_msg_id]
+            stored_event.was_created = False
+            result.append(stored_event)
         else:
             result.append(next(created_iter))
     return result
+
+
+def _insert_or_refuse(
+    *, session: Session, author: AbstractBaseUser, events: Sequence[EventInput], now: Any
+) -> list[ContextEvent] | ApplicationError:
+    """``_insert_events``, or the refusal when it matched nothing."""
+    for _attempt in range(3):
+        inserted = _insert_events(session_id=session.pk, author=author, events=events, now=now)
+        if inserted is not None:
+            return inserted
+        refusal = _append_refusal(session_id=session.pk, author_id=author.pk)
+        if refusal is not None:
+            return refusal
+        # Nothing refused it, yet it matched nothing: the session or the role changed
+        # between the two statements (closed and reopened). Try again.
+    return Conflict("The session changed during the append; retry.", code="append_retry")
 
 
 def _after_events_stored(*, session_id: Any, created: list[ContextEvent]) -> None:

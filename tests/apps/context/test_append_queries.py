@@ -34,7 +34,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 # (SQL statements including COPY, commits) per append, warm caches, no Redis outage.
 PINNED = {
     "plain": (2, 1),  # the lock-check-insert statement, the outbox COPY; the commit
-    "client_msg_id": (4, 1),  # + the lock first, then the dedupe lookup under it
+    "client_msg_id": (2, 1),  # the same: the unique index dedupes (ON CONFLICT DO NOTHING)
     "idempotency_key": (5, 1),  # + lock-and-claim (autocommitted), the completing UPDATE, the unlock
 }
 # What the code before the hot-path work took, measured by this test on that tree.
@@ -104,6 +104,27 @@ def test_one_append_costs_its_pinned_round_trips(scenario, user, api_client_for,
     assert OutboxMessage.objects.filter(routing_key="context.updated").count() == 2
     if scenario == "idempotency_key":
         assert set(IdempotencyKey.objects.values_list("status", flat=True)) == {IdempotencyKey.Status.COMPLETED}
+
+
+def test_a_retried_client_msg_id_in_a_batch_is_answered_stored_and_leaves_no_seq_hole(user, api_client_for):
+    """The statement skips the stored event, is undone, and only the new events get seqs (contiguous)."""
+    session = services.session_create(owner=user, title="retry")
+    client = api_client_for(user)
+    first = _append(client, session, "client_msg_id", 1)
+    events = [
+        {"event_type": "note", "data": {"i": 0}, "client_msg_id": "new-a"},
+        {"event_type": "context_update", "data": {"text": "line 1"}, "client_msg_id": "m1"},
+        {"event_type": "note", "data": {"i": 2}, "client_msg_id": "new-b"},
+    ]
+    response = client.post(url(session, "events/"), {"events": events}, format="json")
+    assert response.status_code == 201, response.content
+    answered = response.json()["events"]
+    assert [e["seq"] for e in answered] == [2, first["seq"], 3]
+    assert answered[1] == first
+    assert list(ContextEvent.objects.filter(session=session).order_by("seq").values_list("seq", flat=True)) == [1, 2, 3]
+    session.refresh_from_db()
+    assert session.last_seq == 3
+    assert OutboxMessage.objects.filter(routing_key="context.updated").count() == 3
 
 
 def test_a_refused_append_writes_nothing_and_costs_one_more_statement(user, make_user, api_client_for, monkeypatch):
