@@ -204,6 +204,7 @@ class MultiLevelCache:
         self._cursor = "0-0"
         self._cursor_seq = 0
         self._heard: set[int] = set()  # numbers the bus brought that the log read has not passed yet
+        self._last_pong = 0.0  # when the subscription last answered a ping (the listener thread's)
         self._process_state()
         self._redis = self._client(socket_timeout=redis_timeout)
         self._fill = self._redis.register_script(_FILL_LUA)
@@ -626,18 +627,13 @@ class MultiLevelCache:
 
     def _serve(self, pubsub: Any) -> None:
         """Apply bus messages; on every beat, ping the subscription, deliver the queue and read the log."""
-        last_pong = next_beat = time.monotonic()
+        self._last_pong = next_beat = time.monotonic()
         due = True
         while not self._stop.is_set():
             # A short poll so close() is prompt; idle polls cost nothing measurable.
-            message = pubsub.get_message(timeout=0.1)
+            self._drain(pubsub, 0.1)
             now = time.monotonic()
-            if message is not None:
-                if message["type"] == "message":
-                    self._on_message(message["data"])
-                elif message["type"] == "pong":
-                    last_pong = now
-            if now - last_pong > self.bus_silence:
+            if now - self._last_pong > self.bus_silence:
                 raise redis.TimeoutError(f"the bus answered no ping for {self.bus_silence:.1f}s")
             if now >= next_beat:
                 next_beat = now + self.catchup_interval
@@ -650,11 +646,21 @@ class MultiLevelCache:
                 continue
             due = False
             try:
-                self._catch_up()
+                self._catch_up(lambda: self._drain(pubsub, 0.01))
                 self._flush_pending()
                 self._circuit_open = False
             except redis.RedisError as exc:
                 self._l2_failed(exc)
+
+    def _drain(self, pubsub: Any, wait: float) -> None:
+        """Handle what the subscription has: wait up to ``wait`` for the first message, then take the rest."""
+        message = pubsub.get_message(timeout=wait)
+        while message is not None:
+            if message["type"] == "message":
+                self._on_message(message["data"])
+            elif message["type"] == "pong":
+                self._last_pong = time.monotonic()
+            message = pubsub.get_message(timeout=0)
 
     def _on_message(self, data: bytes) -> None:
         try:
@@ -687,13 +693,20 @@ class MultiLevelCache:
         self._cursor_seq = int(last[0][1][b"seq"]) if last else int(seq or 0)
         self._heard.clear()
 
-    def _catch_up(self) -> None:
-        """Apply what the log holds past the cursor and the bus did not bring; clear L1 on a gap."""
+    def _catch_up(self, drain: Callable[[], None] = lambda: None) -> None:
+        """Apply what the log holds past the cursor and the bus did not bring; clear L1 on a gap.
+
+        ``drain`` takes in what the bus has delivered meanwhile: an entry is published in
+        the same call that logs it, so its bus message is usually a moment behind the log
+        read, and is not applied twice (an entry applied twice would only cost a miss).
+        """
         while True:
             pipe = self._redis.pipeline(transaction=True)  # the entries and the counter at one instant
             pipe.xrange(self._logkey, min=f"({self._cursor}", count=500)
             pipe.get(self._seqkey)
             entries, raw_seq = pipe.execute()
+            if any(int(fields[b"seq"]) not in self._heard for _, fields in entries):
+                drain()
             counter = int(raw_seq or 0)
             if not entries:
                 if counter < self._cursor_seq:
