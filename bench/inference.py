@@ -287,7 +287,7 @@ def bench_end_to_end(*, rate: float, duration: float, n_sessions: int) -> dict[s
         procs.start("worker", worker, env=_env(LOG_LEVEL="INFO"))
         procs.start("relay", support.manage("run_outbox_relay"), env=_env(LOG_LEVEL="INFO"))
         procs.start("subscribers", support.manage("run_event_subscribers"), env=_env(LOG_LEVEL="INFO"))
-        web = support.uvicorn("project.asgi:application", port=port, options=("--ws", "websockets-sansio"))
+        web = support.uvicorn("project.asgi:application", port=port, options=("--ws", "websockets"))
         procs.start("web", web, env=env)
         procs.wait_for("relay", "outbox relay started", 120)
         procs.wait_for("subscribers", "subscribers ready", 120)

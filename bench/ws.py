@@ -9,7 +9,7 @@ Options: ``--idle N`` idle connections (default: enough for 1,000 open in all),
 ``--trials10 T`` / ``--trials100 T`` broadcast trials per group size (60 / 30),
 ``--layers pubsub,core`` the channel layers to measure, each on its own server process.
 
-One uvicorn process (as in the Procfile: ``--ws websockets-sansio``) serves every
+One uvicorn process (as in the Procfile: ``--ws websockets``) serves every
 connection. The benchmark uses a database of its own (``bench_ws``, created,
 migrated and dropped) and the Redis key prefix ``bench_ws``, so it disturbs no
 one. Measured in the same run:
@@ -399,7 +399,7 @@ def write_results(
         f"Run: {datetime.now().astimezone().isoformat(timespec='seconds')} on {platform.node()}, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs shared with other work "
         f"(load average {load_before[0]:.1f} / {load_before[1]:.1f} / {load_before[2]:.1f} at the start), "
-        f"Python {platform.python_version()}; one uvicorn process (`--ws websockets-sansio`, as in the Procfile), "
+        f"Python {platform.python_version()}; one uvicorn process (`--ws websockets`, as in the Procfile), "
         f"local PostgreSQL and Redis; the clients run in one asyncio process on the same machine; "
         f"RLIMIT_NOFILE {fd_limit}.",
         "",

@@ -34,7 +34,7 @@ case "$ROLE" in
         # WebSocket frames over WS_MAX_FRAME_BYTES are refused (1009) before they are
         # buffered; at most 8 unread frames wait per socket (apps/realtime/__init__.py).
         exec uvicorn project.asgi:application --host "${BIND_HOST:-0.0.0.0}" --port "${PORT:-8000}" \
-            --ws websockets-sansio --ws-max-size "${WS_MAX_FRAME_BYTES:-98304}" --ws-max-queue 8 \
+            --ws websockets --ws-max-size "${WS_MAX_FRAME_BYTES:-98304}" --ws-max-queue 8 \
             --proxy-headers --forwarded-allow-ips "${FORWARDED_ALLOW_IPS:-*}" \
             --timeout-graceful-shutdown "${GRACEFUL_SHUTDOWN_SECONDS:-20}" --no-access-log "$@"
         ;;

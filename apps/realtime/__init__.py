@@ -1,7 +1,7 @@
 """Real-time collaboration over WebSockets (README section).
 
 Endpoint
-    ``/ws/sessions/<session id>/`` on the web process (uvicorn, ``--ws websockets-sansio``).
+    ``/ws/sessions/<session id>/`` on the web process (uvicorn, ``--ws websockets``).
     The token, in order of preference: an ``Authorization: Token <key>`` header
     (scripts, services); the subprotocols ``["context-engine", "token.<key>"]``
     in ``Sec-WebSocket-Protocol`` (browsers; the server selects

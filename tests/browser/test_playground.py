@@ -38,7 +38,7 @@ def _restart_web(stack: Any, log_dir: Any) -> None:
     log_path = log_dir / "web-restarted.log"
     log = log_path.open("wb")
     command = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1"]
-    command += ["--port", str(stack.port), "--ws", "websockets-sansio", "--log-level", "warning", "--no-access-log"]
+    command += ["--port", str(stack.port), "--ws", "websockets", "--log-level", "warning", "--no-access-log"]
     popen = subprocess.Popen(
         command,
         env={k: v for k, v in stack_env(AI_DEVICE="cpu", ALLOWED_ORIGINS="*").items() if k != ASYNC_UNSAFE},

@@ -47,7 +47,7 @@ class WebInstance:
                 "--port",
                 str(self.port),
                 "--ws",
-                "websockets-sansio",
+                "websockets",
                 "--timeout-graceful-shutdown",
                 str(self.graceful_seconds),
                 "--no-access-log",
@@ -152,14 +152,16 @@ class HAProxy:
         return status
 
     def server_sessions(self) -> dict[str, int]:
-        """Open connections per server (``scur``), e.g. WebSockets held by each instance."""
+        """Open connections per instance (``scur``), e.g. WebSockets held by each: HTTP goes through
+        the ``web`` backend, ``/ws/`` through ``ws``, whose server N is the same instance as webN."""
         text = self.command("show stat")
         header = text.splitlines()[0].lstrip("# ").split(",")
         sessions: dict[str, int] = {}
         for line in text.splitlines()[1:]:
             row = dict(zip(header, line.split(","), strict=False))
-            if row.get("pxname") == "web" and row.get("svname") not in ("FRONTEND", "BACKEND"):
-                sessions[row["svname"]] = int(row.get("scur") or 0)
+            if row.get("pxname") in ("web", "ws") and row.get("svname") not in ("FRONTEND", "BACKEND"):
+                name = "web" + row["svname"][2:] if row["pxname"] == "ws" else row["svname"]
+                sessions[name] = sessions.get(name, 0) + int(row.get("scur") or 0)
         return sessions
 
     def wait_settled(self, *, timeout: float = 30.0, slowstart: float = 5.0) -> None:

@@ -115,7 +115,7 @@ def start_stack(log_dir: Path, **env: str) -> AiStack:
             "--port",
             str(port),
             "--ws",
-            "websockets-sansio",
+            "websockets",
             "--log-level",
             "warning",
             "--no-access-log",

@@ -33,7 +33,7 @@ class Server:
 
 @pytest.fixture
 def start_server(subprocess_env) -> Iterator[Callable[..., Server]]:
-    """Start ``uvicorn project.asgi:application --ws websockets-sansio``; stopped at teardown."""
+    """Start ``uvicorn project.asgi:application --ws websockets``; stopped at teardown."""
     servers: list[Server] = []
 
     def factory(**env: str) -> Server:
@@ -49,7 +49,7 @@ def start_server(subprocess_env) -> Iterator[Callable[..., Server]]:
                 "--port",
                 str(port),
                 "--ws",
-                "websockets-sansio",
+                "websockets",
                 "--log-level",
                 "warning",
                 "--no-access-log",
