@@ -141,10 +141,11 @@ def test_a_person_follows_a_live_session_through_a_drop_and_gets_suggestions(sta
     page.fill("#query-input", "where do we stay in Lyon?")
     page.click("#query-button")
     page.wait_for_selector("#suggestions li", timeout=120_000)
-    first = page.locator("#suggestions li").first
-    suggestion_id = first.get_attribute("data-suggestion-id")
-    first.locator("button.accept").click()
-    first.locator(".verdict", has_text="accepted").wait_for()
+    suggestion_id = page.locator("#suggestions li").first.get_attribute("data-suggestion-id")
+    # This suggestion by its id: more may arrive meanwhile and take the list's first place.
+    chosen = page.locator(f"#suggestions li[data-suggestion-id='{suggestion_id}']")
+    chosen.locator("button.accept").click()
+    chosen.locator(".verdict", has_text="accepted").wait_for()
     feedback = SuggestionFeedback.objects.get(suggestion_id=suggestion_id)
     assert (feedback.user_id, feedback.verdict) == (alice.pk, "accept")
     assert errors == []
