@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.integration.ai.conftest import AiStack, purge_realtime_queue, start_stack
+from tests.support.haproxy import WebInstance
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ASYNC_UNSAFE = "DJANGO_ALLOW_ASYNC_UNSAFE"
@@ -55,3 +56,26 @@ def artifacts(tmp_path) -> Path:
     path = Path(os.environ.get("TEST_ARTIFACTS_DIR") or tmp_path) / "browser"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+OPERATOR_PASSWORD = "pw-Secret-123"
+
+
+@pytest.fixture
+def web(subprocess_env) -> Iterator[WebInstance]:
+    """One real web instance (uvicorn) for the admin pages; the browser's async-unsafe flag stays here."""
+    instance = WebInstance(name="browser", env={k: v for k, v in subprocess_env().items() if k != ASYNC_UNSAFE})
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+def operator_create(username: str) -> Any:
+    """A staff user in the operators group, with ``OPERATOR_PASSWORD``."""
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    user = get_user_model().objects.create_user(username=username, password=OPERATOR_PASSWORD, is_staff=True)
+    user.groups.add(Group.objects.get(name=settings.OPS_OPERATORS_GROUP))
+    return user

@@ -2,45 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 from django.conf import settings
-from django.contrib.auth.models import Group
 from kombu import Connection
 
 from apps.eventbus.queues import declare_topology
 from apps.ops.models import DeadLetterReplay
 from tests.apps.ops.test_dead_letters_api import archive
-from tests.browser.conftest import ASYNC_UNSAFE
-from tests.support.haproxy import WebInstance
+from tests.browser.conftest import OPERATOR_PASSWORD, operator_create
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-PASSWORD = "pw-Secret-123"
-
-
-@pytest.fixture
-def web(subprocess_env) -> Iterator[WebInstance]:
-    instance = WebInstance(name="console", env={k: v for k, v in subprocess_env().items() if k != ASYNC_UNSAFE})
-    instance.start()
-    yield instance
-    instance.stop()
-
-
-def _operator() -> Any:
-    from django.contrib.auth import get_user_model
-
-    user = get_user_model().objects.create_user(username="console_op", password=PASSWORD, is_staff=True)
-    user.groups.add(Group.objects.get(name=settings.OPS_OPERATORS_GROUP))
-    return user
 
 
 def test_an_operator_finds_the_console_reads_the_charts_and_replays_a_group(web, browser):
     with Connection(settings.BROKER_URL) as conn:
         declare_topology(conn.default_channel)
-    _operator()
+    operator_create("console_op")
     failure = {
         "exception_class": "PermanentError",
         "exception_message": "bad input",
@@ -54,7 +31,7 @@ def test_an_operator_finds_the_console_reads_the_charts_and_replays_a_group(web,
     page.set_default_timeout(30_000)
     page.goto(f"http://127.0.0.1:{web.port}/admin/login/?next=/admin/")
     page.fill("#id_username", "console_op")
-    page.fill("#id_password", PASSWORD)
+    page.fill("#id_password", OPERATOR_PASSWORD)
     page.click("input[type=submit]")
     page.click("text=Operator console")
     page.wait_for_selector("h2#queues")

@@ -2,50 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 from django.conf import settings
-from django.contrib.auth.models import Group
 from kombu import Connection
 
 from apps.eventbus.queues import declare_topology
 from apps.ops.models import FleetAction, PausedQueue
-from tests.browser.conftest import ASYNC_UNSAFE
-from tests.support.haproxy import WebInstance
+from tests.browser.conftest import OPERATOR_PASSWORD, operator_create
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-PASSWORD = "pw-Secret-123"
-
-
-@pytest.fixture
-def web(subprocess_env) -> Iterator[WebInstance]:
-    instance = WebInstance(name="fleet", env={k: v for k, v in subprocess_env().items() if k != ASYNC_UNSAFE})
-    instance.start()
-    yield instance
-    instance.stop()
-
-
-def _operator() -> Any:
-    from django.contrib.auth import get_user_model
-
-    user = get_user_model().objects.create_user(username="fleet_op", password=PASSWORD, is_staff=True)
-    user.groups.add(Group.objects.get(name=settings.OPS_OPERATORS_GROUP))
-    return user
 
 
 def test_an_operator_pauses_refuses_a_purge_and_resumes_from_the_fleet_page(web, browser, artifacts):
     with Connection(settings.BROKER_URL) as conn:
         declare_topology(conn.default_channel)
-    _operator()
+    operator_create("fleet_op")
 
     page = browser.new_page()
     page.set_default_timeout(30_000)
     page.goto(f"http://127.0.0.1:{web.port}/admin/login/?next=/admin/ops/fleet/")
     page.fill("#id_username", "fleet_op")
-    page.fill("#id_password", PASSWORD)
+    page.fill("#id_password", OPERATOR_PASSWORD)
     page.click("input[type=submit]")
     page.click("#fleet-tasks-link")
     page.wait_for_selector("table#fleet-tasks")
