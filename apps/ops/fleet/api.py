@@ -15,7 +15,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.common.exceptions import ApplicationError
 from apps.common.schema import error_responses
 from apps.common.serializers import StrictSerializer
 from apps.ops.fleet import figures as fleet
@@ -36,12 +35,7 @@ def _snapshot(request: Request, *, include_report: bool) -> dict:
     try:
         return fleet.fleet_snapshot(window=float(params.validated_data["window"]), include_report=include_report)
     except fleet.FleetUnavailable as exc:
-        raise ApplicationError(
-            "The message broker did not answer; queue figures are unavailable.",
-            code="broker_unavailable",
-            status_code=503,
-            details={"error": str(exc)[:300]},
-        ) from exc
+        raise services.broker_unavailable(exc, "queue figures are unavailable") from exc
 
 
 class FleetQueuesApi(APIView):
@@ -118,12 +112,7 @@ def tasks_read() -> dict:
     try:
         return selectors.fleet_tasks()
     except selectors.InspectUnavailable as exc:
-        raise ApplicationError(
-            "The message broker did not answer; the workers' tasks are unavailable.",
-            code="broker_unavailable",
-            status_code=503,
-            details={"error": str(exc)[:300]},
-        ) from exc
+        raise services.broker_unavailable(exc, "the workers' tasks are unavailable") from exc
 
 
 class FleetTasksApi(APIView):

@@ -42,9 +42,10 @@ TASK_ID_MAX = 200
 TERMINATE_SIGNALS = ("SIGTERM", "SIGKILL", "SIGINT")
 
 
-def _broker_unavailable(exc: Exception) -> ApplicationError:
+def broker_unavailable(exc: Exception, consequence: str = "nothing was changed on the workers") -> ApplicationError:
+    """The 503 every fleet read and action answers when the broker does not."""
     return ApplicationError(
-        "The message broker did not answer; nothing was changed on the workers.",
+        f"The message broker did not answer; {consequence}.",
         code="broker_unavailable",
         status_code=503,
         details={"error": str(exc)[:300]},
@@ -99,7 +100,7 @@ def task_revoke(*, task_id: str, user: Any | None, terminate: bool = False, sign
         )
     except Exception as exc:
         FleetAction.objects.filter(id=row.id).update(result={"error": str(exc)[:500]})
-        raise _broker_unavailable(exc) from exc
+        raise broker_unavailable(exc) from exc
     delayed.delayed_forget(task_id)
     row.result = {"workers": _replies(replies)}
     FleetAction.objects.filter(id=row.id).update(result=row.result)
@@ -123,7 +124,7 @@ def queue_pause(*, queue: str, user: Any | None, reason: str = "") -> FleetActio
         # Undone: running workers were not told, so the queue is not paused.
         PausedQueue.objects.filter(queue=queue).delete()
         FleetAction.objects.filter(id=row.id).update(result={"error": str(exc)[:500]})
-        raise _broker_unavailable(exc) from exc
+        raise broker_unavailable(exc) from exc
     row.result = {"workers": _replies(replies)}
     FleetAction.objects.filter(id=row.id).update(result=row.result)
     return row
@@ -146,7 +147,7 @@ def queue_resume(*, queue: str, user: Any | None) -> FleetAction:
             queue=queue, defaults={"paused_by": paused.paused_by, "reason": paused.reason}
         )
         FleetAction.objects.filter(id=row.id).update(result={"error": str(exc)[:500]})
-        raise _broker_unavailable(exc) from exc
+        raise broker_unavailable(exc) from exc
     row.result = {"workers": _replies(replies)}
     FleetAction.objects.filter(id=row.id).update(result=row.result)
     return row
@@ -166,6 +167,6 @@ def queue_purge(*, queue: str, confirm: str, user: Any | None) -> FleetAction:
             conn.ensure_connection(max_retries=1)
             purged = int(conn.default_channel.queue_purge(queue) or 0)
     except Exception as exc:
-        raise _broker_unavailable(exc) from exc
+        raise broker_unavailable(exc) from exc
     delayed.delayed_forget_queue(queue)
     return _audit(action=FleetActionKind.PURGE, target=queue, user=user, params={}, result={"purged": purged})
