@@ -9,23 +9,8 @@ from __future__ import annotations
 
 import time
 
-import redis
-from django.conf import settings
-
 from apps.caching.cache import MultiLevelCache
-
-
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL)
-
-
-def _wait(predicate, timeout: float = 2.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
+from tests.apps.caching.test_cache import _redis, _wait
 
 
 def _fill(cache: MultiLevelCache, key: str, value: str = "old", tags: tuple[str, ...] = ()) -> None:
