@@ -6,7 +6,6 @@ import threading
 import time
 import uuid
 
-import amqp
 import pytest
 from django.conf import settings
 from django.db import transaction
@@ -19,6 +18,7 @@ from apps.eventbus.models import ProcessedEvent
 from apps.eventbus.relay import NotifyListener
 from apps.eventbus.subscribers.base import Subscriber
 from apps.eventbus.subscribers.runner import SubscriberRunner
+from tests.support.amqp import publish_confirmed
 
 
 class Recording(Subscriber):
@@ -43,17 +43,7 @@ def runner():
 
 
 def _publish(bodies: list[bytes]) -> None:
-    with Connection(settings.BROKER_URL) as conn:
-        channel = conn.channel()
-        # With confirms: a quorum queue may drop what an unconfirmed channel sent just before it
-        # closed (the last message went missing under load).
-        channel.confirm_select()
-        for body in bodies:
-            channel.basic_publish(
-                amqp.Message(body, content_type="application/json", message_id=str(uuid.uuid4())),
-                exchange="events",
-                routing_key="session.closed",
-            )
+    publish_confirmed(settings.BROKER_URL, bodies)
 
 
 def _queue_state() -> dict:

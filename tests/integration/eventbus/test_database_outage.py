@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import amqp
 import psycopg
 import pytest
 from django.conf import settings
@@ -25,6 +24,7 @@ from kombu import Connection
 
 from apps.eventbus.contracts import event_build
 from apps.eventbus.queues import DELIVERY_LIMIT
+from tests.support.amqp import publish_confirmed
 from tests.support.processes import REPO_ROOT
 from tests.support.services import PrivatePostgres
 
@@ -46,19 +46,15 @@ def postgres() -> Iterator[PrivatePostgres]:
 
 
 def _publish(n: int) -> None:
-    with Connection(settings.BROKER_URL) as conn:
-        conn.default_channel.confirm_select()  # see tests/apps/eventbus/test_runner_and_notify.py
-        for _ in range(n):
-            event = event_build(
-                event_type="session.closed", session_id=uuid.uuid4(), user_id=None, data={}, occurred_at=timezone.now()
-            )
-            conn.default_channel.basic_publish(
-                amqp.Message(
-                    json.dumps(event.to_wire()), content_type="application/json", message_id=str(event.event_id)
-                ),
-                exchange="events",
-                routing_key="session.closed",
-            )
+    events = [
+        event_build(
+            event_type="session.closed", session_id=uuid.uuid4(), user_id=None, data={}, occurred_at=timezone.now()
+        )
+        for _ in range(n)
+    ]
+    publish_confirmed(
+        settings.BROKER_URL, [json.dumps(e.to_wire()) for e in events], message_ids=[str(e.event_id) for e in events]
+    )
 
 
 def _depth(queue: str) -> int:

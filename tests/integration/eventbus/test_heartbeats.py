@@ -8,18 +8,17 @@ forever.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-import amqp
 import pytest
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
-from kombu import Connection
 
 from apps.eventbus import services
 from apps.eventbus.contracts import event_build
@@ -27,6 +26,7 @@ from apps.eventbus.models import OutboxMessage, ProcessedEvent
 from apps.eventbus.relay import OutboxRelay
 from apps.eventbus.subscribers.base import Subscriber
 from apps.eventbus.subscribers.runner import SubscriberRunner
+from tests.support.amqp import publish_confirmed
 from tests.support.blackhole import BlackholeProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -83,15 +83,7 @@ def _publish_event() -> str:
     event = event_build(
         event_type="session.closed", session_id=uuid.uuid4(), user_id=None, data={}, occurred_at=timezone.now()
     )
-    import json
-
-    with Connection(settings.BROKER_URL) as conn:
-        conn.default_channel.confirm_select()  # see tests/apps/eventbus/test_runner_and_notify.py
-        conn.default_channel.basic_publish(
-            amqp.Message(json.dumps(event.to_wire()), content_type="application/json", message_id=str(event.event_id)),
-            exchange="events",
-            routing_key="session.closed",
-        )
+    publish_confirmed(settings.BROKER_URL, [json.dumps(event.to_wire())], message_ids=[str(event.event_id)])
     return str(event.event_id)
 
 
