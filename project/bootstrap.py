@@ -135,6 +135,22 @@ def ensure_service(name: str, url: str, default_port: int, start_command: str | 
     )
 
 
+def ensure_broker(url: str) -> None:
+    """A failover BROKER_URL (``;``-separated nodes of one cluster) is usable when any node answers.
+
+    None answering: the first URL is treated like a single broker (started here when local).
+    """
+    urls = [part.strip() for part in url.split(";") if part.strip()]
+    if len(urls) > 1:
+        for candidate in urls:
+            parts = urlsplit(candidate)
+            host, port = parts.hostname or "127.0.0.1", parts.port or 5672
+            if _port_open(host, port) and _answers("RabbitMQ", candidate):
+                _say(f"RabbitMQ is up at {host}:{port} (one of {len(urls)} nodes)")
+                return
+    ensure_service("RabbitMQ", urls[0] if urls else url, 5672, _rabbitmq_start_command(), 90)
+
+
 def ensure_database(url: str) -> None:
     import psycopg
     from psycopg import sql
@@ -208,7 +224,7 @@ def main() -> None:
     ensure_service("PostgreSQL", database_url, 5432, _postgres_start_command(), 30)
     redis_port = urlsplit(redis_url).port or 6379
     ensure_service("Redis", redis_url, 6379, _redis_start_command(redis_port), 15)
-    ensure_service("RabbitMQ", broker_url, 5672, _rabbitmq_start_command(), 90)
+    ensure_broker(broker_url)
     ensure_database(database_url)
     if args.for_tests:
         ensure_tools(TEST_PACKAGES, required=True)

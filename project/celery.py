@@ -11,6 +11,8 @@ Why each setting (https://docs.celeryq.dev/en/stable/userguide/configuration.htm
 - ``task_acks_on_failure_or_timeout = False``: a failure that escapes the base
   class (or a hard time limit) rejects the message without requeue, so RabbitMQ
   dead-letters it instead of Celery acking it away.
+- ``broker_failover_strategy``: a failover ``BROKER_URL`` (``;``-separated
+  nodes of one cluster) is tried in its order, round-robin.
 - ``confirm_publish``: ``apply_async`` returns only once the broker has the
   message (publisher confirms).
 - JSON only, results ignored: outcomes live in our own tables.
@@ -90,6 +92,10 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     # Keep reconnecting forever: a broker restart must not end the worker.
     broker_connection_max_retries=None,
+    # BROKER_URL may list a cluster's nodes (``amqp://h1//;amqp://h2//;...``): kombu
+    # moves to the next after each failed connection attempt, in the listed order
+    # (shuffle would not spread load: kombu never shuffles the first host).
+    broker_failover_strategy="round-robin",
     broker_heartbeat=30,
     # Quorum queues have no global QoS; Celery then applies prefetch per
     # consumer (see PREFETCH_MULTIPLIER for the per-queue choice).

@@ -25,7 +25,7 @@ import amqp
 from django.conf import settings
 from kombu import Connection
 
-from apps.eventbus.amqp_io import batched_writes, buffered_reads
+from apps.eventbus.amqp_io import BrokerHosts, batched_writes, buffered_reads
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ class ConfirmPublisher:
         declare: Callable[[Any], None] | None = None,
     ) -> None:
         self.broker_url = broker_url or settings.BROKER_URL
+        # Several hosts (a failover BROKER_URL): each reconnect starts at the next one.
+        self.hosts = BrokerHosts(self.broker_url)
         self.confirm_timeout = confirm_timeout
         self.connect_timeout = connect_timeout
         self.heartbeat = heartbeat
@@ -101,8 +103,7 @@ class ConfirmPublisher:
 
     def connect(self) -> None:
         self.close()
-        conn = Connection(self.broker_url, connect_timeout=self.connect_timeout, heartbeat=self.heartbeat)
-        conn.connect()
+        conn = self.hosts.connect(connect_timeout=self.connect_timeout, heartbeat=self.heartbeat)
         buffered_reads(conn)
         channel = conn.channel()
         if self.declare is not None:

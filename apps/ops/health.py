@@ -151,16 +151,17 @@ def _redis_ping(client: Any, timeout: float) -> None:
 
 
 def _broker_open(timeout: float) -> Any:
-    from kombu import Connection
+    from apps.eventbus.amqp_io import BrokerHosts
 
     # Socket read/write timeouts: a broker that stops answering fails the check, it does not hang the thread.
-    conn = Connection(
-        settings.BROKER_URL,
-        connect_timeout=timeout,
+    # A failover BROKER_URL is ready when any of its hosts answers (each tried once, within the timeout).
+    hosts = BrokerHosts(settings.BROKER_URL)
+    return hosts.connect(
+        timeout=timeout,
+        # A share each, so one black-holed node leaves the others time to answer.
+        connect_timeout=timeout / len(hosts.urls),
         transport_options={"read_timeout": timeout, "write_timeout": timeout},
     )
-    conn.ensure_connection(max_retries=1, timeout=timeout)
-    return conn
 
 
 def _broker_ping(conn: Any, timeout: float) -> None:

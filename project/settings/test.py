@@ -27,10 +27,17 @@ DATABASES["default"]["TEST"] = {"NAME": f"test_context_engine_{TEST_RUN_ID}"}
 DATABASES["default"]["CONN_MAX_AGE"] = 0
 
 TEST_VHOST = f"ce_test_{TEST_RUN_ID}"
-_broker = urlsplit(BROKER_URL)
+
+
+def _with_vhost(url: str, vhost: str) -> str:
+    """``url`` with its virtual host replaced; each URL of a failover (``;``-separated) list alike."""
+    parts = [urlsplit(part.strip()) for part in url.split(";") if part.strip()]
+    return ";".join(urlunsplit((p.scheme, p.netloc, "/" + vhost, "", "")) for p in parts)
+
+
 # TEST_BROKER_URL, when set, is used verbatim: a test pointing a process at a
 # private RabbitMQ node sets it (that node has only the default vhost).
-BROKER_URL = os.environ.get("TEST_BROKER_URL") or urlunsplit((_broker.scheme, _broker.netloc, "/" + TEST_VHOST, "", ""))
+BROKER_URL = os.environ.get("TEST_BROKER_URL") or _with_vhost(BROKER_URL, TEST_VHOST)
 CELERY_BROKER_URL = BROKER_URL
 
 REDIS_KEY_PREFIX = f"ce_test_{TEST_RUN_ID}"

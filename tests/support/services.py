@@ -86,6 +86,11 @@ class PrivateRabbitMQ:
     port: int = field(default_factory=free_port)
     dist_port: int = field(default_factory=free_port)
     workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="ce-rabbit-"))
+    # Hooks for a cluster of private nodes (tests/support/rabbit_cluster.py); empty: a plain node.
+    # Lines appended to rabbitmq.conf.
+    extra_config: str = ""
+    # RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS (e.g. fewer schedulers for a small node).
+    erl_args: str = ""
 
     def __post_init__(self) -> None:
         self.nodename = f"ce{self.port}@localhost"
@@ -111,13 +116,20 @@ class PrivateRabbitMQ:
             RABBITMQ_PID_FILE=str(base / "rabbit.pid"),
             RABBITMQ_CONFIG_FILE=str(base / "rabbitmq"),
         )
+        if self.erl_args:
+            env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] = self.erl_args
         return env
+
+    @property
+    def pid_file(self) -> Path:
+        """Where the node writes its Erlang VM's pid (RABBITMQ_PID_FILE)."""
+        return Path(self.workdir) / "rabbit.pid"
 
     def start(self, *, timeout: float = 60.0) -> None:
         base = Path(self.workdir)
         (base / "enabled_plugins").write_text("[].\n")
         # Keep the node small and quiet; no management plugin needed.
-        (base / "rabbitmq.conf").write_text("loopback_users = none\n")
+        (base / "rabbitmq.conf").write_text("loopback_users = none\n" + self.extra_config)
         for path in base.iterdir():
             shutil.chown(path, user="rabbitmq", group="rabbitmq")
         subprocess.run(

@@ -38,7 +38,7 @@ from kombu import Connection
 
 from apps.common.backoff import backoff_delay
 from apps.common.logging import correlation_id, set_correlation_id
-from apps.eventbus.amqp_io import buffered_reads
+from apps.eventbus.amqp_io import BrokerHosts, buffered_reads
 from apps.eventbus.contracts import ContractError, Event, event_parse
 from apps.eventbus.hooks import hooks
 from apps.eventbus.messages import (
@@ -130,6 +130,8 @@ class SubscriberRunner:
         if not subscribers:
             raise ValueError("no subscribers to run")
         self.broker_url = broker_url or settings.BROKER_URL
+        # Several hosts (a failover BROKER_URL): each reconnect starts at the next one.
+        self.hosts = BrokerHosts(self.broker_url)
         self.max_wait = max_wait
         self.heartbeat = heartbeat
         self.slots = {s.name: _Slot(subscriber=s) for s in subscribers}
@@ -141,8 +143,7 @@ class SubscriberRunner:
     # --- broker -------------------------------------------------------------
     def connect(self) -> None:
         self.close()
-        conn = Connection(self.broker_url, connect_timeout=5, heartbeat=self.heartbeat)
-        conn.connect()
+        conn = self.hosts.connect(connect_timeout=5, heartbeat=self.heartbeat)
         buffered_reads(conn)
         for slot in self.slots.values():
             sub = slot.subscriber
@@ -155,7 +156,9 @@ class SubscriberRunner:
             channel.basic_consume(queue=queue_name(sub), callback=self._receiver(slot), no_ack=False)
             slot.channel, slot.messages = channel, []
         self._conn = conn
-        logger.info("subscribers connected", extra={"subscribers": sorted(self.slots)})
+        logger.info(
+            "subscribers connected", extra={"subscribers": sorted(self.slots), "broker": self.hosts.current_host}
+        )
 
     def close(self, *, broken: bool = False) -> None:
         """Close the connection; a ``broken`` one is dropped without the AMQP close handshake,

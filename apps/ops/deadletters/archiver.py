@@ -25,6 +25,7 @@ from kombu import Queue as KombuQueue
 from kombu.mixins import ConsumerMixin
 
 from apps.common.exceptions import ValidationFailed
+from apps.eventbus.amqp_io import FAILOVER_STRATEGY, BrokerHosts
 from apps.eventbus.queues import DEAD_LETTER_QUEUES, dead_letter_queue, declare_topology, subscriber_queue_name
 from apps.eventbus.subscribers import registered_subscribers
 from apps.ops.deadletters.selectors import dead_letter_list
@@ -113,7 +114,7 @@ def dead_letter_queue_drain(*, queue: str, limit: int | None = None, broker_url:
     Each message is acked after its row commits. Returns how many were archived.
     """
     archived = 0
-    with Connection(broker_url or settings.BROKER_URL) as conn:
+    with BrokerHosts(broker_url or settings.BROKER_URL).connect() as conn:
         dlq = dead_letter_queue(queue)(conn.channel())
         dlq.declare()
         while limit is None or archived < limit:
@@ -159,6 +160,11 @@ def _dlq_name(message: Message, routing_key: str) -> str:
 
 
 def run_archiver(*, broker_url: str, stop_event: threading.Event | None = None) -> None:
-    """Run until ``stop_event`` is set (or forever); reconnects by itself after a broker restart."""
-    with Connection(broker_url, heartbeat=30) as connection:
+    """Run until ``stop_event`` is set (or forever); reconnects by itself after a broker restart.
+
+    A failover ``broker_url`` (``;``-separated hosts) is kombu's own: ConsumerMixin
+    reconnects through ``ensure_connection`` on a clone of this connection, which
+    keeps the alternates and moves to the next host after each failed attempt.
+    """
+    with Connection(broker_url, heartbeat=30, failover_strategy=FAILOVER_STRATEGY) as connection:
         DeadLetterArchiver(connection, stop_event=stop_event).run()

@@ -63,6 +63,7 @@ from urllib.parse import quote, urlsplit
 from celery import current_app
 from django.conf import settings
 
+from apps.eventbus.amqp_io import BrokerHosts, broker_urls
 from apps.eventbus.messages import HEADER_PUBLISHED_AT
 from apps.eventbus.queues import Queue, dead_letter_queue_name, subscriber_queue_name
 from apps.eventbus.subscribers import registered_subscribers
@@ -205,18 +206,17 @@ class BrokerQueue:
 def broker_queue_counts(names: list[str], *, broker_url: str | None = None, timeout: float = 2.0) -> list[BrokerQueue]:
     """Depth and consumers of each queue by passive ``queue.declare`` (nothing is created)."""
     from amqp.exceptions import NotFound
-    from kombu import Connection
 
     results: list[BrokerQueue] = []
-    with Connection(
-        broker_url or settings.BROKER_URL,
+    # A failover BROKER_URL: any node of the cluster answers for every queue.
+    with BrokerHosts(broker_url or settings.BROKER_URL).connect(
+        timeout=timeout,
         connect_timeout=timeout,
         transport_options={
             "read_timeout": timeout,
             "write_timeout": timeout,
         },
     ) as conn:
-        conn.ensure_connection(max_retries=1, timeout=timeout)
         channel = conn.channel()
         try:
             for name in names:
@@ -234,25 +234,32 @@ def broker_queue_counts(names: list[str], *, broker_url: str | None = None, time
 
 
 def management_queue_info(name: str, *, timeout: float = 2.0) -> dict[str, Any] | None:
-    """The management API's view of one queue when ``RABBITMQ_MANAGEMENT_URL`` is set, else ``None``."""
-    base = settings.RABBITMQ_MANAGEMENT_URL
-    if not base:
+    """The management API's view of one queue when ``RABBITMQ_MANAGEMENT_URL`` is set, else ``None``.
+
+    For a cluster ``RABBITMQ_MANAGEMENT_URL`` may list several nodes' APIs
+    (``;``-separated, like a failover ``BROKER_URL``): each serves the whole
+    cluster, so the first that answers is used. The vhost and credentials come
+    from the first URL of ``BROKER_URL`` (every node of one cluster shares them).
+    """
+    bases = [b.strip() for b in settings.RABBITMQ_MANAGEMENT_URL.split(";") if b.strip()]
+    if not bases:
         return None
     import base64
     import urllib.request
 
-    broker = urlsplit(settings.BROKER_URL)
+    broker = urlsplit(broker_urls(settings.BROKER_URL)[0])
     vhost = broker.path[1:] if broker.path not in ("", "/") else "/"
-    url = f"{base.rstrip('/')}/api/queues/{quote(vhost, safe='')}/{quote(name, safe='')}"
     credentials = f"{broker.username or 'guest'}:{broker.password or 'guest'}".encode()
     auth = {"Authorization": "Basic " + base64.b64encode(credentials).decode()}
-    request = urllib.request.Request(url, headers=auth)  # noqa: S310 - operator-configured URL
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - operator-configured URL
-            return json.loads(response.read())
-    except Exception:  # without Redis we still answer depth and consumers
-        logger.info("management API unavailable for %s", name, exc_info=True)
-        return None
+    for base in bases:
+        url = f"{base.rstrip('/')}/api/queues/{quote(vhost, safe='')}/{quote(name, safe='')}"
+        request = urllib.request.Request(url, headers=auth)  # noqa: S310 - operator-configured URL
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - operator-configured URL
+                return json.loads(response.read())
+        except Exception:  # without the management API we still answer depth and consumers
+            logger.info("management API unavailable for %s at %s", name, base, exc_info=True)
+    return None
 
 
 # --- Samples, rates, ages ---------------------------------------------------------------
