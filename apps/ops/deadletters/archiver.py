@@ -25,6 +25,7 @@ from kombu import Queue as KombuQueue
 from kombu.mixins import ConsumerMixin
 
 from apps.common.exceptions import ValidationFailed
+from apps.common.metrics import DEAD_LETTERS_ARCHIVED
 from apps.eventbus.amqp_io import FAILOVER_STRATEGY, BrokerHosts
 from apps.eventbus.queues import DEAD_LETTER_QUEUES, dead_letter_queue, declare_topology, subscriber_queue_name
 from apps.eventbus.subscribers import registered_subscribers
@@ -97,6 +98,8 @@ def _archive(message: Message, dead_letter_queue_name: str) -> None:
         headers=message.headers,
         properties=dict(message.properties),
     )
+    if created:  # a redelivered message maps onto its row: counted once
+        DEAD_LETTERS_ARCHIVED.labels(queue=dead_letter.queue, reason=dead_letter.reason).inc()
     logger.info(
         "dead letter archived" if created else "dead letter already archived",
         extra={
