@@ -48,7 +48,7 @@ import psycopg
 from django.db import DatabaseError, connection, transaction
 
 from apps.common.backoff import backoff_delay
-from apps.common.metrics import OUTBOX_PUBLISHED
+from apps.common.metrics import OUTBOX_PUBLISH_FAILURES, OUTBOX_PUBLISH_LAG, OUTBOX_PUBLISHED
 from apps.eventbus.messages import BROKER_HEARTBEAT_S
 from apps.eventbus.models import OutboxMessage
 from apps.eventbus.publisher import ConfirmPublisher, OutgoingMessage
@@ -70,8 +70,16 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _count_published(n: int) -> None:
-    OUTBOX_PUBLISHED.inc(n)
+def _count_batch(result: BatchResult, lags: list[float]) -> None:
+    """After the batch committed: rows published (and each one's lag since its insert), rows failed."""
+    if result.published:
+        OUTBOX_PUBLISHED.inc(result.published)
+    for lag in lags:
+        OUTBOX_PUBLISH_LAG.observe(max(lag, 0.0))
+    if result.parked:
+        OUTBOX_PUBLISH_FAILURES.labels(outcome="parked").inc(result.parked)
+    if result.failed > result.parked:
+        OUTBOX_PUBLISH_FAILURES.labels(outcome="retry").inc(result.failed - result.parked)
 
 
 @dataclass
@@ -231,13 +239,16 @@ class OutboxRelay:
                 logger.warning("relay crash hook: SIGKILL after publish, before mark", extra={"rows": len(rows)})
                 os.kill(os.getpid(), signal.SIGKILL)
             ok_ids = [r.id for r in rows if r.id not in failures]
+            lags: list[float] = []
             with connection.cursor() as cursor:
                 if ok_ids:
                     cursor.execute(
                         "UPDATE eventbus_outboxmessage SET status = 'published', published_at = clock_timestamp(),"
-                        " attempts = attempts + 1 WHERE id = ANY(%s)",
+                        " attempts = attempts + 1 WHERE id = ANY(%s)"
+                        " RETURNING EXTRACT(EPOCH FROM published_at - created_at)",
                         [ok_ids],
                     )
+                    lags = [float(row[0]) for row in cursor.fetchall()]
                 for row in rows:
                     if row.id not in failures:
                         continue
@@ -276,8 +287,7 @@ class OutboxRelay:
             result.failed = len(failures)
             result.failures = failures
         self.published_total += result.published
-        if result.published:
-            _count_published(result.published)
+        _count_batch(result, lags)
         return result
 
     def run(self, *, once: bool = False) -> None:

@@ -22,35 +22,21 @@ Two kinds of figures:
 
 from __future__ import annotations
 
-import hmac
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from socketserver import ThreadingMixIn
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from celery import signals
-from django.conf import settings
-from prometheus_client import REGISTRY as DEFAULT_REGISTRY
-from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
+from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from apps.common.metrics import multiprocess_dir
+from apps.common.metrics import metrics_bearer_ok, metrics_serve, process_metrics_serve, process_registry
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class _DefaultRegistryCollector(Collector):
-    """This process's own metrics (single-process mode)."""
-
-    def collect(self) -> Iterator[Any]:
-        yield from DEFAULT_REGISTRY.collect()
 
 
 def _scrape_read(what: str, read: Callable[[], T]) -> T | None:
@@ -71,6 +57,7 @@ class ScrapeCollector(Collector):
         yield from self._dead_letters()
         yield from self._outbox()
         yield from self._cache()
+        yield from self._batch_jobs()
         duration = GaugeMetricFamily(
             "ce_scrape_collect_seconds", "Time the scrape-time collectors took (RabbitMQ, PostgreSQL, Redis reads)."
         )
@@ -173,6 +160,41 @@ class ScrapeCollector(Collector):
         yield hits
         yield misses
 
+    def _batch_jobs(self) -> Iterator[Any]:
+        """Each job's last success (from its ``JobRun`` rows, so it survives restarts and counts ``run_job``
+        runs too) and its schedule's interval: together they say a job has not succeeded for too long."""
+        from workers.batch.beat import schedule_intervals
+
+        last = _scrape_read("batch job last success", _job_last_success)
+        if last is not None:
+            family = GaugeMetricFamily(
+                "ce_batch_job_last_success_timestamp_seconds",
+                "Unix time the job's last successful run finished (absent until one has).",
+                labels=["job"],
+            )
+            for job, timestamp in sorted(last.items()):
+                family.add_metric([job], timestamp)
+            yield family
+        intervals = _scrape_read("beat schedule intervals", schedule_intervals)
+        if intervals is not None:
+            family = GaugeMetricFamily(
+                "ce_batch_job_schedule_interval_seconds",
+                "Seconds between the job's scheduled runs (enabled beat schedules; the shortest when several).",
+                labels=["job"],
+            )
+            for job, seconds in sorted(intervals.items()):
+                family.add_metric([job], seconds)
+            yield family
+
+
+def _job_last_success() -> dict[str, float]:
+    from django.db.models import Max
+
+    from apps.batch.selectors import job_run_list
+
+    rows = job_run_list(status="succeeded").order_by().values("job_name").annotate(last=Max("finished_at"))
+    return {row["job_name"]: row["last"].timestamp() for row in rows if row["last"] is not None}
+
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     for key, value in data.items():
@@ -185,12 +207,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]
 
 def metrics_render(*, include_scrape: bool = True) -> bytes:
     """The text exposition ``/metrics`` serves."""
-    registry = CollectorRegistry(auto_describe=False)
-    path = multiprocess_dir()
-    if path:
-        MultiProcessCollector(registry, path=path)
-    else:
-        registry.register(_DefaultRegistryCollector())
+    registry = process_registry()
     if include_scrape:
         registry.register(ScrapeCollector())
     return generate_latest(registry)
@@ -198,52 +215,14 @@ def metrics_render(*, include_scrape: bool = True) -> bytes:
 
 @signals.worker_ready.connect(weak=False)
 def _serve_worker_metrics(**_: Any) -> None:
-    if settings.METRICS_PORT:
-        worker_metrics_serve(port=settings.METRICS_PORT)
+    process_metrics_serve(role="worker")
 
 
-def metrics_bearer_ok(authorization: str) -> bool:
-    """May this ``Authorization`` header read metrics: no ``METRICS_TOKEN`` set, or ``Bearer <that token>``."""
-    token = settings.METRICS_TOKEN
-    if not token:
-        return True
-    given = authorization.removeprefix("Bearer ").strip()
-    return hmac.compare_digest(given.encode(), token.encode())
+@signals.beat_init.connect(weak=False)
+def _serve_beat_metrics(**_: Any) -> None:
+    process_metrics_serve(role="beat")
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """Scrapes every few seconds are not worth a log line each."""
-
-
-_UNAUTHORIZED = b'{"code": "not_authenticated", "message": "A valid metrics bearer token is required.", "details": {}}'
-
-
-def worker_metrics_serve(*, port: int) -> WSGIServer:
-    """Serve this host's merged multi-process metrics on ``port`` (Celery workers in their own containers).
-
-    The web instances' ``/metrics`` covers processes sharing their directory;
-    a worker container has its own, so its main process serves it (``METRICS_PORT``),
-    behind the same bearer token as the web's ``/metrics`` when ``METRICS_TOKEN`` is set.
-    """
-    registry = CollectorRegistry(auto_describe=False)
-    path = multiprocess_dir()
-    if path:
-        MultiProcessCollector(registry, path=path)
-    else:
-        registry.register(_DefaultRegistryCollector())
-    metrics_app = make_wsgi_app(registry)
-
-    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if not metrics_bearer_ok(environ.get("HTTP_AUTHORIZATION", "")):
-            start_response("401 Unauthorized", [("Content-Type", "application/json")])
-            return [_UNAUTHORIZED]
-        return metrics_app(environ, start_response)
-
-    server = make_server("", port, guarded, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
-    threading.Thread(target=server.serve_forever, name="worker-metrics", daemon=True).start()
-    return server
+# The names callers know (the web's /metrics view, the tests); both live in apps.common.metrics now.
+worker_metrics_serve = metrics_serve
+__all__ = ["metrics_bearer_ok", "metrics_render", "worker_metrics_serve"]

@@ -1,4 +1,10 @@
-"""``python manage.py run_event_subscribers [NAME ...]``: consume the event subscribers' queues."""
+"""``python manage.py run_event_subscribers [NAME ...]``: consume the event subscribers' queues.
+
+With ``METRICS_PORT`` set it serves its metrics there: events applied, duplicates
+and dead-lettered (``ce_subscriber_events_total``), broker reconnects, database waits.
+They are recorded from the runner's own tallies (``MeteredRunnerStats``), so the
+runner keeps no metrics code of its own.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,35 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.module_loading import import_string
 
+from apps.common.metrics import (
+    SUBSCRIBER_BROKER_RECONNECTS,
+    SUBSCRIBER_DATABASE_WAITS,
+    SUBSCRIBER_EVENTS,
+    process_metrics_serve,
+)
 from apps.eventbus.subscribers import registered_subscribers
-from apps.eventbus.subscribers.runner import SubscriberRunner
+from apps.eventbus.subscribers.runner import RunnerStats, SubscriberRunner
+
+# Each tally of the runner, and the counter a rise of it increments.
+_COUNTERS = {
+    "applied": SUBSCRIBER_EVENTS.labels(outcome="applied"),
+    "duplicates": SUBSCRIBER_EVENTS.labels(outcome="duplicate"),
+    "dead_lettered": SUBSCRIBER_EVENTS.labels(outcome="dead_lettered"),
+    "broker_reconnects": SUBSCRIBER_BROKER_RECONNECTS,
+    "database_waits": SUBSCRIBER_DATABASE_WAITS,
+}
+
+
+class MeteredRunnerStats(RunnerStats):
+    """The runner's tallies; every rise of one is also counted in its Prometheus counter."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        counter = _COUNTERS.get(name)
+        if counter is not None:
+            rise = value - getattr(self, name, 0)
+            if rise > 0:
+                counter.inc(rise)
+        super().__setattr__(name, value)
 
 
 class Command(BaseCommand):
@@ -46,12 +79,14 @@ class Command(BaseCommand):
         except ImportError as exc:
             raise CommandError(str(exc)) from exc
         runner = SubscriberRunner(subscribers=[cls() for cls in classes], max_wait=options["max_wait"])
+        runner.stats = MeteredRunnerStats()
 
         def stop(signum: int, frame: Any) -> None:
             runner.stop_event.set()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        process_metrics_serve(role="subscribers")
         runner.connect()
         self.stdout.write(f"subscribers ready: {', '.join(sorted(runner.slots))}")
         self.stdout.flush()

@@ -1,4 +1,7 @@
-"""``python manage.py run_outbox_relay``: publish committed outbox rows (several may run at once)."""
+"""``python manage.py run_outbox_relay``: publish committed outbox rows (several may run at once).
+
+With ``METRICS_PORT`` set it serves its metrics there (rows published, their lag, failures).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from apps.common.metrics import process_metrics_serve
 from apps.eventbus.relay import OutboxRelay
 
 
@@ -40,6 +44,7 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        process_metrics_serve(role="relay")
         self.stdout.write("outbox relay started", ending="\n")
         self.stdout.flush()
         relay.run(once=options["once"])

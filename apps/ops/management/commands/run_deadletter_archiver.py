@@ -1,4 +1,7 @@
-"""``python manage.py run_deadletter_archiver``: drain every ``*.dlq`` into DeadLetter rows."""
+"""``python manage.py run_deadletter_archiver``: drain every ``*.dlq`` into DeadLetter rows.
+
+With ``METRICS_PORT`` set it serves its metrics there (``ce_dead_letters_archived_total``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from apps.common.metrics import process_metrics_serve
 from apps.ops.deadletters.archiver import run_archiver
 
 
@@ -23,6 +27,7 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
+        process_metrics_serve(role="archiver")
         self.stdout.write("dead-letter archiver started")
         run_archiver(broker_url=settings.BROKER_URL, stop_event=stop)
         self.stdout.write("dead-letter archiver stopped")
