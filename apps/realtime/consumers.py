@@ -15,6 +15,7 @@ import random
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
@@ -206,9 +207,34 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 "heartbeat_s": settings.PRESENCE_HEARTBEAT_S,
             }
         )
+        await self._resume_at_connect(last_seq)
         if joined:
             await self._broadcast_presence("join", state="active")
         self._heartbeat = asyncio.ensure_future(self._heartbeat_loop())
+
+    async def _resume_at_connect(self, last_seq: int) -> None:
+        """``?after_seq=N`` on the handshake: replay (N, last_seq] before any live event.
+
+        A reconnecting client should resume this way rather than with a
+        ``resume`` frame: live events queue behind this handler (channels
+        dispatches serially), so the client gets every event once and in
+        order. A ``resume`` frame arrives after live events may have been sent,
+        and replays what it asks for, those included.
+        """
+        values = parse_qs((self.scope.get("query_string") or b"").decode("latin-1")).get("after_seq")
+        if not values:
+            return
+        raw = values[0]
+        after_seq = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 18 else -1
+        if after_seq < 0:
+            await self._error("invalid", "after_seq must be a non-negative integer.", {"after_seq": raw[:40]})
+        elif after_seq > last_seq:
+            await self._error(
+                "invalid", "after_seq is ahead of the session.", {"after_seq": after_seq, "last_seq": last_seq}
+            )
+        elif after_seq < last_seq:
+            self.delivered_seq = after_seq
+            await self._fill(after_seq=after_seq, upto_seq=last_seq)
 
     async def _refuse(self, code: int, subprotocol: str | None) -> None:
         # Accept first: a close before accept becomes an HTTP 403 and the

@@ -246,7 +246,9 @@
   function connect() {
     clearTimeout(state.reconnectTimer);
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const url = scheme + "//" + location.host + "/ws/sessions/" + state.sessionId + "/";
+    // after_seq: the server replays what we missed before any live event, so each arrives once, in order.
+    const resume = state.lastSeq > 0 ? "?after_seq=" + state.lastSeq : "";
+    const url = scheme + "//" + location.host + "/ws/sessions/" + state.sessionId + "/" + resume;
     // The token goes in a subprotocol, never in the URL (URLs end up in logs).
     const socket = new WebSocket(url, [SUBPROTOCOL, "token." + state.token]);
     state.socket = socket;
@@ -294,8 +296,8 @@
         setAiState(frame.ai_state);
         for (const user of frame.typing || []) state.typingUntil[user] = Date.now() + 5000;
         renderTyping();
-        // Everything after hello.last_seq arrives live; what we missed up to it comes by resume.
-        if (frame.last_seq > state.lastSeq) send({ type: "resume", after_seq: state.lastSeq });
+        // Everything after hello.last_seq arrives live; what we missed up to it was asked for
+        // by the URL's after_seq and follows this frame.
         break;
       case "event":
         appendEvent(frame);

@@ -265,6 +265,36 @@ def test_resume_replays_any_gap_in_order_then_continues_live(room, settings):
     async_to_sync(scenario)()
 
 
+def test_after_seq_on_the_handshake_replays_the_gap_before_any_live_event(room):
+    """The reconnect path: (after_seq, last_seq] follows hello, then live events, each once and in order."""
+
+    async def scenario():
+        await append_events(room["session"], room["alice"], *[f"e{i}" for i in range(1, 11)])
+        bob = await open_client(room["sid"], path=f"/ws/sessions/{room['sid']}/?token={room['bob_token']}&after_seq=6")
+        assert bob.hello["last_seq"] == 10
+        await append_events(room["session"], room["alice"], "live")
+        seqs = [e["seq"] for e in await bob.events(5)]
+        assert seqs == [7, 8, 9, 10, 11]
+        assert await bob.nothing()
+        await bob.close()
+
+    async_to_sync(scenario)()
+
+
+def test_a_bad_after_seq_on_the_handshake_is_an_error_and_the_socket_goes_on_live(room):
+    async def scenario():
+        await append_events(room["session"], room["alice"], "one", "two")
+        for bad in ("-1", "x", "3.5", "99", "1" * 40):
+            client = await open_client(
+                room["sid"], path=f"/ws/sessions/{room['sid']}/?token={room['bob_token']}&after_seq={bad}"
+            )
+            assert (await client.recv_type("error"))["code"] == "invalid", bad
+            assert await client.nothing()
+            await client.close()
+
+    async_to_sync(scenario)()
+
+
 def test_a_replay_page_stops_before_its_byte_cap_and_the_next_one_goes_on(room, settings):
     # given 20 events of about 5 KB and replay pages of 500 events but 20 KB
     from apps.context.services import EventInput, context_event_append
