@@ -96,6 +96,11 @@ class ConfirmPublisher:
         return self._conn is not None
 
     @property
+    def host(self) -> str | None:
+        """``host:port`` of the node this publisher is (or was last) connected to."""
+        return self.hosts.current_host
+
+    @property
     def channel(self) -> Any:
         if self._channel is None:
             raise RuntimeError("the publisher is not connected")
@@ -179,7 +184,22 @@ class ConfirmPublisher:
                 failures[index] = self._returned[message_id]
             elif tag in self._nacked:
                 failures[index] = "nacked by the broker"
+        if self._nacked:
+            self._drop_after_nack()
         return failures
+
+    def _drop_after_nack(self) -> None:
+        """A nack: a queue the message was routed to could not take it. Reconnect before the next batch.
+
+        A channel opened while a quorum queue was electing a new leader (a
+        connection re-made right after its cluster node died) went on nacking
+        every publish to that queue: 119 batches in 15 s on RabbitMQ 3.10, while
+        a fresh connection a moment later published at once (the cluster
+        failover test). Closing here makes the caller's next ``connected``
+        check false, so the retry goes out on a new connection and channel.
+        """
+        logger.warning("broker nacked a publish; reconnecting before the next batch", extra={"broker": self.host})
+        self.close()
 
     def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
         if multiple:

@@ -207,8 +207,8 @@ class RabbitCluster:
         return found[-1]
 
     def connections_on(self, name: str, *, vhost: str = "/") -> list[dict[str, object]]:
-        """Client connections a node holds in ``vhost`` (``user``, ``peer_port``, ``client_properties``)."""
-        out = self.ctl(
-            name, "list_connections", "vhost", "peer_port", "client_properties", "--formatter", "json", "--quiet"
-        )
-        return [row for row in json.loads(out or "[]") if row.get("vhost") == vhost]
+        """Client connections node ``name`` itself holds in ``vhost`` (``list_connections`` lists the
+        whole cluster's; ``port``, the server side, names the node's own listener)."""
+        port = self.node(name).port
+        out = self.ctl(name, "list_connections", "port", "vhost", "peer_port", "--formatter", "json", "--quiet")
+        return [row for row in json.loads(out or "[]") if row.get("vhost") == vhost and row.get("port") == port]
