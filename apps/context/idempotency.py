@@ -19,8 +19,9 @@ A key is owned by the request holding it, for as long as that request lives:
 - A row left ``in_progress`` is taken over only when its holder is provably
   gone: nobody holds the advisory lock (PostgreSQL drops it when the holder's
   connection ends: a crash, a kill, a lost network) *and* the row is older than
-  ``IDEMPOTENCY_LOCK_TIMEOUT_S`` (60 s; the margin for a process of an older
-  release, which wrote rows without holding the lock). The lock and the work
+  ``IDEMPOTENCY_LOCK_TIMEOUT_S`` (5 s; a margin for a row written without the
+  lock, which no current release does: a client retrying after a crash waits
+  that long, so it is short). The lock and the work
   share one connection, so a holder whose lock is gone cannot commit its work.
 """
 

@@ -334,7 +334,7 @@ IDEMPOTENCY_KEY_TTL_S = env.get_int("IDEMPOTENCY_KEY_TTL_S", 24 * 3600)
 # A key in_progress is taken over only when its holder is gone (its PostgreSQL
 # advisory lock released: apps/context/idempotency.py) and it is this old; a live
 # holder keeps it however long it runs (repeats get 409).
-IDEMPOTENCY_LOCK_TIMEOUT_S = env.get_int("IDEMPOTENCY_LOCK_TIMEOUT_S", 60)
+IDEMPOTENCY_LOCK_TIMEOUT_S = env.get_int("IDEMPOTENCY_LOCK_TIMEOUT_S", 5)
 EVENT_DATA_MAX_BYTES = env.get_int("EVENT_DATA_MAX_BYTES", 65_536)
 SNAPSHOT_RECENT_EVENTS = env.get_int("SNAPSHOT_RECENT_EVENTS", 50)
 # A page of GET .../events/ stops before it passes this many bytes (estimated
