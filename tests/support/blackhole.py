@@ -46,7 +46,12 @@ class BlackholeProxy:
                 client, _ = self._server.accept()  # type: ignore[union-attr]
             except (TimeoutError, OSError):
                 continue
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+            except OSError:  # the upstream is down (restarting): refuse this one, as it would
+                client.close()
+                continue
+            upstream.settimeout(None)
             alive = threading.Event()
             alive.set()
             self._live.append(alive)
