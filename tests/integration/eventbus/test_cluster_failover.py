@@ -7,6 +7,9 @@ outbox in transactions while the node that leads ``events.activity`` (a
 quorum queue with members on all three) and holds both processes' connections
 is SIGKILLed. Every committed event must be applied exactly once, and both
 processes must have reconnected to a surviving node without exiting.
+
+A real ``celery worker`` on the same kind of cluster runs a task published
+through the three-host URL after the node it was connected to is killed.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from apps.eventbus import contracts
 from apps.eventbus.models import OutboxMessage, ProcessedEvent
 from apps.eventbus.services import outbox_event_add
 from tests.integration.eventbus.conftest import wait_until
+from tests.integration.workers.conftest import Starter, probe_key
 from tests.support.rabbit_cluster import RabbitCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -141,3 +145,47 @@ def test_killing_the_leader_of_the_busiest_queue_loses_and_duplicates_no_event(
     assert relay.popen.poll() is None, relay.output()[-3000:]
     assert "subscribers: broker error" in subscribers.output()
     assert "relay broker error" in relay.output()
+
+
+@pytest.fixture
+def celery_workers(tmp_path):
+    starter = Starter(tmp_path)
+    yield starter
+    starter.stop_all()
+
+
+def _send_record(url: str, *, tag: str, item: str) -> None:
+    """``test.record`` published the way the platform publishes tasks (Celery, confirms on), through ``url``."""
+    from project.celery import app
+
+    with app.connection_for_write(url=url) as conn:
+        conn.ensure_connection(max_retries=len(url.split(";")))
+        app.send_task("test.record", kwargs={"tag": tag, "item": item}, connection=conn)
+
+
+def test_celery_worker_runs_a_task_after_the_node_it_was_connected_to_is_killed(cluster, celery_workers):
+    import redis
+
+    rds = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+    url = cluster.url()
+    worker = celery_workers("worker", name="cluster", queues="ai.batch", broker_url=url)
+    connected = [name for name in cluster.names if cluster.connections_on(name)]
+    print(f"worker connected to {connected}; ai.batch leader {cluster.leader_of('ai.batch')}")
+    assert connected == [cluster.names[0]], "the first listed node"
+    _send_record(url, tag="cf", item="before")
+    wait_until(lambda: rds.sismember(probe_key("cf", "done"), "before"), timeout=30, what="the task before the kill")
+
+    victim = connected[0]
+    cluster.kill(victim)
+    cluster.wait_leader_elsewhere("ai.batch", not_on=victim)
+    wait_until(
+        lambda: any(cluster.connections_on(name) for name in cluster.alive()),
+        timeout=60,
+        what="the worker reconnected to a surviving node",
+    )
+    _send_record(url, tag="cf", item="after")
+
+    wait_until(lambda: rds.sismember(probe_key("cf", "done"), "after"), timeout=60, what="the task after the kill")
+    assert rds.lrange(probe_key("cf", "runs"), 0, -1) == ["before", "after"]
+    assert worker.process.poll() is None, worker.log()[-3000:]
+    rds.close()
