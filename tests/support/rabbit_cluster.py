@@ -189,7 +189,8 @@ class RabbitCluster:
         return str(self.queue_info(queue, vhost=vhost)["leader"])
 
     def members_of(self, queue: str, *, vhost: str = "/") -> list[str]:
-        return sorted(self.queue_info(queue, vhost=vhost)["members"])  # type: ignore[call-overload]
+        members = self.queue_info(queue, vhost=vhost)["members"]
+        return sorted(str(m) for m in members) if isinstance(members, list) else []
 
     def wait_leader_elsewhere(self, queue: str, *, not_on: str, vhost: str = "/", timeout: float = 60.0) -> str:
         """Wait until the queue has a leader on a node other than ``not_on`` (a new election after a kill)."""
