@@ -42,16 +42,19 @@ case "$ROLE" in
         exec python -m project.serve "$@"
         ;;
     worker-realtime)
+        # --without-mingle/--without-gossip: no start-up hello broadcast and no gossip
+        # between workers; each is a blocking publish that a dead network path can hang
+        # (workers/deadletter/watchdog.py). Revocations still reach workers by broadcast.
         exec celery -A project worker -Q ai.realtime -n "realtime@%h" --pool threads \
-            --concurrency "${REALTIME_CONCURRENCY:-8}" --loglevel "${LOG_LEVEL:-INFO}" "$@"
+            --concurrency "${REALTIME_CONCURRENCY:-8}" --without-mingle --without-gossip --loglevel "${LOG_LEVEL:-INFO}" "$@"
         ;;
     worker-batch)
         exec celery -A project worker -Q ai.batch,maintenance -n "batch@%h" \
-            --concurrency "${BATCH_CONCURRENCY:-2}" --loglevel "${LOG_LEVEL:-INFO}" "$@"
+            --concurrency "${BATCH_CONCURRENCY:-2}" --without-mingle --without-gossip --loglevel "${LOG_LEVEL:-INFO}" "$@"
         ;;
     worker-training)
         exec celery -A project worker -Q ai.training -n "training@%h" --concurrency 1 \
-            --loglevel "${LOG_LEVEL:-INFO}" "$@"
+            --without-mingle --without-gossip --loglevel "${LOG_LEVEL:-INFO}" "$@"
         ;;
     relay)
         exec python manage.py run_outbox_relay "$@"

@@ -96,7 +96,13 @@ app.conf.update(
     # moves to the next after each failed connection attempt, in the listed order
     # (shuffle would not spread load: kombu never shuffles the first host).
     broker_failover_strategy="round-robin",
-    broker_heartbeat=30,
+    # 10 s: a worker whose broker went silent (a black-holed path) notices within about 20 s
+    # (the loop's own check, or workers/deadletter/watchdog.py where the loop has none).
+    broker_heartbeat=10,
+    # A channel error on (re)connecting is retried, not fatal: after a partition the broker
+    # still holds the old connection's exclusive pidbox queue until it times that connection
+    # out (RESOURCE_LOCKED), and the worker used to exit on it.
+    broker_channel_error_retry=True,
     # Quorum queues have no global QoS; Celery then applies prefetch per
     # consumer (see PREFETCH_MULTIPLIER for the per-queue choice).
     worker_detect_quorum_queues=True,

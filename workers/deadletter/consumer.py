@@ -15,6 +15,8 @@ from typing import Any
 from celery import signals
 from celery.worker.consumer import Consumer
 
+from workers.deadletter.watchdog import BrokerWatchdog
+
 logger = logging.getLogger("workers.deadletter")
 
 
@@ -45,6 +47,8 @@ def _reject(message: Any, errors: tuple) -> None:
 
 
 class DeadLetteringConsumer(Consumer):
+    watchdog: BrokerWatchdog | None = None
+
     def connect(self) -> Any:
         """Declare exchanges, work queues and every ``*.dlq`` on each (re)connection.
 
@@ -60,6 +64,10 @@ class DeadLetteringConsumer(Consumer):
             declare_topology(channel)
         finally:
             channel.close()
+        if getattr(self, "watchdog", None) is None and self.amqheartbeat:
+            # A black-holed connection is dropped and replaced (workers/deadletter/watchdog.py).
+            self.watchdog = BrokerWatchdog(self, heartbeat=float(self.amqheartbeat))
+            self.watchdog.start()
         return connection
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
