@@ -36,6 +36,7 @@ from apps.context.validation import CLIENT_MSG_ID_MAX, event_input_from_frame
 from apps.realtime import presence, revocation
 from apps.realtime.auth import origin_allowed, selected_subprotocol
 from apps.realtime.broadcast import session_broadcast_async, session_group_name, user_group_name
+from apps.realtime.layer_health import layer_probe_ensure
 from apps.realtime.limits import StrikeCounter, TokenBucket
 
 logger = logging.getLogger(__name__)
@@ -178,6 +179,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await self._cleanup()
             return await self._refuse(CLOSE_TRY_AGAIN, subprotocol)
         await self.accept(subprotocol)
+        layer_probe_ensure()  # this loop's Redis connections are watched (apps/realtime/layer_health.py)
         WS_CONNECTIONS.inc()
         self._counted = True
         self._access_checked_at = time.monotonic()

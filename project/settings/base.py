@@ -372,6 +372,10 @@ WS_SEND_TIMEOUT_S = env.get_float("WS_SEND_TIMEOUT_S", 5.0)
 # Presence: each connection refreshes its entry every HEARTBEAT s; an entry not
 # refreshed for TTL s (a dead server process) is swept by any live connection.
 PRESENCE_HEARTBEAT_S = env.get_float("PRESENCE_HEARTBEAT_S", 10.0)
+# Every web process's event loop sends itself a message through the channel layer this
+# often and waits as long for it; when it does not come back, the loop's Redis connections
+# are dropped and made again (a black-holed path; apps/realtime/layer_health.py). 0: off.
+CHANNEL_LAYER_PROBE_S = env.get_float("CHANNEL_LAYER_PROBE_S", 5.0)
 PRESENCE_TTL_S = env.get_float("PRESENCE_TTL_S", 30.0)
 TYPING_TTL_S = env.get_float("TYPING_TTL_S", 5.0)
 # A worker that dies mid-request must not leave "generating" on forever.
