@@ -16,7 +16,7 @@ PYTEST_WORKERS ?= 2
 
 export WEB_HOST WEB_PORT
 
-.PHONY: up test setup install services migrate lint format bench clean
+.PHONY: up test test-chaos setup install services migrate lint format bench clean
 
 $(STAMP): $(REQ_FILES)
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -58,6 +58,14 @@ up: setup
 test: lint
 	$(BIN)/python -m project.bootstrap --for-tests
 	DJANGO_SETTINGS_MODULE=project.settings.test $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
+
+# The chaos suite in full (tests/chaos): every fault scenario three times against the whole
+# stack on private PostgreSQL, Redis and RabbitMQ, reckoned by the ledger. `make test` runs
+# its short profile; bench/chaos.py writes the table to bench/results/chaos.md.
+test-chaos: install
+	$(BIN)/python -m project.bootstrap --for-tests
+	CHAOS_PROFILE=full DJANGO_SETTINGS_MODULE=project.settings.test $(BIN)/python -m pytest -p no:xdist \
+		--timeout 600 -m chaos tests/chaos $(PYTEST_ARGS)
 
 # Lint: ruff (rules and format), the layer contract (import-linter, pyproject.toml),
 # and mypy held to its error budget (scripts/type_budget.json).
