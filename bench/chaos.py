@@ -29,7 +29,7 @@ if __name__ == "__main__":  # bench/ first on sys.path would let bench/queue.py 
 
 from bench._lib import support
 from tests.chaos.ledger import Tap, tap_declare
-from tests.chaos.report import chaos_table
+from tests.chaos.report import chaos_markdown, chaos_table
 from tests.chaos.scenarios import SCENARIOS, RunResult, scenario_run
 from tests.chaos.stack import ChaosStack
 
@@ -64,26 +64,13 @@ def main() -> int:
     table = chaos_table(results)
     print("\n".join(table))
     failed = [r for r in results if not r.passed]
-    lines = [
-        "# Chaos: nothing lost, nothing applied twice",
-        "",
-        f"`.venv/bin/python bench/chaos.py --repeat {args.repeat}` on {support.cpu_model()}, "
-        f"{time.strftime('%Y-%m-%d')}: {len(results)} runs in {total / 60:.1f} min, {len(failed)} failed.",
-        "",
-        "Each run: a fresh session, 2 REST appenders (Idempotency-Key, retried until acknowledged), 1 WebSocket",
-        "appender (client_msg_id), 2 listeners resuming on the handshake, canaries in ok/fail/crash modes; the",
-        "fault lands once 15 appends are acknowledged, the workload goes on 4 s, then the ledger reckons it",
-        "(tests/chaos/ledger.py). In flight: messages unacknowledged / ready in RabbitMQ and outbox rows pending",
-        "at the moment of the fault.",
-        "",
-        *table,
-        "",
-        "Scenarios: " + "; ".join(f"`{s.name}`: {s.what}" for s in SCENARIOS.values() if s.name in names) + ".",
-        "",
-    ]
-    if failed:
-        lines += ["Failed runs:", "", *[f"- {r.summary()}" for r in failed], ""]
-    support.write_results("chaos", "\n".join(lines))
+    text = chaos_markdown(
+        results,
+        command=f".venv/bin/python bench/chaos.py --repeat {args.repeat}",
+        total_s=total,
+        cpu=support.cpu_model(),
+    )
+    support.write_results("chaos", text)
     return 1 if failed else 0
 
 

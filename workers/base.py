@@ -19,7 +19,10 @@ What happens on an exception (first match wins):
 - ``fail_on`` (and ``PermanentError``, invalid arguments, oversized payload):
   the message is rejected without requeue: RabbitMQ dead-letters it into
   ``<queue>.dlq``; outcome ``dead_lettered``, reason ``rejected``.
-- ``retry_on`` (and ``TransientError``): retried with exponential backoff and
+- ``retry_on`` (and ``TransientError``, and a database that cannot be reached:
+  Django's ``OperationalError``/``InterfaceError``, a PostgreSQL restart or
+  failover; the chaos suite's ``restart-postgres`` dead-lettered good tasks
+  before): retried with exponential backoff and
   full jitter (native delayed delivery on quorum queues) while the attempt
   budget lasts; then dead-lettered with reason ``retries_exhausted``.
 - anything else: treated as permanent (dead-lettered); a bug is not transient.
@@ -58,6 +61,7 @@ from typing import Any
 import celery
 from celery import shared_task, signals
 from celery.exceptions import Ignore, Reject, Retry
+from django.db import InterfaceError, OperationalError
 
 from apps.common.backoff import backoff_delay
 from apps.common.logging import get_correlation_id, new_correlation_id, set_correlation_id
@@ -79,6 +83,8 @@ from apps.eventbus.queues import Queue, queue_for_task_name
 logger = logging.getLogger("workers.task")
 
 DEFAULT_MAX_ATTEMPTS = 5
+# The database is down or restarting: retried whatever the task declares (not a bug of the task).
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (OperationalError, InterfaceError)
 
 
 class PermanentError(Exception):
@@ -199,6 +205,8 @@ class BaseTask(celery.Task):
         if isinstance(exc, PermanentError) or (self.fail_on and isinstance(exc, self.fail_on)):
             return "fail"
         if isinstance(exc, TransientError) or (self.retry_on and isinstance(exc, self.retry_on)):
+            return "retry"
+        if isinstance(exc, DATABASE_UNAVAILABLE):
             return "retry"
         return "fail"
 

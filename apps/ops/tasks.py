@@ -21,7 +21,9 @@ class CanaryFailure(PermanentError):
     pass
 
 
-@task(name="ops.canary", queue=Queue.MAINTENANCE, max_attempts=1)
+# Three attempts: ``fail`` raises a PermanentError (dead-lettered at once, never retried);
+# the budget is for a database outage met on the way (retried, like any task's).
+@task(name="ops.canary", queue=Queue.MAINTENANCE, max_attempts=3)
 def canary(*, canary_id: str, mode: str, **kwargs: Any) -> None:
     from apps.ops.deadletters.services import canary_run_mark
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Sequence
 
@@ -39,3 +40,29 @@ def chaos_table(results: Sequence[RunResult]) -> list[str]:
             f"| {max(r.max_ack_gap_s for r in runs):.1f} | {max(r.reckoning.settle_s for r in runs):.1f} |"
         )
     return lines
+
+
+def chaos_markdown(results: Sequence[RunResult], *, command: str, total_s: float, cpu: str) -> str:
+    """``bench/results/chaos.md``: how it was run, the table, the scenarios, and every failed run."""
+    failed = [r for r in results if not r.passed]
+    names = list(dict.fromkeys(r.scenario for r in results))
+    lines = [
+        "# Chaos: nothing lost, nothing applied twice",
+        "",
+        f"`{command}` on {cpu}, {time.strftime('%Y-%m-%d')}: {len(results)} runs in {total_s / 60:.1f} min,"
+        f" {len(failed)} failed.",
+        "",
+        "Each run: a fresh session, 2 REST appenders (Idempotency-Key, retried until acknowledged), 1 WebSocket",
+        "appender (client_msg_id), 2 listeners resuming on the handshake, canaries in ok/fail/crash modes; the",
+        "fault lands once 15 appends are acknowledged, the workload goes on 4 s, then the ledger reckons it",
+        "(tests/chaos/ledger.py). In flight: messages unacknowledged / ready in RabbitMQ and outbox rows pending",
+        "at the moment of the fault.",
+        "",
+        *chaos_table(results),
+        "",
+        "Scenarios: " + "; ".join(f"`{s.name}`: {s.what}" for s in SCENARIOS.values() if s.name in names) + ".",
+        "",
+    ]
+    if failed:
+        lines += ["Failed runs:", "", *[f"- {r.summary()}" for r in failed], ""]
+    return "\n".join(lines)

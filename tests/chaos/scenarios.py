@@ -108,6 +108,14 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 SHORT_PROFILE = ("kill-web", "ledger-self-check")
+# Scenarios make test-chaos (CI) leaves out, each with the defect that keeps it from passing
+# every time; bench/chaos.py runs them all and bench/results/chaos.md shows how they fare.
+CI_LEAVES_OUT = {
+    "partition-workers-rabbitmq": (
+        "1 of 3 runs: after the black hole a worker reconnected and still took no task for 120 s"
+        " (workers/deadletter/watchdog.py fixed the rest; this one is open)"
+    ),
+}
 
 
 @dataclass

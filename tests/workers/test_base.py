@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from celery.exceptions import Reject
+from django.db import InterfaceError, OperationalError
 from prometheus_client import REGISTRY
 
 from apps.common.logging import set_correlation_id
@@ -133,6 +134,9 @@ def test_classification_precedence() -> None:
     assert instance._classify(ConnectionError()) == "retry"
     assert instance._classify(TransientError()) == "retry"
     assert instance._classify(RuntimeError()) == "fail"
+    # A database outage is transient for every task, declared or not.
+    assert instance._classify(OperationalError("terminating connection due to administrator command")) == "retry"
+    assert instance._classify(InterfaceError("connection already closed")) == "retry"
 
 
 def test_attempt_number_counts_retries_and_crash_redeliveries() -> None:
