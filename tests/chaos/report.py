@@ -66,3 +66,15 @@ def chaos_markdown(results: Sequence[RunResult], *, command: str, total_s: float
     if failed:
         lines += ["Failed runs:", "", *[f"- {r.summary()}" for r in failed], ""]
     return "\n".join(lines)
+
+
+def cpu_model() -> str:
+    """The machine's CPU, for the results' header (``/proc/cpuinfo``)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"

@@ -13,13 +13,12 @@ writes the table to ``bench/results/chaos.md``.
 from __future__ import annotations
 
 import os
-import platform
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.chaos.report import chaos_markdown
+from tests.chaos.report import chaos_markdown, cpu_model
 from tests.chaos.scenarios import CI_LEAVES_OUT, SCENARIOS, SHORT_PROFILE, RunResult, scenario_run
 
 RESULTS: list[RunResult] = []
@@ -51,5 +50,5 @@ def _results_table():
     path = os.environ.get("CHAOS_RESULTS_FILE")
     if path and RESULTS:
         command = f"make test-chaos (CHAOS_REPEAT={os.environ.get('CHAOS_REPEAT', '3')})"
-        text = chaos_markdown(RESULTS, command=command, total_s=time.monotonic() - STARTED, cpu=platform.processor())
+        text = chaos_markdown(RESULTS, command=command, total_s=time.monotonic() - STARTED, cpu=cpu_model())
         Path(path).write_text(text)
