@@ -15,7 +15,6 @@ import sys
 from collections.abc import Iterator
 from datetime import timedelta
 
-import httpx
 import pytest
 from django.db import connection
 from django.utils import timezone
@@ -24,26 +23,10 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from apps.batch.jobs import ADVISORY_NAMESPACE, _lock_key
 from apps.batch.models import JobRun
 from tests.integration.batch.conftest import drain, wait_for
+from tests.support.metrics import metric_sum, metrics_scrape
 from tests.support.services import free_port
 
 pytestmark = [pytest.mark.integration]
-
-
-def _scrape(port: int) -> str:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    except httpx.HTTPError:
-        return ""  # not serving yet
-
-
-def _sample(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or not (line.startswith(name + "{") or line.startswith(name + " ")):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 @pytest.fixture
@@ -85,7 +68,7 @@ def test_a_run_that_finds_its_job_locked_is_skipped_and_counted_and_a_success_re
 
     port = int(metrics_env["METRICS_PORT"])
     worker = processes("jobs-w", _worker_cmd("jobs-w"), **metrics_env)
-    wait_for(lambda: "# HELP" in _scrape(port), timeout=90, message=f"the worker's metrics port\n{worker.log()}")
+    wait_for(lambda: "# HELP" in metrics_scrape(port), timeout=90, message=f"the worker's metrics port\n{worker.log()}")
 
     # Given a run of the job still going (its lock held), when beat's run arrives, it is skipped
     lock = [ADVISORY_NAMESPACE, _lock_key("session_expiry")]
@@ -94,7 +77,7 @@ def test_a_run_that_finds_its_job_locked_is_skipped_and_counted_and_a_success_re
     try:
         app.send_task("maintenance.session_expiry", kwargs={"trigger": "beat"}, queue="maintenance")
         skipped = wait_for(
-            lambda: _sample(_scrape(port), "ce_batch_job_runs_skipped_total", job="session_expiry"),
+            lambda: metric_sum(metrics_scrape(port), "ce_batch_job_runs_skipped_total", job="session_expiry"),
             timeout=60,
             message=f"the skipped run counted\n{worker.log()}",
         )
@@ -102,9 +85,9 @@ def test_a_run_that_finds_its_job_locked_is_skipped_and_counted_and_a_success_re
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_unlock(%s, %s)", lock)
     assert skipped == 1
-    text = _scrape(port)
-    assert _sample(text, "ce_batch_job_runs_skipped_total", job="session_expiry", reason="already_running") == 1
-    assert _sample(text, "ce_batch_job_runs_total", job="session_expiry") == 0
+    text = metrics_scrape(port)
+    assert metric_sum(text, "ce_batch_job_runs_skipped_total", job="session_expiry", reason="already_running") == 1
+    assert metric_sum(text, "ce_batch_job_runs_total", job="session_expiry") == 0
     line = next(
         json.loads(raw) for raw in worker.log().splitlines() if raw.startswith("{") and "batch_job_run_skipped" in raw
     )
@@ -119,24 +102,24 @@ def test_a_run_that_finds_its_job_locked_is_skipped_and_counted_and_a_success_re
     # When the lock is free, the run succeeds: its outcome and duration are recorded
     app.send_task("maintenance.session_expiry", kwargs={"trigger": "beat"}, queue="maintenance")
     wait_for(
-        lambda: _sample(_scrape(port), "ce_batch_job_runs_total", job="session_expiry", outcome="succeeded"),
+        lambda: metric_sum(metrics_scrape(port), "ce_batch_job_runs_total", job="session_expiry", outcome="succeeded"),
         timeout=60,
         message=f"the run's outcome recorded\n{worker.log()}",
     )
-    text = _scrape(port)
-    assert _sample(text, "ce_batch_job_duration_seconds_count", job="session_expiry", outcome="succeeded") == 1
-    assert _sample(text, "ce_batch_job_duration_seconds_sum", job="session_expiry", outcome="succeeded") > 0
-    assert _sample(text, "ce_batch_job_runs_skipped_total", job="session_expiry") == 1
+    text = metrics_scrape(port)
+    assert metric_sum(text, "ce_batch_job_duration_seconds_count", job="session_expiry", outcome="succeeded") == 1
+    assert metric_sum(text, "ce_batch_job_duration_seconds_sum", job="session_expiry", outcome="succeeded") > 0
+    assert metric_sum(text, "ce_batch_job_runs_skipped_total", job="session_expiry") == 1
 
     # And /metrics reports its last success (from the run's row) and its schedule's interval
     run = JobRun.objects.get(job_name="session_expiry")
     assert run.status == JobRun.Status.SUCCEEDED
     rendered = metrics_render().decode()
-    last = _sample(rendered, "ce_batch_job_last_success_timestamp_seconds", job="session_expiry")
+    last = metric_sum(rendered, "ce_batch_job_last_success_timestamp_seconds", job="session_expiry")
     assert last == pytest.approx(run.finished_at.timestamp(), abs=0.001)
     # The seeded schedules (apps/batch/migrations/0002): every 5 minutes, and a daily crontab.
-    assert _sample(rendered, "ce_batch_job_schedule_interval_seconds", job="session_expiry") == 300
-    assert _sample(rendered, "ce_batch_job_schedule_interval_seconds", job="retention_purge") == 86400
+    assert metric_sum(rendered, "ce_batch_job_schedule_interval_seconds", job="session_expiry") == 300
+    assert metric_sum(rendered, "ce_batch_job_schedule_interval_seconds", job="retention_purge") == 86400
 
 
 def test_beat_serves_its_metrics_and_counts_sends_missed_run_times_and_disabled_runs(processes, broker, metrics_env):
@@ -157,7 +140,7 @@ def test_beat_serves_its_metrics_and_counts_sends_missed_run_times_and_disabled_
     beat = processes.beat("beat-m", **metrics_env)
 
     missed = wait_for(
-        lambda: _sample(_scrape(port), "ce_batch_job_runs_skipped_total", job="maintenance.beat_late"),
+        lambda: metric_sum(metrics_scrape(port), "ce_batch_job_runs_skipped_total", job="maintenance.beat_late"),
         timeout=90,
         message=f"beat counting the late schedule's missed run times\n{beat.log()}",
     )
@@ -170,27 +153,30 @@ def test_beat_serves_its_metrics_and_counts_sends_missed_run_times_and_disabled_
     assert run_times_until(started) - 1 <= missed <= run_times_until(timezone.now()) - 1, missed
     wait_for(
         lambda: (
-            _sample(_scrape(port), "ce_batch_job_runs_skipped_total", job="maintenance.beat_off", reason="disabled")
+            metric_sum(
+                metrics_scrape(port), "ce_batch_job_runs_skipped_total", job="maintenance.beat_off", reason="disabled"
+            )
             >= 3
         ),
         timeout=60,
         message=f"the disabled schedule's run times counted\n{beat.log()}",
     )
     wait_for(
-        lambda: _sample(_scrape(port), "ce_beat_runs_sent_total", job="maintenance.beat_late") >= 3,
+        lambda: metric_sum(metrics_scrape(port), "ce_beat_runs_sent_total", job="maintenance.beat_late") >= 3,
         timeout=60,
         message=f"the late schedule sent on time again\n{beat.log()}",
     )
-    text = _scrape(port)
-    assert _sample(text, "ce_beat_leader") == 1
+    text = metrics_scrape(port)
+    assert metric_sum(text, "ce_beat_leader") == 1
     # Once on time again, no more run times are missed.
     assert (
-        _sample(text, "ce_batch_job_runs_skipped_total", job="maintenance.beat_late", reason="missed_window") == missed
+        metric_sum(text, "ce_batch_job_runs_skipped_total", job="maintenance.beat_late", reason="missed_window")
+        == missed
     )
-    assert _sample(text, "ce_batch_job_runs_skipped_total", job="maintenance.beat_probe") == 0
-    sent = _sample(text, "ce_beat_runs_sent_total", job="maintenance.beat_probe")
+    assert metric_sum(text, "ce_batch_job_runs_skipped_total", job="maintenance.beat_probe") == 0
+    sent = metric_sum(text, "ce_beat_runs_sent_total", job="maintenance.beat_probe")
     assert sent >= 2
-    assert _sample(text, "ce_beat_runs_sent_total", job="maintenance.beat_off") == 0
+    assert metric_sum(text, "ce_beat_runs_sent_total", job="maintenance.beat_off") == 0
 
     beat.stop()
     messages = drain(broker, "maintenance")

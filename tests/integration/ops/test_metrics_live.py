@@ -17,18 +17,9 @@ import pytest
 
 from apps.ops.fleet import figures as fleet
 from tests.support.haproxy import REPO_ROOT, WebInstance
+from tests.support.metrics import metric_sum
 
 pytestmark = [pytest.mark.integration]
-
-
-def _sample(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or not (line.startswith(name + "{") or line.startswith(name + " ")):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def _wait(predicate: Callable[[], object], *, timeout: float = 60.0, what: str = "") -> object:
@@ -119,7 +110,7 @@ def test_metrics_move_with_requests_tasks_and_dead_letters(live_fleet, staff_use
     token = Token.objects.create(user=staff_user).key
     auth = {"Authorization": f"Token {token}"}
     before = httpx.get(f"{url}/metrics", timeout=30).text
-    assert _sample(before, "ce_queue_consumers", queue="maintenance") >= 1
+    assert metric_sum(before, "ce_queue_consumers", queue="maintenance") >= 1
     httpx.get(f"{url}/api/v1/ops/queues/", headers=auth, timeout=30)  # first sample for the rates
 
     ok = canary_run_create(mode="ok", user=None)
@@ -131,14 +122,14 @@ def test_metrics_move_with_requests_tasks_and_dead_letters(live_fleet, staff_use
 
     after = httpx.get(f"{url}/metrics", timeout=30).text
     labels = {"task": "ops.canary", "queue": "maintenance"}
-    assert _sample(after, "ce_tasks_total", outcome="success", **labels) >= 1, after
-    assert _sample(after, "ce_tasks_total", outcome="rejected", **labels) >= 1
-    assert _sample(after, "ce_task_duration_seconds_count", **labels) >= 2
-    assert _sample(after, "ce_task_queue_wait_seconds_count", queue="maintenance") >= 2
+    assert metric_sum(after, "ce_tasks_total", outcome="success", **labels) >= 1, after
+    assert metric_sum(after, "ce_tasks_total", outcome="rejected", **labels) >= 1
+    assert metric_sum(after, "ce_task_duration_seconds_count", **labels) >= 2
+    assert metric_sum(after, "ce_task_queue_wait_seconds_count", queue="maintenance") >= 2
     reason = DeadLetter.objects.filter(queue="maintenance").first().reason
-    assert _sample(after, "ce_dead_letters_total", queue="maintenance", reason=reason) >= 1
-    assert _sample(after, "ce_http_request_duration_seconds_count", route="api/v1/sessions/", status="200") >= 3
-    assert _sample(after, "ce_dead_letters_total", queue="maintenance", reason=reason) > _sample(
+    assert metric_sum(after, "ce_dead_letters_total", queue="maintenance", reason=reason) >= 1
+    assert metric_sum(after, "ce_http_request_duration_seconds_count", route="api/v1/sessions/", status="200") >= 3
+    assert metric_sum(after, "ce_dead_letters_total", queue="maintenance", reason=reason) > metric_sum(
         before, "ce_dead_letters_total", queue="maintenance", reason=reason
     )
 

@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from django.conf import settings
 from django.utils import timezone
@@ -25,6 +24,7 @@ from kombu import Connection
 from apps.eventbus.contracts import event_build
 from apps.eventbus.models import OutboxMessage
 from tests.support.amqp import publish_confirmed
+from tests.support.metrics import metric_sum, metrics_scrape
 from tests.support.processes import REPO_ROOT, child_env
 from tests.support.services import free_port
 
@@ -32,23 +32,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 SUBSCRIBER = "tests.integration.eventbus.outage_subscriber.OutageRecording"
 SUBSCRIBER_QUEUE = "events.test_outage"
-
-
-def _scrape(port: int) -> str:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    except httpx.HTTPError:
-        return ""  # not serving yet
-
-
-def _sample(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or not (line.startswith(name + "{") or line.startswith(name + " ")):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def _wait(predicate: Callable[[], object], *, timeout: float = 60.0, what: str = "") -> object:
@@ -92,7 +75,11 @@ def start_command(tmp_path) -> Iterator[Callable[..., tuple[_Process, int]]]:
         env = child_env(METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(directory), LOG_LEVEL="INFO")
         proc = _Process([sys.executable, "manage.py", *args], env, tmp_path / f"{args[0]}-{len(started)}.log")
         started.append(proc)
-        _wait(lambda: "# HELP" in _scrape(port) or proc.popen.poll() is not None, timeout=90, what=f"{args[0]} metrics")
+        _wait(
+            lambda: "# HELP" in metrics_scrape(port) or proc.popen.poll() is not None,
+            timeout=90,
+            what=f"{args[0]} metrics",
+        )
         assert proc.popen.poll() is None, proc.log()
         return proc, port
 
@@ -125,13 +112,13 @@ def test_the_relay_serves_what_it_published_and_each_rows_lag(start_command, ses
         what=f"the relay publishing\n{relay.log()}",
     )
     published = _wait(
-        lambda: _sample(_scrape(port), "ce_outbox_published_total"), timeout=30, what="the published counter"
+        lambda: metric_sum(metrics_scrape(port), "ce_outbox_published_total"), timeout=30, what="the published counter"
     )
-    text = _scrape(port)
+    text = metrics_scrape(port)
     assert published == rows
-    assert _sample(text, "ce_outbox_publish_lag_seconds_count") == rows
-    assert _sample(text, "ce_outbox_publish_lag_seconds_sum") > 0
-    assert _sample(text, "ce_outbox_publish_failures_total") == 0
+    assert metric_sum(text, "ce_outbox_publish_lag_seconds_count") == rows
+    assert metric_sum(text, "ce_outbox_publish_lag_seconds_sum") > 0
+    assert metric_sum(text, "ce_outbox_publish_failures_total") == 0
 
 
 def test_the_subscribers_serve_events_applied_duplicates_and_dead_lettered(start_command):
@@ -144,18 +131,24 @@ def test_the_subscribers_serve_events_applied_duplicates_and_dead_lettered(start
     body = json.dumps(event.to_wire())
 
     publish_confirmed(settings.BROKER_URL, [body], message_ids=[str(event.event_id)])
-    _wait(lambda: _sample(_scrape(port), "ce_subscriber_events_total", outcome="applied"), what="the event applied")
+    _wait(
+        lambda: metric_sum(metrics_scrape(port), "ce_subscriber_events_total", outcome="applied"),
+        what="the event applied",
+    )
     # The same event again (a redelivery after a relay crash), then one no contract accepts.
     publish_confirmed(settings.BROKER_URL, [body, '{"not": "an event"}'], message_ids=[str(event.event_id)])
     _wait(
-        lambda: _sample(_scrape(port), "ce_subscriber_events_total", outcome="dead_lettered"),
+        lambda: metric_sum(metrics_scrape(port), "ce_subscriber_events_total", outcome="dead_lettered"),
         what=f"the bad event dead-lettered\n{subscribers.log()}",
     )
-    _wait(lambda: _sample(_scrape(port), "ce_subscriber_events_total", outcome="duplicate"), what="the duplicate")
-    text = _scrape(port)
-    assert _sample(text, "ce_subscriber_events_total", outcome="applied") == 1
-    assert _sample(text, "ce_subscriber_events_total", outcome="duplicate") == 1
-    assert _sample(text, "ce_subscriber_events_total", outcome="dead_lettered") == 1
+    _wait(
+        lambda: metric_sum(metrics_scrape(port), "ce_subscriber_events_total", outcome="duplicate"),
+        what="the duplicate",
+    )
+    text = metrics_scrape(port)
+    assert metric_sum(text, "ce_subscriber_events_total", outcome="applied") == 1
+    assert metric_sum(text, "ce_subscriber_events_total", outcome="duplicate") == 1
+    assert metric_sum(text, "ce_subscriber_events_total", outcome="dead_lettered") == 1
     subscribers.stop()
     _delete_queues(SUBSCRIBER_QUEUE, f"{SUBSCRIBER_QUEUE}.dlq")
 
@@ -174,9 +167,11 @@ def test_the_archiver_serves_the_dead_letters_it_stored(start_command):
     _wait(lambda: DeadLetter.objects.exists(), timeout=60, what=f"the dead letter stored\n{archiver.log()}")
     stored = DeadLetter.objects.get()
     archived = _wait(
-        lambda: _sample(_scrape(port), "ce_dead_letters_archived_total", queue=stored.queue, reason=stored.reason),
+        lambda: metric_sum(
+            metrics_scrape(port), "ce_dead_letters_archived_total", queue=stored.queue, reason=stored.reason
+        ),
         timeout=30,
         what="the archived counter",
     )
     assert archived == 1
-    assert _sample(_scrape(port), "ce_dead_letters_archived_total") == 1
+    assert metric_sum(metrics_scrape(port), "ce_dead_letters_archived_total") == 1

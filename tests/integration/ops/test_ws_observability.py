@@ -17,18 +17,9 @@ from websockets.sync.client import connect
 
 from apps.eventbus.queues import declare_topology
 from tests.support.haproxy import REPO_ROOT
+from tests.support.metrics import metric_sum
 
 pytestmark = [pytest.mark.integration]
-
-
-def _sample(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or not (line.startswith(name + "{") or line.startswith(name + " ")):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 @pytest.fixture
@@ -69,12 +60,12 @@ def test_websocket_connections_and_frames_are_counted(lb, web_pair, transactiona
     time.sleep(1.0)
     after = httpx.get(f"{base}/metrics", timeout=30).text
 
-    assert _sample(during, "ce_websocket_connections") == _sample(before, "ce_websocket_connections") + 1
-    assert _sample(after, "ce_websocket_connections") == _sample(before, "ce_websocket_connections")
+    assert metric_sum(during, "ce_websocket_connections") == metric_sum(before, "ce_websocket_connections") + 1
+    assert metric_sum(after, "ce_websocket_connections") == metric_sum(before, "ce_websocket_connections")
     for direction, kind in (("out", "hello"), ("in", "ping"), ("out", "pong")):
         assert (
-            _sample(during, "ce_websocket_messages_total", direction=direction, type=kind)
-            >= _sample(before, "ce_websocket_messages_total", direction=direction, type=kind) + 1
+            metric_sum(during, "ce_websocket_messages_total", direction=direction, type=kind)
+            >= metric_sum(before, "ce_websocket_messages_total", direction=direction, type=kind) + 1
         ), (direction, kind)
 
 
