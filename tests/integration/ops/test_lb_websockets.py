@@ -41,7 +41,9 @@ class Client(threading.Thread):
         deadline = time.monotonic() + 30
         while True:
             try:
-                ws = connect(self.url, open_timeout=10)
+                # Resume on the handshake: the gap comes before any live event, in order
+                # (a resume frame races the live events already sent; docs/architecture.md §7).
+                ws = connect(f"{self.url}&after_seq={self.seqs[-1]}" if self.seqs else self.url, open_timeout=10)
                 break
             except (OSError, ConnectionClosed, TimeoutError) as exc:
                 if time.monotonic() > deadline:
@@ -51,8 +53,6 @@ class Client(threading.Thread):
             self.connections += 1
             hello = json.loads(ws.recv(timeout=10))
             assert hello["type"] == "hello", hello
-            if self.seqs:
-                ws.send(json.dumps({"type": "resume", "after_seq": self.seqs[-1]}))
             self.connected.set()
             while not self.stop.is_set():
                 try:
