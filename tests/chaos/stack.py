@@ -124,7 +124,7 @@ class ChaosStack:
 
     @property
     def broker_url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.rabbit.port}//"
+        return self.rabbit.url
 
     @property
     def url(self) -> str:
